@@ -1,0 +1,325 @@
+"""Validated settings: conf/*.yaml + ``--set key=value`` overrides, checked once before any work starts.
+
+Only ``cli.py`` and ``jobs/`` read YAML; library functions receive the frozen section objects below.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from prismatic.errors import ConfigError
+
+DATA_ROOT_ENV = "PRISM_DATA_ROOT"
+IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = REPO_ROOT / "conf" / "default.yaml"
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, objects are immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+
+def check_identifier(value: str, what: str = "identifier") -> str:
+    """Return ``value`` if it is a plain SQL identifier, else raise ValueError (no injection through names)."""
+    if not isinstance(value, str) or not IDENTIFIER_RE.match(value):
+        raise ValueError(f"{what} {value!r} must match {IDENTIFIER_RE.pattern} (letters, digits, underscore)")
+    return value
+
+
+class StorageConfig(Section):
+    engine: Literal["auto", "delta-spark", "delta-rs"] = "auto"
+    catalog: str | None = None
+    schema_name: str = "prismatic"
+    table_prefix: str = ""
+
+    @field_validator("catalog", "schema_name")
+    @classmethod
+    def _ident(cls, v: str | None) -> str | None:
+        return None if v is None else check_identifier(v)
+
+    @field_validator("table_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if v and not re.match(r"^[A-Za-z0-9_]{1,32}$", v):
+            raise ValueError("table_prefix may hold only letters, digits and underscore (at most 32)")
+        return v
+
+
+class SparkConfig(Section):
+    master: str = "local[*]"
+    app_name: str = "prismatic"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = Field(8, ge=1)
+    arrow_batch_rows: int = Field(10_000, ge=1)
+    extra: dict[str, str] = Field(default_factory=dict)
+
+
+class ColumnMap(Section):
+    """Which input columns hold what. Chat rows use ``messages``; NLI rows use premise/hypothesis/label."""
+
+    prompt: str = "prompt"
+    completion: str = "completion"
+    messages: str = "messages"
+    premise: str = "premise"
+    hypothesis: str = "hypothesis"
+    label: str = "label"
+    id: str | None = None
+
+
+class IngestConfig(Section):
+    columns: ColumnMap = ColumnMap()
+    # per-source overrides of the column map, e.g. {"snli": {"premise": "sentence1", ...}}
+    sources: dict[str, ColumnMap] = Field(default_factory=dict)
+    max_chars: int = Field(20_000, ge=1, description="prompt + completion longer than this is quarantined (too_long)")
+    payload_chars: int = Field(2_000, ge=16, description="raw payload kept in quarantine rows")
+    nli_labels: list[str] = Field(default_factory=lambda: ["entailment", "neutral", "contradiction"])
+    nli_prompt_template: str = (
+        "Premise: {premise}\nHypothesis: {hypothesis}\n"
+        "Does the premise entail the hypothesis? Answer with one word: entailment, neutral or contradiction."
+    )
+    batch_rows: int = Field(200_000, ge=1, description="rows per commit while ingesting large files")
+    buckets: int = Field(64, ge=1, le=4096, description="hash buckets of sample_id (column `bucket`)")
+
+
+class NormalizeConfig(Section):
+    nfkc: bool = True
+    lowercase: bool = True
+    collapse_whitespace: bool = True
+    strip_punctuation: bool = False
+
+
+class DedupConfig(Section):
+    normalize: NormalizeConfig = NormalizeConfig()
+    near: bool = True
+    shingle: Literal["word", "char"] = "word"
+    ngram: int = Field(3, ge=1, le=16)
+    num_perm: int = Field(128, ge=8, le=1024)
+    bands: int = Field(32, ge=1)
+    rows_per_band: int = Field(4, ge=1)
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    seed: int = 1
+    max_bucket_pairs: int = Field(200, ge=2, description="a band bucket larger than this links members to its min")
+    method: Literal["banded", "mllib"] = "banded"
+
+    @field_validator("rows_per_band")
+    @classmethod
+    def _bands_fit(cls, v: int, info: Any) -> int:
+        bands = info.data.get("bands")
+        perm = info.data.get("num_perm")
+        if bands is not None and perm is not None and bands * v > perm:
+            raise ValueError(f"bands * rows_per_band = {bands * v} exceeds num_perm = {perm}")
+        return v
+
+
+class ModelConfig(Section):
+    # a local directory, a hub id, a .gguf file, or "builtin:smollm2" (the shipped SmolLM2-135M-Instruct GGUF)
+    path: str = "builtin:smollm2"
+    gguf_file: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class ScoringConfig(Section):
+    model: ModelConfig = ModelConfig()
+    d: int = Field(1024, ge=8, le=65_536)
+    seed: int = 0
+    kind: Literal["kronecker", "dense"] = "kronecker"
+    block: int = Field(8, ge=1, le=64, description="k_o = k_i per linear layer for the kronecker projector")
+    params: str = Field("all", description="'all' or a regex of parameter names")
+    max_tokens: int = Field(512, ge=8)
+    truncation_side: Literal["left", "right"] = "right"
+    batch_size: int = Field(8, ge=1)
+    chat_template: bool = True
+    min_completion_tokens: int = Field(1, ge=1)
+
+
+class DiversityConfig(Section):
+    embedding_model: str = "builtin:minilm"
+    ngram: int = Field(2, ge=1, le=8)
+    q: float = Field(1.0, ge=0.0)
+
+
+class ClusterConfig(Section):
+    k_fraction: float = Field(0.01, gt=0.0, le=1.0)
+    k_min: int = Field(2, ge=1)
+    iterations: int = Field(20, ge=1)
+    seed: int = 0
+    init: Literal["sample", "kmeans++"] = "kmeans++"
+    method: Literal["blocked", "mllib"] = "blocked"
+    sparse_quantile: float = Field(0.5, gt=0.0, lt=1.0)
+    feature_space: Literal["gradient", "embedding"] = "gradient"
+
+
+class GeneratorConfig(Section):
+    backend: Literal["local", "openai", "vllm", "fake"] = "local"
+    model: str = "builtin:smollm2"
+    base_url: str | None = None
+    api_key_env: str = "PRISM_GENERATOR_API_KEY"
+    api_key_secret: str | None = Field(None, description="Databricks secret as scope/key")
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0)
+    concurrency: int = Field(4, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+
+
+class SynthConfig(Section):
+    task: Literal["math", "nli"] = "math"
+    rounds: int = Field(1, ge=1)
+    generator: GeneratorConfig = GeneratorConfig()
+    calls_per_round: int = Field(4, ge=1)
+    exemplars: int = Field(5, ge=1)
+    problems_per_call: int = Field(2, ge=1)
+    problem_temperature: float = Field(1.0, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    n_solutions: int = Field(3, ge=1)
+    solution_temperature: float = Field(0.75, ge=0.0)
+    tau: int = Field(2, ge=1)
+    max_answer_chars: int = Field(300, ge=1)
+    decontam_ngram: int = Field(10, ge=1)
+    eval_sets: list[str] = Field(default_factory=list)
+    target_pool_size: int | None = None
+    token_budget: int | None = None
+    seed: int = 0
+    prompts_file: str = "conf/prompts.yaml"
+
+    @field_validator("tau")
+    @classmethod
+    def _tau(cls, v: int, info: Any) -> int:
+        n = info.data.get("n_solutions")
+        if n is not None and v > n:
+            raise ValueError(f"tau = {v} exceeds n_solutions = {n}")
+        return v
+
+
+class TrackingConfig(Section):
+    enabled: bool = True
+    tracking_uri: str | None = Field(None, description="default: sqlite under <data_root>/mlflow")
+    experiment: str = "prismatic"
+
+
+class Settings(Section):
+    data_root: str = Field("./lakehouse", description=f"tables, MLflow and staging; env {DATA_ROOT_ENV} overrides")
+    storage: StorageConfig = StorageConfig()
+    spark: SparkConfig = SparkConfig()
+    ingest: IngestConfig = IngestConfig()
+    dedup: DedupConfig = DedupConfig()
+    scoring: ScoringConfig = ScoringConfig()
+    diversity: DiversityConfig = DiversityConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    synth: SynthConfig = SynthConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    demo: dict[str, Any] = Field(default_factory=dict, description="inputs of `prism run` on the embedded default")
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data_root).expanduser().resolve()
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if nxt is None:
+            nxt = node[k] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"config key '{dotted}': '{k}' is a value, not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=c`` -> ("a.b", parsed YAML scalar of c)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or not all(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", p) for p in key.split(".")):
+        raise ConfigError(f"override key {key!r} is not a dotted key path")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _format_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+            allowed = _allowed_keys(e["loc"][:-1])
+            if allowed:
+                msg += f" (allowed here: {', '.join(allowed)})"
+        elif "input" in e and not isinstance(e["input"], dict):
+            msg += f" (got {e['input']!r})"
+        parts.append(f"config key '{path}': {msg}")
+    return "; ".join(parts)
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: Any = Settings
+    for part in loc:
+        field = model.model_fields.get(str(part)) if isinstance(model, type) else None
+        if field is None:
+            return []
+        model = field.annotation
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return sorted(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Settings:
+    """Read YAML (default conf/default.yaml), apply ``key=value`` overrides and the data-root env var, validate.
+
+    Raises:
+        ConfigError: one line naming the key path and what is allowed.
+    """
+    cfg_path = Path(path) if path else DEFAULT_CONFIG
+    tree: dict[str, Any] = {}
+    if path or cfg_path.exists():
+        try:
+            text = cfg_path.read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {cfg_path}: {e.strerror}") from None
+        try:
+            tree = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {cfg_path} is not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {cfg_path} must hold a mapping at the top level")
+    env_root = os.environ.get(DATA_ROOT_ENV)
+    if env_root:
+        tree["data_root"] = env_root
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_path(tree, key, value)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_error(e)) from None
+
+
+def to_flat_dict(settings: Settings) -> dict[str, Any]:
+    """Flatten to ``a.b.c -> value`` (for MLflow params). Secrets never live in Settings, only env-var names."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, obj: Any) -> None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            out[prefix] = obj
+
+    walk("", settings.model_dump())
+    return out

@@ -1,0 +1,63 @@
+"""SparkSession: the active one (Databricks, or a caller's) if there is one, else a local[*] session."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from prismatic.config import SparkConfig
+
+log = logging.getLogger(__name__)
+
+
+def on_databricks() -> bool:
+    return "DATABRICKS_RUNTIME_VERSION" in os.environ
+
+
+def get_spark(cfg: SparkConfig | None = None):
+    """Return the active SparkSession, or build a local one with settings from ``cfg``.
+
+    Local sessions bind to 127.0.0.1 (no network is needed), use Arrow for pandas conversion and run
+    Python workers on this interpreter, so the UDFs see the same packages as the driver.
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    cfg = cfg or SparkConfig()
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.master(cfg.master)
+        .appName(cfg.app_name)
+        .config("spark.driver.memory", cfg.driver_memory)
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(cfg.arrow_batch_rows))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.adaptive.enabled", "true")
+    )
+    for k, v in cfg.extra.items():
+        builder = builder.config(k, v)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    log.info("started local Spark %s (%s)", spark.version, cfg.master)
+    return spark
+
+
+def session_has_delta(spark) -> bool:
+    """True when the session can read and write ``format('delta')`` natively (Databricks, delta-spark jars)."""
+    if on_databricks():
+        return True
+    try:
+        exts = spark.conf.get("spark.sql.extensions", "") or ""
+    except Exception:  # noqa: BLE001 - a session without that conf
+        exts = ""
+    return "io.delta.sql.DeltaSparkSessionExtension" in exts
