@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from prismatic.errors import ConfigError
 
@@ -90,23 +90,37 @@ class IngestConfig(Section):
 
 
 class NormalizeConfig(Section):
+    """Text normalization shared by ``sample_id``, exact dedup and shingling (see ``prismatic.normalize``)."""
+
     nfkc: bool = True
-    lowercase: bool = True
+    lowercase: bool = Field(True, description="str.casefold (a stronger lower-casing)")
     collapse_whitespace: bool = True
-    strip_punctuation: bool = False
+    strip_punctuation: bool = Field(False, description="delete Unicode punctuation (categories P*)")
 
 
 class DedupConfig(Section):
+    """Exact + near-duplicate detection (``prismatic.dedup``).
+
+    Near duplicates: MinHash over word (or char) n-gram shingles, LSH with ``bands`` x ``rows_per_band``, candidates
+    verified with the exact Jaccard of the shingle sets. The default 20 x 5 (100 hash functions) finds a pair at
+    Jaccard 0.8 with probability 1 - (1 - 0.8**5)**20 = 0.99964 (S-curve in ``prismatic.minhash``).
+    """
+
     normalize: NormalizeConfig = NormalizeConfig()
     near: bool = True
     shingle: Literal["word", "char"] = "word"
     ngram: int = Field(3, ge=1, le=16)
-    num_perm: int = Field(128, ge=8, le=1024)
-    bands: int = Field(32, ge=1)
-    rows_per_band: int = Field(4, ge=1)
+    num_perm: int = Field(100, ge=8, le=1024, description="signature length; the banded path uses bands * rows")
+    bands: int = Field(20, ge=1)
+    rows_per_band: int = Field(5, ge=1, le=64)
     threshold: float = Field(0.8, gt=0.0, le=1.0)
     seed: int = 1
-    max_bucket_pairs: int = Field(200, ge=2, description="a band bucket larger than this links members to its min")
+    max_bucket_pairs: int = Field(
+        200, ge=1, description="a band bucket with more member pairs than this links its members to its min instead"
+    )
+    driver_max_edges: int = Field(
+        5_000_000, ge=0, description="verified pairs up to this many get connected components on the driver"
+    )
     method: Literal["banded", "mllib"] = "banded"
 
     @field_validator("rows_per_band")
@@ -142,9 +156,14 @@ class ScoringConfig(Section):
 
 
 class DiversityConfig(Section):
+    # "builtin:minilm" (the shipped all-MiniLM-L6-v2), a local sentence-transformers folder, or a hub id
     embedding_model: str = "builtin:minilm"
+    embedding_device: Literal["auto", "cpu", "cuda"] = "auto"
+    embedding_batch_size: int = Field(64, ge=1)
+    embedding_max_tokens: int | None = Field(None, ge=2, description="default: the model's max_seq_length (256)")
     ngram: int = Field(2, ge=1, le=8)
-    q: float = Field(1.0, ge=0.0)
+    q: float = Field(1.0, ge=0.0, description="extra Vendi order reported next to G-Vendi (q = 1); inf allowed")
+    tree_fanout: int = Field(32, ge=2, description="most per-partition covariance partials one task sums")
 
 
 class ClusterConfig(Section):
@@ -159,15 +178,48 @@ class ClusterConfig(Section):
 
 
 class GeneratorConfig(Section):
+    """Which LLM writes problems and solutions (see ``prismatic.synth.generators.make_generator``).
+
+    Secrets never live here: only the *name* of the env var or the Databricks secret that holds the API key.
+    """
+
     backend: Literal["local", "openai", "vllm", "fake"] = "local"
+    # local / vllm: "builtin:smollm2", a local directory, a hub id or a .gguf file; openai: the served model name
     model: str = "builtin:smollm2"
-    base_url: str | None = None
+    gguf_file: str | None = Field(None, description="GGUF file inside `model` when it is a directory")
+    base_url: str | None = Field(None, description="OpenAI-compatible base, e.g. http://host:8000/v1")
+    endpoint: Literal["chat", "completions"] = "chat"
     api_key_env: str = "PRISM_GENERATOR_API_KEY"
     api_key_secret: str | None = Field(None, description="Databricks secret as scope/key")
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(4, ge=0)
+    backoff_s: float = Field(1.0, ge=0, description="first retry waits about this long, doubling each time")
+    max_backoff_s: float = Field(30.0, ge=0)
     concurrency: int = Field(4, ge=1)
+    supports_n: bool = Field(True, description="server honours n > 1; else one request per sample")
+    skip_bad_requests: bool = Field(False, description="a failed prompt yields error markers instead of raising")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="extra JSON fields sent to the server")
     max_new_tokens: int = Field(256, ge=1)
+    system_prompt: str | None = None
+    batch_size: int = Field(8, ge=1, description="local back end: sequences sampled together")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    cache: bool = Field(True, description="cache requests by hash so a re-run does not pay twice")
+    vllm_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vllm.LLM(...) arguments")
+
+    @field_validator("api_key_secret")
+    @classmethod
+    def _secret_ref(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^[^/\s]+/[^/\s]+$", v):
+            raise ValueError("api_key_secret must look like scope/key")
+        return v
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v):
+            raise ValueError("api_key_env must be an environment variable name (the key itself never goes here)")
+        return v
 
 
 class SynthConfig(Section):
@@ -183,20 +235,22 @@ class SynthConfig(Section):
     solution_temperature: float = Field(0.75, ge=0.0)
     tau: int = Field(2, ge=1)
     max_answer_chars: int = Field(300, ge=1)
+    tie_break: Literal["first", "reject"] = Field(
+        "first", description="two answer groups of equal size >= tau: keep the earliest group, or reject"
+    )
     decontam_ngram: int = Field(10, ge=1)
+    decontam_min_words: int = Field(6, ge=1, description="eval texts shorter than the n-gram are indexed whole")
     eval_sets: list[str] = Field(default_factory=list)
     target_pool_size: int | None = None
     token_budget: int | None = None
     seed: int = 0
     prompts_file: str = "conf/prompts.yaml"
 
-    @field_validator("tau")
-    @classmethod
-    def _tau(cls, v: int, info: Any) -> int:
-        n = info.data.get("n_solutions")
-        if n is not None and v > n:
-            raise ValueError(f"tau = {v} exceeds n_solutions = {n}")
-        return v
+    @model_validator(mode="after")
+    def _tau(self) -> SynthConfig:
+        if self.tau > self.n_solutions:
+            raise ValueError(f"tau = {self.tau} exceeds n_solutions = {self.n_solutions}")
+        return self
 
 
 class TrackingConfig(Section):

@@ -1,0 +1,36 @@
+# Two commands on a fresh machine: `make demo` (the whole pipeline on the embedded default) and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-all quality style bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[spark,test,lint,http]'
+	$(BIN)/prism assets fetch
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/prism run
+
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-all: setup
+	$(BIN)/python -m pytest -q --slow $(PYTEST_ARGS)
+
+quality: setup
+	$(BIN)/ruff check lib tests jobs bench
+
+style: setup
+	$(BIN)/ruff check --fix lib tests jobs bench
+	$(BIN)/ruff format lib tests jobs bench
+
+clean:
+	rm -rf lakehouse .pytest_cache

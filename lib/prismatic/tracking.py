@@ -1,0 +1,127 @@
+"""MLflow: one experiment per pipeline, a parent run per `prism run` / `prism synthesize`, a child run per round.
+
+Locally the tracking store is SQLite with an artifacts folder under ``<data_root>/mlflow``; on Databricks the
+workspace's MLflow (``databricks``). Params are the flattened config (secrets never live in config, only the
+*names* of env vars and secret scopes), tags carry the Delta table versions and the git commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from prismatic.config import REPO_ROOT, Settings, to_flat_dict
+from prismatic.spark import on_databricks
+
+log = logging.getLogger(__name__)
+
+SECRET_WORDS = ("password", "token", "secret_value", "api_key_value", "apikey")
+MAX_PARAM_CHARS = 500
+
+
+def tracking_uri(settings: Settings) -> str:
+    if settings.tracking.tracking_uri:
+        return settings.tracking.tracking_uri
+    if on_databricks():
+        return "databricks"
+    root = settings.root / "mlflow"
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def artifact_location(settings: Settings) -> str | None:
+    if on_databricks() or settings.tracking.tracking_uri:
+        return None
+    return (settings.root / "mlflow" / "artifacts").as_uri()
+
+
+def setup(settings: Settings) -> str:
+    """Point MLflow at the configured store and make sure the experiment exists; returns the experiment id."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
+    mlflow.set_tracking_uri(tracking_uri(settings))
+    name = settings.tracking.experiment
+    if on_databricks() and not name.startswith("/"):
+        name = f"/Shared/{name}"
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        exp_id = mlflow.create_experiment(name, artifact_location=artifact_location(settings))
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def git_commit() -> str | None:
+    env = os.environ.get("PRISM_GIT_COMMIT")
+    if env:
+        return env
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def safe_params(settings: Settings, extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """Flattened config as MLflow params: long values cut, anything that looks like a secret value dropped."""
+    flat = to_flat_dict(settings)
+    flat.update(extra or {})
+    out = {}
+    for k, v in flat.items():
+        if any(w in k.lower() for w in SECRET_WORDS):
+            continue
+        s = str(v)
+        out[k] = s if len(s) <= MAX_PARAM_CHARS else s[: MAX_PARAM_CHARS - 1] + "…"
+    return out
+
+
+@contextlib.contextmanager
+def run(settings: Settings, name: str, nested: bool = False, tags: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None) -> Iterator[Any]:
+    """Start an MLflow run (child of the active one when ``nested``); no-op context when tracking is disabled."""
+    if not settings.tracking.enabled:
+        yield None
+        return
+    import mlflow
+
+    setup(settings)
+    all_tags = {"prismatic.stage": name}
+    commit = git_commit()
+    if commit:
+        all_tags["git_commit"] = commit
+    all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+    with mlflow.start_run(run_name=name, nested=nested, tags=all_tags) as r:
+        if params:
+            mlflow.log_params({k: str(v)[:MAX_PARAM_CHARS] for k, v in params.items()})
+        yield r
+
+
+def log_table_versions(versions: dict[str, int | None], prefix: str) -> None:
+    import mlflow
+
+    mlflow.set_tags({f"{prefix}.{k}": str(v) for k, v in versions.items() if v is not None})
+
+
+def log_figure_png(fig, path: str) -> None:
+    import mlflow
+
+    mlflow.log_figure(fig, path)
+
+
+def runs_dataframe(settings: Settings, filter_string: str = "") -> Any:
+    """All runs of the experiment as a pandas DataFrame (for notebooks and the study)."""
+    import mlflow
+
+    exp_id = setup(settings)
+    return mlflow.search_runs(experiment_ids=[exp_id], filter_string=filter_string)
+
+
+def data_path(settings: Settings) -> Path:
+    return settings.root / "mlflow"
