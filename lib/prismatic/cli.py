@@ -52,8 +52,11 @@ def store():
 
         s = settings()
         with console.status("starting Spark…"):
+            from pyspark.sql import SparkSession
+
             from prismatic.spark import get_spark
 
+            STATE["own_spark"] = SparkSession.getActiveSession() is None
             spark = get_spark(s.spark)
         STATE["store"] = open_store(s, spark)
     return STATE["store"]
@@ -172,8 +175,10 @@ def sql(
     if fmt not in ("table", "json", "csv"):
         raise PrismError(f"--format {fmt!r} is not one of table, json, csv")
     text = query if query is not None else _read_sql(file)
-    for title, rows in run_sql(store(), text, limit=limit):
-        _print_rows(rows, fmt, title)
+    results = list(run_sql(store(), text, limit=limit))
+    for title, rows in results:
+        if rows or fmt == "table":
+            _print_rows(rows, fmt, title if len(results) > 1 else "")
 
 
 def _read_sql(file: Path | None) -> str:
@@ -207,15 +212,17 @@ def assets_fetch(names: Annotated[list[str] | None, typer.Argument(help="assets 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line + hint for expected errors, the traceback only with --debug."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    for k in ("settings", "store", "own_spark"):
+        STATE.pop(k, None)
     try:
         app(args=argv, standalone_mode=False)
         return 0
     except PrismError as e:
         if STATE.get("debug"):
             console.print_exception()
-        console.print(f"[bold red]error:[/] {e}", highlight=False, markup=True)
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         if e.hint:
-            console.print(f"[dim]hint: {e.hint}[/]")
+            console.print(f"[dim]hint: {e.hint}[/]", soft_wrap=True)
         return 2
     except typer.Exit as e:
         return int(e.exit_code or 0)
@@ -231,15 +238,15 @@ def main(argv: list[str] | None = None) -> int:
         if STATE.get("debug"):
             console.print_exception()
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        console.print(f"[bold red]error:[/] {type(e).__name__}: {msg}", highlight=False)
-        console.print("[dim]hint: run again with --debug for the traceback[/]")
+        console.print(f"[bold red]error:[/] {type(e).__name__}: {msg}", highlight=False, soft_wrap=True)
+        console.print("[dim]hint: run again with --debug for the traceback[/]", soft_wrap=True)
         return 1
     finally:
-        sp = STATE.get("store")
-        if sp is not None and sp._spark is not None and os.environ.get("DATABRICKS_RUNTIME_VERSION") is None:
+        st = STATE.get("store")
+        if st is not None and STATE.get("own_spark") and st._spark is not None:
             try:
-                sp._spark.stop()
-            except Exception:  # noqa: BLE001
+                st._spark.stop()
+            except Exception:  # noqa: BLE001 - best effort at exit
                 pass
 
 

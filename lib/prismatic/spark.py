@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from prismatic.config import SparkConfig
 
@@ -44,6 +45,9 @@ def get_spark(cfg: SparkConfig | None = None):
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.adaptive.enabled", "true")
     )
+    log4j = Path(__file__).resolve().parents[2] / "conf" / "log4j2.properties"
+    if log4j.exists():
+        builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile={log4j.as_uri()}")
     for k, v in cfg.extra.items():
         builder = builder.config(k, v)
     spark = builder.getOrCreate()

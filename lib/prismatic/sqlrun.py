@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from pyspark.errors import PySparkException
+
+from prismatic.errors import PrismError
 from prismatic.tables import TableStore
 
 
@@ -35,10 +38,14 @@ def split_statements(text: str) -> list[str]:
 
 def run_sql(store: TableStore, text: str, limit: int = 1000) -> Iterator[tuple[str, list[dict]]]:
     """Register the tables as views, run each statement, yield (statement head, rows as dicts)."""
-    store.register_views()
+    views = store.register_views()
     spark = store.spark
     for stmt in split_statements(text):
-        df = spark.sql(stmt)
-        rows = [r.asDict(recursive=True) for r in df.limit(limit).collect()] if df.columns else []
+        try:
+            df = spark.sql(stmt)
+            rows = [r.asDict(recursive=True) for r in df.limit(limit).collect()] if df.columns else []
+        except PySparkException as e:
+            first = str(e).strip().splitlines()[0]
+            raise PrismError(f"SQL failed: {first}", hint=f"tables here: {', '.join(views) or 'none yet'}") from None
         head = " ".join(stmt.split())[:80]
         yield head, rows

@@ -1,0 +1,50 @@
+"""The `prism` CLI in-process on the shared Spark session: output, errors as one line, sql, status."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from helpers import good_rows, write_jsonl
+
+from prismatic.cli import main
+
+pytestmark = pytest.mark.spark
+
+
+@pytest.fixture
+def root(tmp_path, spark):
+    return tmp_path / "lake"
+
+
+def prism(root, *args):
+    return main(["--set", f"data_root={root}", *args])
+
+
+def test_ingest_sql_status(root, tmp_path, capsys):
+    f = write_jsonl(tmp_path / "a.jsonl", good_rows(12) + [{"prompt": "p"}])
+    assert prism(root, "ingest", str(f), "--source", "demo", "--task", "math") == 0
+    out = capsys.readouterr().out
+    assert "conservation ok: rows read 13 = new samples 12 + duplicates 0 + quarantined 1" in out
+    assert "missing_field=1" in out
+    assert prism(root, "sql", "SELECT task, count(*) AS n FROM samples GROUP BY task", "--format", "json") == 0
+    assert json.loads(capsys.readouterr().out) == [{"task": "math", "n": 12}]
+    sql_file = tmp_path / "q.sql"
+    sql_file.write_text("-- two statements\nSELECT count(*) AS n FROM quarantine;\nSELECT count(*) AS m FROM pool;\n")
+    assert prism(root, "sql", "-f", str(sql_file), "--format", "csv") == 0
+    assert capsys.readouterr().out.split() == ["n", "1", "m", "12"]
+    assert prism(root, "status") == 0
+    out = capsys.readouterr().out
+    assert "samples" in out and "MERGE" in out
+
+
+def test_errors_are_one_line_with_hint(root, tmp_path, capsys):
+    assert prism(root, "--set", "dedup.threshold=2", "status") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: config key 'dedup.threshold'") and err[1].startswith("hint:")
+    assert prism(root, "ingest", str(tmp_path / "nope.jsonl"), "--source", "x") == 2
+    err = capsys.readouterr().err
+    assert "no such file or folder" in err and "Traceback" not in err
+    assert prism(root, "sql", "SELEC 1") == 2
+    assert "SQL failed" in capsys.readouterr().err
+    assert prism(root, "ingest", str(tmp_path), "--source", "bad name!") == 2
