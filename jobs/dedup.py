@@ -5,13 +5,17 @@ Parameters: the base ones (see _common.py).
 
 from _common import main, parser, settings_from, store_for
 
-from prismatic.dedup import run_dedup
+from prismatic.stages import dedup_stage
+
+
+def build_parser():
+    return parser(__doc__.splitlines()[0])
 
 
 def run() -> None:
-    args = parser(__doc__.splitlines()[0]).parse_args()
+    args = build_parser().parse_args()
     settings = settings_from(args)
-    print(run_dedup(store_for(settings), settings).summary())
+    print(dedup_stage(store_for(settings), settings).summary())
 
 
 if __name__ == "__main__":

@@ -12,13 +12,17 @@ from _common import main, parser, settings_from, store_for
 from prismatic.ingest import ingest
 
 
-def run() -> None:
+def build_parser():
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--input", dest="inputs", action="append", required=True)
     p.add_argument("--source", required=True)
     p.add_argument("--task", default="generic", choices=["math", "nli", "generic"])
     p.add_argument("--limit", type=int, default=None)
-    args = p.parse_args()
+    return p
+
+
+def run() -> None:
+    args = build_parser().parse_args()
     settings = settings_from(args)
     report = ingest(store_for(settings), args.inputs, args.source, args.task, settings, limit=args.limit)
     print(report.summary())

@@ -105,12 +105,29 @@ def ingest(
 @app.command()
 def dedup() -> None:
     """Remove exact and near duplicates from the pool (recorded in `duplicates`)."""
-    from prismatic.dedup import run_dedup
+    from prismatic.stages import dedup_stage
 
     s = settings()
     st = store()
     with console.status("dedup: exact hashes and MinHash LSH…"):
-        rep = run_dedup(st, s)
+        rep = dedup_stage(st, s)
+    out.print(rep.summary())
+
+
+@app.command()
+def score(
+    where: Annotated[str | None, typer.Option("--where", help="SQL filter on the pool, e.g. \"source = 'snli'\"")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="score at most N samples (smallest sample_id first)")] = None,
+) -> None:
+    """Projected per-sample gradients of the pool under the scoring spec -> `gradients`."""
+    from prismatic.stages import score_stage
+
+    s = settings()
+    st = store()
+    with _progress() as prog:
+        bar = prog.add_task("score", total=None)
+        rep = score_stage(st, s, where=where, limit=limit,
+                          progress=lambda done, total: prog.update(bar, completed=done, total=total))
     out.print(rep.summary())
 
 

@@ -48,7 +48,7 @@ def table_summary(store: TableStore) -> Table:
 
 def run_pipeline(store: TableStore, settings: Settings, console: Console | None = None) -> dict:
     """Ingest every configured input, dedup, then print the table summary. Safe to run again."""
-    from prismatic.dedup import run_dedup
+    from prismatic.stages import dedup_stage
     from prismatic.ingest import ingest
 
     console = console or Console()
@@ -59,7 +59,7 @@ def run_pipeline(store: TableStore, settings: Settings, console: Console | None 
         console.print(f"[bold]ingest[/] {item['source']}: {rep.summary()}"
                       + (f"  (quarantine: {dict(rep.reasons)})" if rep.reasons else ""))
         results["ingest"].append(rep)
-    dd = run_dedup(store, settings)
+    dd = dedup_stage(store, settings)
     console.print(f"[bold]dedup[/] {dd.summary()}")
     results["dedup"] = dd
     console.print(table_summary(store))

@@ -1,0 +1,195 @@
+"""Stages: read tables -> call one module's function -> MERGE its output -> report counts.
+
+The modules (``dedup``, ``gradients``, ``diversity``, ``cluster``) hold the logic on DataFrames and arrays;
+this file is the only place that knows which table feeds which function. Each stage is idempotent: it MERGEs
+on the table key and skips work already recorded, so a crash then a re-run gives the tables of one clean run.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import pyarrow as pa
+
+from prismatic.config import Settings
+from prismatic.errors import ConservationError, PrismError
+from prismatic.tables import TableStore
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---- dedup ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DedupReport:
+    rows: int
+    exact: int
+    near: int
+    new_removed: int
+    pool: int
+    seconds: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"samples {self.rows} = pool {self.pool} + duplicates {self.rows - self.pool}"
+            f" (this run: {self.exact} exact + {self.near} near found, {self.new_removed} newly recorded)"
+        )
+
+
+def dedup_stage(store: TableStore, settings: Settings) -> DedupReport:
+    """Exact + near duplicates over all samples -> MERGE into ``duplicates`` (insert-only, keyed by sample_id).
+
+    A sample once recorded as a duplicate stays recorded; ``samples`` itself is never modified, so nothing is
+    lost: the pool is ``samples`` minus ``duplicates``. Checked: samples = pool + duplicates.
+    """
+    from pyspark.sql import functions as F
+
+    from prismatic.dedup import run_dedup
+
+    samples = store.read("samples").select("sample_id", "task", "prompt", "completion")
+    dups, stats = run_dedup(samples, settings.dedup)
+    dups = dups.join(samples.select("sample_id", "task"), "sample_id").withColumn("created_at", F.current_timestamp())
+    res = store.merge("duplicates", dups)
+    rows = store.count("samples")
+    n_dups = store.count("duplicates")
+    pool = store.pool().count()
+    if pool + n_dups != rows:
+        raise ConservationError(f"samples {rows} != pool {pool} + duplicates {n_dups}")
+    return DedupReport(stats.rows, stats.exact, stats.near, res.inserted, pool, dict(stats.seconds))
+
+
+# ---- scoring ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoreReport:
+    spec_id: str
+    todo: int = 0
+    scored: int = 0
+    quarantined: int = 0
+    skipped: int = 0
+    reasons: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (
+            f"spec {self.spec_id}: {self.todo} to score ({self.skipped} already done) -> {self.scored} vectors"
+            f" + {self.quarantined} quarantined" + (f" {self.reasons}" if self.reasons else "")
+        )
+
+
+def _chunks_by_bucket(counts: dict[int, int], rows_per_chunk: int) -> list[list[int]]:
+    """Group buckets (in order) into chunks of about ``rows_per_chunk`` rows each."""
+    chunks: list[list[int]] = []
+    cur: list[int] = []
+    n = 0
+    for b in sorted(counts):
+        cur.append(b)
+        n += counts[b]
+        if n >= rows_per_chunk:
+            chunks.append(cur)
+            cur, n = [], 0
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def register_spec(store: TableStore, settings: Settings):
+    """Resolve the projection spec of the scoring config and record it in ``projection_specs``."""
+    from prismatic.gradients.udf import spec_for
+
+    spec = spec_for(settings.scoring)
+    store.merge("projection_specs", pa.Table.from_pylist([{**spec.to_row(), "created_at": _now()}]))
+    return spec
+
+
+def score_stage(
+    store: TableStore,
+    settings: Settings,
+    where: str | None = None,
+    limit: int | None = None,
+    rows_per_chunk: int = 2_000,
+    progress: Progress | None = None,
+) -> ScoreReport:
+    """Score pool samples not yet scored under the config's spec; commit every ~``rows_per_chunk`` samples.
+
+    Work is split by ``bucket`` so each chunk is one Spark job whose output is MERGEd before the next starts:
+    a crash loses at most one chunk of work and a re-run scores only what is missing. Samples that fail
+    (empty completion after truncation, non-finite loss or gradient) go to ``quarantine`` (stage ``score``,
+    source = spec_id, item_id = sample_id) and are not retried under the same spec.
+    """
+    from pyspark.sql import functions as F
+
+    from prismatic.gradients.udf import SCORE_SCHEMA, make_score_fn
+
+    spec = register_spec(store, settings)
+    spark = store.spark
+    pool = store.pool().select("sample_id", "prompt", "completion", "task", "bucket")
+    if where:
+        try:
+            pool = pool.where(where)
+        except Exception as e:  # noqa: BLE001 - a user's SQL filter
+            raise PrismError(f"--where {where!r} is not a valid filter on samples: {str(e).splitlines()[0]}") from None
+    total = pool.count()
+    done = store.read("gradients").where(F.col("spec_id") == spec.spec_id).select("sample_id")
+    failed = (
+        store.read("quarantine")
+        .where((F.col("stage") == "score") & (F.col("source") == spec.spec_id))
+        .select(F.col("item_id").alias("sample_id"))
+    )
+    todo = pool.join(done, "sample_id", "left_anti").join(failed, "sample_id", "left_anti")
+    if limit is not None:
+        todo = todo.orderBy("sample_id").limit(limit)
+    todo = todo.localCheckpoint()
+    counts = {r["bucket"]: r["n"] for r in todo.groupBy("bucket").agg(F.count("*").alias("n")).collect()}
+    report = ScoreReport(spec.spec_id, todo=sum(counts.values()))
+    report.skipped = total - report.todo if limit is None else 0
+    fn = make_score_fn(settings.scoring)
+    parallelism = max(1, spark.sparkContext.defaultParallelism)
+    stage_root = settings.root / "_staging" / f"score-{uuid.uuid4().hex}"
+    try:
+        for chunk in _chunks_by_bucket(counts, rows_per_chunk):
+            part = todo.where(F.col("bucket").isin(chunk))
+            n = sum(counts[b] for b in chunk)
+            parts = max(1, min(parallelism, n // max(1, settings.scoring.batch_size)))
+            out_dir = stage_root / f"chunk-{chunk[0]}"
+            part.repartition(parts, "sample_id").sortWithinPartitions("sample_id").mapInPandas(
+                fn, SCORE_SCHEMA
+            ).write.mode("overwrite").parquet(str(out_dir))
+            scored = spark.read.parquet(str(out_dir))
+            good = scored.where(F.col("error").isNull()).drop("error").withColumn("created_at", F.current_timestamp())
+            bad = scored.where(F.col("error").isNotNull())
+            res = store.merge("gradients", good)
+            report.scored += res.inserted
+            bad_rows = bad.select("sample_id", "error", "n_tokens").collect()
+            if bad_rows:
+                q = [
+                    {"stage": "score", "source": spec.spec_id, "file": "", "line": 0, "item_id": r["sample_id"],
+                     "reason": r["error"].split(":")[0], "detail": f"{r['error']} (n_tokens={r['n_tokens']})",
+                     "payload": "", "batch_id": spec.spec_id, "created_at": _now()}
+                    for r in bad_rows
+                ]
+                store.merge("quarantine", pa.Table.from_pylist(q))
+                report.quarantined += len(q)
+                for row in q:
+                    report.reasons[row["reason"]] = report.reasons.get(row["reason"], 0) + 1
+            if res.inserted + len(bad_rows) != n:
+                raise ConservationError(f"chunk of {n} samples gave {res.inserted} vectors + {len(bad_rows)} failures")
+            shutil.rmtree(out_dir, ignore_errors=True)
+            if progress is not None:
+                progress(report.scored + report.quarantined, report.todo)
+            log.info("scored chunk of %d (%d/%d)", n, report.scored + report.quarantined, report.todo)
+    finally:
+        shutil.rmtree(stage_root, ignore_errors=True)
+    return report
