@@ -132,6 +132,22 @@ def score(
 
 
 @app.command()
+def diversity(
+    group_by: Annotated[str | None, typer.Option("--group-by", help="comma list of source, task, round, origin, cluster")] = None,
+    exact: Annotated[bool, typer.Option("--exact", help="also the exact (d = inf) G-Vendi; small pools only")] = False,
+    baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="embedding Vendi, n-gram entropy, distinct-n")] = True,
+) -> None:
+    """G-Vendi of the scored pool (overall and per group) plus baselines -> `diversity`."""
+    from prismatic.stages import diversity_stage
+
+    s = settings()
+    st = store()
+    with console.status("diversity: covariance sums, eigenvalues, baselines…"):
+        rows = diversity_stage(st, s, (group_by or "").split(","), exact=exact, baselines=baselines)
+    _print_rows(rows.to_dict("records"), STATE.get("format", "table"), "diversity")
+
+
+@app.command()
 def status() -> None:
     """Every table with row count, Delta version and last operation."""
     from prismatic.tables import TABLES

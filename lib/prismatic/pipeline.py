@@ -47,20 +47,45 @@ def table_summary(store: TableStore) -> Table:
 
 
 def run_pipeline(store: TableStore, settings: Settings, console: Console | None = None) -> dict:
-    """Ingest every configured input, dedup, then print the table summary. Safe to run again."""
-    from prismatic.stages import dedup_stage
+    """Ingest every configured input, dedup, score, diversity; print each stage's counts. Safe to run again.
+
+    The run is one MLflow run (params = the flattened config, tags = table versions before and after,
+    metrics = counts and G-Vendi).
+    """
+    from prismatic import tracking
     from prismatic.ingest import ingest
+    from prismatic.stages import dedup_stage, diversity_stage, score_stage
 
     console = console or Console()
     results: dict = {"ingest": []}
-    for item in demo_inputs(settings):
-        path = resolve_input_path(item["path"])
-        rep = ingest(store, [path], item["source"], item.get("task", "generic"), settings, limit=item.get("limit"))
-        console.print(f"[bold]ingest[/] {item['source']}: {rep.summary()}"
-                      + (f"  (quarantine: {dict(rep.reasons)})" if rep.reasons else ""))
-        results["ingest"].append(rep)
-    dd = dedup_stage(store, settings)
-    console.print(f"[bold]dedup[/] {dd.summary()}")
-    results["dedup"] = dd
+    demo = settings.demo
+    with tracking.run(settings, "pipeline", params=tracking.safe_params(settings)) as mlrun:
+        if mlrun is not None:
+            tracking.log_table_versions(store.versions(), "versions_read")
+        for item in demo_inputs(settings):
+            path = resolve_input_path(item["path"])
+            rep = ingest(store, [path], item["source"], item.get("task", "generic"), settings, limit=item.get("limit"))
+            console.print(f"[bold]ingest[/] {item['source']}: {rep.summary()}"
+                          + (f"  (quarantine: {dict(rep.reasons)})" if rep.reasons else ""))
+            results["ingest"].append(rep)
+        dd = dedup_stage(store, settings)
+        console.print(f"[bold]dedup[/] {dd.summary()}")
+        results["dedup"] = dd
+        sc = score_stage(store, settings, where=demo.get("score_where"), limit=demo.get("score_limit"))
+        console.print(f"[bold]score[/] {sc.summary()}")
+        results["score"] = sc
+        div = diversity_stage(store, settings, group_by=["source"])
+        results["diversity"] = div
+        console.print("[bold]diversity[/] " + ", ".join(
+            f"{r.group_key}: G-Vendi {r.value:.2f} (n={r.n})" for r in div.itertuples() if r.metric == "g_vendi"))
+        if mlrun is not None:
+            import mlflow
+
+            metrics = {"pool": dd.pool, "duplicates_exact": dd.exact, "duplicates_near": dd.near,
+                       "scored": sc.scored, "score_quarantined": sc.quarantined}
+            metrics.update({f"{r.metric}.{r.scope}.{r.group_key}": float(r.value) for r in div.itertuples()
+                            if r.value == r.value})
+            mlflow.log_metrics({k.replace(":", "_"): v for k, v in metrics.items()})
+            tracking.log_table_versions(store.versions(), "versions_written")
     console.print(table_summary(store))
     return results

@@ -193,3 +193,89 @@ def score_stage(
     finally:
         shutil.rmtree(stage_root, ignore_errors=True)
     return report
+
+
+# ---- diversity --------------------------------------------------------------------------------------------
+
+GROUPABLE = ("source", "task", "round", "origin", "cluster")
+EXACT_MAX_N = 500
+
+
+def _pool_with_vectors(store: TableStore, spec_id: str, group_by: list[str]):
+    from pyspark.sql import functions as F
+
+    pool = store.pool().select("sample_id", "source", "task", "round", "origin", "prompt", "completion")
+    grads = store.read("gradients").where(F.col("spec_id") == spec_id).select("sample_id", "spec_id", "vector")
+    df = pool.join(grads, "sample_id")
+    if "cluster" in group_by:
+        asg = store.read("assignments")
+        last = asg.agg(F.max("round")).collect()[0][0]
+        if last is None:
+            raise PrismError("--group-by cluster needs clusters", hint="run `prism cluster` first")
+        asg = asg.where(F.col("round") == last).select("sample_id", F.col("cluster_id").alias("cluster"))
+        df = df.join(asg, "sample_id")
+    return df.withColumn("text", F.concat_ws("\n", "prompt", "completion"))
+
+
+def diversity_stage(
+    store: TableStore,
+    settings: Settings,
+    group_by: list[str] | None = None,
+    exact: bool = False,
+    baselines: bool = True,
+    embedding: bool = True,
+):
+    """G-Vendi (and baselines) of the scored pool, overall and per group -> MERGE into ``diversity``.
+
+    Rows are keyed by (scope, group_key, metric, spec_id, samples_version): the same pool version gives the
+    same rows, so re-running changes nothing; a grown pool adds rows under its new version.
+
+    Returns:
+        pandas DataFrame of the rows written (scope, group_key, metric, value, n, spec_id).
+    """
+    import pandas as pd
+
+    from prismatic.diversity import diversity_report
+
+    group_by = [g.strip() for g in (group_by or []) if g.strip()]
+    bad = [g for g in group_by if g not in GROUPABLE]
+    if bad:
+        raise PrismError(f"--group-by {bad} not allowed; choose from {', '.join(GROUPABLE)}")
+    spec = register_spec(store, settings)
+    df = _pool_with_vectors(store, spec.spec_id, group_by).localCheckpoint()
+    n = df.count()
+    if n == 0:
+        raise PrismError(f"no scored samples under spec {spec.spec_id}", hint="run `prism score` first")
+    frames = []
+    for cols in [None] + ([group_by] if group_by else []):
+        frames.append(diversity_report(
+            df, settings.diversity, cols, vector_col="vector", text_col="text" if baselines else None,
+            spec_col="spec_id", embedding=embedding and baselines,
+        ))
+    rows = pd.concat(frames, ignore_index=True)
+    if exact:
+        rows = pd.concat([rows, exact_diversity(df, settings, spec)], ignore_index=True)
+    version = store.version("samples")
+    out = rows.rename(columns={"group": "group_key"}).assign(samples_version=version, created_at=_now())
+    out["spec_id"] = out["spec_id"].fillna("")
+    store.merge("diversity", pa.Table.from_pandas(out, preserve_index=False))
+    return out[["scope", "group_key", "metric", "value", "n", "spec_id"]]
+
+
+def exact_diversity(df, settings: Settings, spec) -> "pd.DataFrame":  # noqa: F821
+    """Exact G-Vendi (d = ∞: the N × N kernel of full per-sample gradients) for calibrating on small sets."""
+    import pandas as pd
+
+    from prismatic.gradients.exact import exact_gvendi
+    from prismatic.gradients.udf import get_scorer
+
+    rows = df.select("sample_id", "prompt", "completion").orderBy("sample_id").limit(EXACT_MAX_N + 1).collect()
+    if len(rows) > EXACT_MAX_N:
+        raise PrismError(f"--exact is for small sets (at most {EXACT_MAX_N} scored samples)",
+                         hint="pass --where / use a smaller pool to calibrate")
+    scorer = get_scorer(settings.scoring)
+    encoded = [scorer.encode(r["prompt"], r["completion"]) for r in rows]
+    encoded = [e for e in encoded if not e.error]
+    res = exact_gvendi(scorer.loaded.model, encoded, settings.scoring.params)
+    return pd.DataFrame([{"scope": "all", "group": "all", "metric": "g_vendi_exact", "value": res.gvendi,
+                          "n": len(encoded), "spec_id": f"exact:{spec.weights_sha256[:16]}"}])
