@@ -148,6 +148,20 @@ def diversity(
 
 
 @app.command()
+def cluster(
+    round: Annotated[int | None, typer.Option("--round", help="round to cluster for (default: the next one)")] = None,
+) -> None:
+    """Spherical k-means of the pool's gradients -> `clusters`, `assignments`; marks the sparse clusters."""
+    from prismatic.stages import cluster_stage
+
+    s = settings()
+    st = store()
+    with console.status("cluster: spherical k-means…"):
+        rep = cluster_stage(st, s, round=round)
+    out.print(rep.summary())
+
+
+@app.command()
 def status() -> None:
     """Every table with row count, Delta version and last operation."""
     from prismatic.tables import TABLES

@@ -279,3 +279,68 @@ def exact_diversity(df, settings: Settings, spec) -> "pd.DataFrame":  # noqa: F8
     res = exact_gvendi(scorer.loaded.model, encoded, settings.scoring.params)
     return pd.DataFrame([{"scope": "all", "group": "all", "metric": "g_vendi_exact", "value": res.gvendi,
                           "n": len(encoded), "spec_id": f"exact:{spec.weights_sha256[:16]}"}])
+
+
+# ---- clustering -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ClusterReport:
+    round: int
+    k: int
+    n: int
+    sparse: int
+    objective: float
+    reused: bool
+
+    def summary(self) -> str:
+        verb = "already clustered" if self.reused else "clustered"
+        return (f"round {self.round}: {verb} {self.n} vectors into k={self.k} clusters, {self.sparse} sparse"
+                f" (objective {self.objective:.2f})")
+
+
+def next_round(store: TableStore) -> int:
+    """The round a new synthesis pass writes: one past the highest round in ``samples``."""
+    from pyspark.sql import functions as F
+
+    r = store.read("samples").agg(F.max("round")).collect()[0][0]
+    return int(r or 0) + 1
+
+
+def cluster_stage(store: TableStore, settings: Settings, round: int | None = None) -> ClusterReport:
+    """Spherical k-means of the pool's vectors (one spec) -> ``clusters`` + ``assignments`` of ``round``.
+
+    A round that already has clusters is not recomputed (idempotent); the sparse flag marks clusters strictly
+    below the size at ``cluster.sparse_quantile`` (the paper's rule, default the median).
+    """
+    from pyspark.sql import functions as F
+
+    from prismatic.cluster import cluster_pool, sparse_clusters
+
+    rnd = next_round(store) if round is None else int(round)
+    existing = store.read("clusters").where(F.col("round") == rnd)
+    if existing.limit(1).count():
+        rows = existing.select("size", "sparse").collect()
+        n = sum(r["size"] for r in rows)
+        return ClusterReport(rnd, len(rows), n, sum(bool(r["sparse"]) for r in rows), float("nan"), True)
+    spec = register_spec(store, settings)
+    df = (store.pool().select("sample_id")
+          .join(store.read("gradients").where(F.col("spec_id") == spec.spec_id), "sample_id")
+          .select("sample_id", "vector"))
+    n = df.count()
+    if n < 2:
+        raise PrismError(f"only {n} scored samples under spec {spec.spec_id}", hint="run `prism score` first")
+    res = cluster_pool(df, settings.cluster, n=n)
+    sparse = set(int(i) for i in sparse_clusters(res.sizes, settings.cluster.sparse_quantile))
+    clusters = res.clusters_arrow()
+    clusters = clusters.append_column("round", pa.array([rnd] * res.k, pa.int32()))
+    clusters = clusters.append_column("spec_id", pa.array([spec.spec_id] * res.k))
+    clusters = clusters.append_column("sparse", pa.array([i in sparse for i in range(res.k)]))
+    clusters = clusters.append_column("created_at", pa.array([_now()] * res.k, pa.timestamp("us", tz="UTC")))
+    asg = res.assignments.select(
+        F.lit(rnd).cast("int").alias("round"), "sample_id", F.col("cluster_id").cast("int"),
+        F.col("cosine").cast("double"), F.current_timestamp().alias("created_at"),
+    )
+    store.merge("assignments", asg)
+    store.merge("clusters", clusters)  # last: its presence marks the round as clustered
+    return ClusterReport(rnd, res.k, n, len(sparse), float(res.objective), False)
