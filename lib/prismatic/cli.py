@@ -162,6 +162,23 @@ def cluster(
 
 
 @app.command()
+def synthesize(
+    rounds: Annotated[int | None, typer.Option("--rounds", help="rounds to have done (default synth.rounds)")] = None,
+    target_pool_size: Annotated[int | None, typer.Option("--target-pool-size", help="stop at this pool size")] = None,
+    token_budget: Annotated[int | None, typer.Option("--token-budget", help="stop after this many generated tokens")] = None,
+) -> None:
+    """Prismatic Synthesis rounds: cluster, generate, verify, keep sparse-cluster samples, merge; resumable."""
+    from prismatic.synth.loop import synthesize as run_synth
+
+    s = settings()
+    st = store()
+    reports = run_synth(st, s, rounds=rounds, target_pool_size=target_pool_size, token_budget=token_budget,
+                        console=out)
+    if not reports:
+        out.print("nothing to do: the requested rounds are done (or a stop condition holds)")
+
+
+@app.command()
 def status() -> None:
     """Every table with row count, Delta version and last operation."""
     from prismatic.tables import TABLES
