@@ -147,6 +147,9 @@ class ScoringConfig(Section):
     seed: int = 0
     kind: Literal["kronecker", "dense"] = "kronecker"
     block: int = Field(8, ge=1, le=64, description="k_o = k_i per linear layer for the kronecker projector")
+    embed_block: int = Field(
+        32, ge=1, le=256, description="k_o = k_i of the input / output embedding block (kronecker projector)"
+    )
     params: str = Field("all", description="'all' or a regex of parameter names")
     max_tokens: int = Field(512, ge=8)
     truncation_side: Literal["left", "right"] = "right"
@@ -167,12 +170,22 @@ class DiversityConfig(Section):
 
 
 class ClusterConfig(Section):
-    k_fraction: float = Field(0.01, gt=0.0, le=1.0)
+    """Spherical k-means of the pool (``prismatic.cluster.cluster_pool``) and the sparse-cluster rule."""
+
+    k_fraction: float = Field(0.01, gt=0.0, le=1.0, description="k = floor(k_fraction * pool size), paper: 1 %")
     k_min: int = Field(2, ge=1)
     iterations: int = Field(20, ge=1)
     seed: int = 0
     init: Literal["sample", "kmeans++"] = "kmeans++"
+    init_sample: int | None = Field(None, ge=1, description="rows drawn to the driver for init (default 32 k)")
     method: Literal["blocked", "mllib"] = "blocked"
+    tol: float | None = Field(0.0, ge=0.0, description="stop when centroids move <= tol; null: all iterations")
+    storage: Literal["auto", "files", "cache"] = "auto"
+    staging_dir: str | None = Field(None, description="storage=files: a folder every executor can read")
+    reduce: Literal["auto", "driver", "shuffle"] = "auto"
+    num_partitions: int | None = Field(None, ge=1)
+    reseed_pool: int = Field(64, ge=0, description="empty-cluster re-seed candidates per partition and step")
+    block_rows: int | None = Field(None, ge=1, description="rows per matrix product (default: 64 MiB of scores)")
     sparse_quantile: float = Field(0.5, gt=0.0, lt=1.0)
     feature_space: Literal["gradient", "embedding"] = "gradient"
 
@@ -235,6 +248,9 @@ class SynthConfig(Section):
     solution_temperature: float = Field(0.75, ge=0.0)
     tau: int = Field(2, ge=1)
     max_answer_chars: int = Field(300, ge=1)
+    answer_fallback: bool = Field(
+        True, description="a solution without \\boxed{} may state its answer ('The answer is 18', '#### 18')"
+    )
     tie_break: Literal["first", "reject"] = Field(
         "first", description="two answer groups of equal size >= tau: keep the earliest group, or reject"
     )
@@ -259,6 +275,87 @@ class TrackingConfig(Section):
     experiment: str = "prismatic"
 
 
+class TrainConfig(Section):
+    """Students (``prismatic.train``): the fast ``probe`` (NLI), the ``lm`` SFT student, and their evaluation."""
+
+    student: Literal["probe", "lm"] = "probe"
+    task: Literal["nli", "math", "generic"] = Field("nli", description="which pool rows (samples.task) train it")
+    students_dir: str | None = Field(None, description="where checkpoints go; default <data_root>/students")
+    seed: int = 0
+    # probe: LogisticRegression on frozen sentence features [u, v, |u - v|, u * v] of premise / hypothesis
+    embedding_model: str = Field("builtin:minilm", description="sentence encoder of the probe features")
+    embedding_batch_size: int = Field(64, ge=1)
+    cache_embeddings: bool = Field(True, description="cache embeddings by text sha256 under <data_root>/cache")
+    probe_c: float = Field(1.0, gt=0.0, description="inverse L2 strength of the logistic regression")
+    probe_max_iter: int = Field(2000, ge=10)
+    # lm: supervised fine-tuning of a causal LM, completion-only loss, chat template
+    model: ModelConfig = ModelConfig()
+    method: Literal["full", "lora"] = Field("full", description="lora needs the optional extra: pip install peft")
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_targets: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    epochs: int = Field(1, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(8, ge=1, description="sequences per micro-batch")
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(5e-5, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0.0)
+    max_tokens: int = Field(512, ge=8)
+    chat_template: bool = True
+    shuffle_buffer: int = Field(4096, ge=1, description="rows shuffled together while streaming Arrow batches")
+    arrow_batch_rows: int = Field(1024, ge=1, description="rows per Arrow batch read from the Delta snapshot")
+    distributor: Literal["none", "local", "cluster"] = Field(
+        "none", description="none: train in this process; local / cluster: pyspark TorchDistributor"
+    )
+    num_processes: int = Field(1, ge=1)
+    use_gpu: bool | None = Field(None, description="TorchDistributor use_gpu; null: when torch sees CUDA")
+    log_checkpoint: bool = Field(False, description="also copy lm checkpoints into MLflow artifacts (large)")
+    # evaluation
+    benchmarks: list[str] = Field(default_factory=lambda: ["snli_test"], description="builtin names or JSONL files")
+    eval_limit: int | None = Field(None, ge=1, description="evaluate a seeded sample of this many examples")
+    eval_batch_size: int = Field(16, ge=1)
+    max_new_tokens: int = Field(32, ge=1, description="lm student: tokens generated per answer")
+
+
+class StudyConfig(Section):
+    """The diversity-vs-OOD study (``prismatic.train.study``): K equal-size subsets of controlled diversity."""
+
+    subsets: int = Field(24, ge=2, description="K, the number of subsets (training runs)")
+    subset_size: int = Field(256, ge=4)
+    task: Literal["nli", "math", "generic"] = "nli"
+    clusters: int = Field(16, ge=2, description="k of the study's spherical k-means of the pool's gradients")
+    cluster_levels: list[int] | None = Field(None, description="clusters per subset; default 1, 2, 4, ... k")
+    random_fraction: float = Field(0.25, ge=0.0, le=1.0, description="share of K drawn uniformly from the pool")
+    balance_labels: bool = Field(False, description="NLI: draw equal counts per label inside the chosen clusters")
+    pool_limit: int | None = Field(None, ge=2, description="use at most this many scored pool rows (seeded)")
+    max_loss_quantile: float = Field(1.0, gt=0.0, le=1.0, description="quality filter: scoring loss <= quantile")
+    drop_truncated: bool = Field(True, description="quality filter: drop samples truncated while scoring")
+    score_missing: bool = Field(False, description="score unscored pool rows of the task first (prism score)")
+    id_benchmark: str = "snli_test"
+    id_size: int | None = Field(2000, ge=1, description="seeded sample of the ID benchmark")
+    ood_benchmarks: list[str] = Field(
+        default_factory=lambda: ["presuppositions_as_nli", "epistemic_reasoning", "analytic_entailment",
+                                 "entailed_polarity"],
+        description="used when their asset is fetched; otherwise ood_files",
+    )
+    ood_files: list[str] = Field(default_factory=list, description="OOD JSONL benchmarks (fallback or extra)")
+    ood_size: int | None = Field(None, ge=1, description="seeded sample of each OOD benchmark")
+    student: Literal["probe", "lm"] = "probe"
+    bootstrap: int = Field(2000, ge=0, description="bootstrap resamples of the subsets for the interval of rho")
+    ci: float = Field(0.95, gt=0.0, lt=1.0)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _levels(self) -> StudyConfig:
+        for lv in self.cluster_levels or []:
+            if lv < 1 or lv > self.clusters:
+                raise ValueError(f"cluster_levels holds {lv}; each level must be in [1, clusters={self.clusters}]")
+        return self
+
+
 class Settings(Section):
     data_root: str = Field("./lakehouse", description=f"tables, MLflow and staging; env {DATA_ROOT_ENV} overrides")
     storage: StorageConfig = StorageConfig()
@@ -269,6 +366,8 @@ class Settings(Section):
     diversity: DiversityConfig = DiversityConfig()
     cluster: ClusterConfig = ClusterConfig()
     synth: SynthConfig = SynthConfig()
+    train: TrainConfig = TrainConfig()
+    study: StudyConfig = StudyConfig()
     tracking: TrackingConfig = TrackingConfig()
     demo: dict[str, Any] = Field(default_factory=dict, description="inputs of `prism run` on the embedded default")
 
