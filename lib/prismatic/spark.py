@@ -27,6 +27,8 @@ def get_spark(cfg: SparkConfig | None = None):
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if on_databricks():  # a Python-file task: the cluster's session, with the cluster's settings
+        return SparkSession.builder.getOrCreate()
     cfg = cfg or SparkConfig()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

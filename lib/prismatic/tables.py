@@ -175,8 +175,12 @@ TABLES: dict[str, TableDef] = {
             _schema(
                 ("run_id", pa.string()), ("benchmark", pa.string()), ("model", pa.string()),
                 ("split", pa.string()), ("accuracy", pa.float64()), ("n", pa.int64()), ("created_at", TS),
+                ("student_kind", pa.string()), ("task", pa.string()), ("labels", pa.string()),
+                ("n_correct", pa.int64()), ("n_unparsed", pa.int64()), ("subset_id", pa.string()),
+                ("study_id", pa.string()), ("mlflow_run_id", pa.string()), ("lineage", pa.string()),
             ),
-            volatile=("created_at",),
+            doc="accuracy of a student (run_id = student id) on a benchmark (name@sample when sampled)",
+            volatile=("created_at", "mlflow_run_id"),
         ),
         TableDef(
             "study",
@@ -184,8 +188,13 @@ TABLES: dict[str, TableDef] = {
             _schema(
                 ("study_id", pa.string()), ("subset_id", pa.string()), ("metric", pa.string()),
                 ("value", pa.float64()), ("created_at", TS),
+                ("kind", pa.string()), ("n", pa.int64()), ("ci_low", pa.float64()), ("ci_high", pa.float64()),
+                ("p_value", pa.float64()), ("detail", pa.string()), ("spec_id", pa.string()),
+                ("mlflow_run_id", pa.string()),
             ),
-            volatile=("created_at",),
+            doc="diversity-vs-OOD study: per subset its design, diversity metrics and accuracies; per metric"
+            " (subset_id '*') Spearman rho against mean OOD accuracy with a bootstrap interval",
+            volatile=("created_at", "mlflow_run_id"),
         ),
     ]
 }

@@ -279,19 +279,20 @@ def run_round(store: TableStore, settings: Settings, rnd: int, generator, task, 
         report.tokens += gen.completion_tokens
         ex_ids = [m["sample_id"] for m in group]
         if not gen.ok:
-            c = Candidate(_hid(rnd, "generr", g_idx), "", ex_ids, tokens=gen.completion_tokens)
+            c = Candidate(_hid(rnd, g_idx, "generator_error"), "", ex_ids, tokens=gen.completion_tokens)
             c.reject("generator_error", gen.error or "")
             candidates.append(c)
             continue
         parsed = task.parse_generation(gen.text, truncated=gen.finish_reason == "length")
         if not isinstance(parsed, list):
-            c = Candidate(_hid(rnd, "unparseable", gen.text), gen.text[:2000], ex_ids, tokens=gen.completion_tokens)
+            c = Candidate(_hid(rnd, g_idx, "unparseable"), gen.text[:2000], ex_ids, tokens=gen.completion_tokens)
             c.reject(parsed.reason, parsed.detail)
             candidates.append(c)
             continue
-        for item in parsed[: cfg.problems_per_call]:
+        for i_idx, item in enumerate(parsed[: cfg.problems_per_call]):
             text = task.candidate_text(item)
-            candidates.append(Candidate(_hid(rnd, text), text, ex_ids, item=item, tokens=gen.completion_tokens))
+            candidates.append(Candidate(_hid(rnd, g_idx, i_idx, text), text, ex_ids, item=item,
+                                        tokens=gen.completion_tokens))
     report.seconds["generate"] = round(time.perf_counter() - t1, 2)
 
     # solve n times, vote

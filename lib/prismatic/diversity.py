@@ -1,0 +1,807 @@
+"""Distributed diversity metrics: grouped G-Vendi from covariance sums, embedding Vendi, n-gram baselines.
+
+G-Vendi needs only S = Σ g gᵀ (d × d), Σ g and n per group (see :mod:`prismatic.vendi`). One pass over the vectors:
+
+1. ``mapInArrow``: each partition accumulates, per group, float64 ``Xᵀ X`` of its unit-normalized rows (float32 in,
+   float64 sums) and emits one partial per (partition, group): n, Σ g and the upper triangle of S (4.2 MB at d = 1024).
+2. Tree levels (only when there are more than ``fanout`` input partitions): partials are summed in groups of
+   ``fanout`` partitions (``groupBy(group, partition // fanout).applyInArrow``), so no task holds more than ``fanout``
+   partials and the driver never receives one partial per partition.
+3. ``groupBy(group).applyInArrow``: the last sum per group, then ``eigvalsh`` of Σ = S / n on the executors; only the
+   metrics (or, with ``keep_sums``, the sums for storing) travel to the driver. Without grouping there is one group
+   and at most ``fanout`` partials: the driver collects and sums them (no extra shuffle) and runs ``eigvalsh``.
+
+A new round costs O(new · d²): keep the sums (``keep_sums=True``) and pass them back as ``base_sums`` with the new
+rows only. Vectors of two projection specs are never pooled: a group whose rows carry more than one ``spec_id``
+raises :class:`~prismatic.errors.SpecMismatchError` (group by ``spec_id`` to score several specs side by side).
+
+Text baselines (n-gram entropy, distinct-n) count n-grams per group with Spark; embedding Vendi embeds the texts with
+:mod:`prismatic.embeddings` in ``mapInPandas`` and reuses the covariance path. Every function takes a DataFrame and
+returns rows ``(scope, group, metric, value, n, spec_id)`` as a pandas DataFrame; writing tables is the caller's job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from prismatic.errors import SpecMismatchError
+from prismatic.vendi import (
+    CovarianceSums,
+    mean_pairwise_cosine_from_sums,
+    ngrams,
+    normalize_q,
+    tokenize,
+    vendi_from_eigenvalues,
+)
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = ["scope", "group", "metric", "value", "n", "spec_id"]
+ALL = "all"  # scope and group name when nothing is grouped
+NULL_GROUP = "null"  # how a null group value is written in `group`
+TEXT_SPEC_ID = "text"  # spec_id of the n-gram baselines (they depend on no projection)
+EMBEDDING_SPEC_PREFIX = "embedding:"
+
+# metric names
+G_VENDI = "g_vendi"
+G_MEAN_COSINE = "g_mean_cosine"
+EMB_VENDI = "emb_vendi"
+EMB_MEAN_COSINE = "emb_mean_cosine"
+
+_P = "__prism_"  # prefix of internal columns
+_PART, _N, _D, _VSUM, _COV, _SPECS = (f"{_P}part", f"{_P}n", f"{_P}d", f"{_P}vsum", f"{_P}cov", f"{_P}specs")
+_VENDI, _VENDI_Q, _MCOS = f"{_P}vendi", f"{_P}vendi_q", f"{_P}mean_cos"
+_NGRAM_SEP = "\x1f"  # tokens never contain it: tokenize() treats it as whitespace
+
+
+def vendi_metric(prefix: str, q: float) -> str:
+    """Metric name of a Vendi score of order q: ``g_vendi`` at q = 1, else e.g. ``g_vendi_q2`` / ``g_vendi_qinf``."""
+    q = normalize_q(q)
+    return prefix if q == 1.0 else f"{prefix}_q{'inf' if math.isinf(q) else format(q, 'g')}"
+
+
+def ngram_metrics(n: int) -> tuple[str, str]:
+    """Names of the n-gram entropy and distinct-n metrics, e.g. ``ngram_entropy_2`` and ``distinct_2``."""
+    return f"ngram_entropy_{n}", f"distinct_{n}"
+
+
+def embedding_spec_id(model: str) -> str:
+    """``spec_id`` written on embedding-Vendi rows: the embedding model id, e.g. ``embedding:builtin:minilm``."""
+    return EMBEDDING_SPEC_PREFIX + model
+
+
+@dataclass
+class DiversityResult:
+    """Rows of metrics plus, when asked for, each group's covariance sums (to store and extend next round).
+
+    Attributes:
+        rows: pandas DataFrame with columns ``scope, group, metric, value, n, spec_id``.
+        sums: group key (tuple of the group columns' values) → :class:`CovarianceSums`; empty unless kept.
+        spec_ids: group key → the single spec_id its vectors carry (the ``spec_id`` argument without a spec column).
+    """
+
+    rows: pd.DataFrame
+    sums: dict[tuple, CovarianceSums] = field(default_factory=dict)
+    spec_ids: dict[tuple, str | None] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# helpers shared by the workers
+
+
+def _as_cols(group_cols: str | Sequence[str] | None) -> list[str]:
+    if group_cols is None:
+        return []
+    if isinstance(group_cols, str):
+        return [group_cols]
+    cols = list(group_cols)
+    if len(set(cols)) != len(cols):
+        raise ValueError(f"group columns repeat: {cols}")
+    return cols
+
+
+def scope_name(group_cols: Sequence[str]) -> str:
+    """``all`` when nothing is grouped, else the grouping columns joined by commas (``source,round``)."""
+    return ",".join(group_cols) if group_cols else ALL
+
+
+def group_name(key: Sequence[Any]) -> str:
+    """``all`` for the empty key, else the values joined by ``/`` with nulls written ``null``."""
+    if not key:
+        return ALL
+    return "/".join(NULL_GROUP if v is None else str(v) for v in key)
+
+
+@contextlib.contextmanager
+def _blas_threads(n: int | None):
+    """Limit BLAS threads inside a Spark task (Spark runs ``spark.task.cpus`` threads' worth of tasks per core)."""
+    if not n:
+        yield
+        return
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn, a core dependency
+        yield
+        return
+    with threadpool_limits(limits=max(1, min(n, os.cpu_count() or n)), user_api="blas"):
+        yield
+
+
+def vectors_from_arrow(col: pa.Array | pa.ChunkedArray, name: str = "vector") -> np.ndarray:
+    """View an Arrow list / large_list / fixed_size_list column of floats as a (rows, d) numpy matrix.
+
+    Zero-copy when the values hold no nulls. Raises ValueError on null vectors, null elements or unequal lengths.
+    """
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type)):
+        raise ValueError(f"vector column {name!r} must be an array of floats, got Arrow type {col.type}")
+    if not pa.types.is_floating(col.type.value_type):
+        raise ValueError(f"vector column {name!r} must hold floats, got {col.type.value_type}")
+    if col.null_count:
+        raise ValueError(f"vector column {name!r} holds {col.null_count} null vectors")
+    b = len(col)
+    if b == 0:
+        return np.empty((0, 0), dtype=np.float32)
+    lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    d = int(lengths[0])
+    if d == 0 or np.any(lengths != d):
+        raise ValueError(
+            f"vector column {name!r}: vectors must all have the same length > 0, got {np.unique(lengths)}"
+        )
+    values = col.flatten()
+    if values.null_count:
+        raise ValueError(f"vector column {name!r} holds null elements inside vectors")
+    return values.to_numpy(zero_copy_only=False).reshape(b, d)
+
+
+def _split_groups(batch: pa.RecordBatch, group_cols: Sequence[str]):
+    """Yield (key, first-row group values as 1-row Arrow arrays, row indices or None for all rows) per group."""
+    if not group_cols:
+        yield (), [], None
+        return
+    b = batch.num_rows
+    codes = np.zeros(b, dtype=np.int64)
+    radix = 1
+    for c in group_cols:
+        enc = pc.dictionary_encode(batch.column(c), null_encoding="encode")
+        codes += enc.indices.to_numpy(zero_copy_only=False).astype(np.int64) * radix
+        radix *= max(1, len(enc.dictionary))
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    if len(first) == 1:
+        rows_of = [None]
+    else:
+        order = np.argsort(inverse, kind="stable")
+        bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse))])
+        rows_of = [order[bounds[g] : bounds[g + 1]] for g in range(len(first))]
+    for g, i0 in enumerate(first):
+        vals = [batch.column(c).slice(int(i0), 1) for c in group_cols]
+        yield tuple(v[0].as_py() for v in vals), vals, rows_of[g]
+
+
+def _sorted_specs(specs: Iterable[str | None]) -> list[str | None]:
+    return sorted(set(specs), key=lambda s: (s is None, s or ""))
+
+
+def _binary_type(schema_type: pa.DataType | None) -> pa.DataType:
+    return schema_type if schema_type is not None else pa.binary()
+
+
+class _Packed:
+    """Sums kept packed (upper triangle as a flat vector) while they are only being added."""
+
+    __slots__ = ("n", "d", "vsum", "up", "specs")
+
+    def __init__(self, d: int):
+        self.n, self.d = 0, d
+        self.vsum = np.zeros(d)
+        self.up = np.zeros(d * (d + 1) // 2)
+        self.specs: set[str | None] = set()
+
+    def add(self, n: int, d: int, vsum: bytes, up: bytes, specs: Iterable[str | None]) -> None:
+        if d != self.d:
+            raise ValueError(f"vectors of dimension {self.d} and {d} in one group")
+        self.n += n
+        self.vsum += np.frombuffer(vsum, dtype="<f8")
+        self.up += np.frombuffer(up, dtype="<f8")
+        self.specs.update(specs)
+
+    def sums(self) -> CovarianceSums:
+        return CovarianceSums.from_record(
+            {"n": self.n, "d": self.d, "vector_sum": self.vsum.tobytes(), "cov_upper": self.up.tobytes()}
+        )
+
+
+def _read_packed(batches: Iterable[pa.RecordBatch], group_cols: Sequence[str]):
+    """Sum partial rows (all of one group) → (_Packed or None, first group values, first partition id)."""
+    acc: _Packed | None = None
+    vals: list[pa.Array] = []
+    part = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        ns, ds = batch.column(_N).to_pylist(), batch.column(_D).to_pylist()
+        vsums, covs, specs = batch.column(_VSUM), batch.column(_COV), batch.column(_SPECS).to_pylist()
+        for i in range(batch.num_rows):
+            if acc is None:
+                acc = _Packed(ds[i])
+                vals = [batch.column(c).slice(i, 1) for c in group_cols]
+                part = batch.column(_PART)[i].as_py() if _PART in batch.schema.names else 0
+            acc.add(ns[i], ds[i], vsums[i].as_py(), covs[i].as_py(), specs[i] or [])
+    return acc, vals, part
+
+
+def _partials_fn(vector_col: str, group_cols: list[str], spec_col: str | None, normalize: bool, threads: int | None):
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        ctx = TaskContext.get()
+        part = ctx.partitionId() if ctx is not None else 0
+        acc: dict[tuple, list] = {}
+        with _blas_threads(threads):
+            for batch in batches:
+                if batch.num_rows == 0:
+                    continue
+                X = vectors_from_arrow(batch.column(vector_col), vector_col)
+                spec_arr = batch.column(spec_col) if spec_col else None
+                for key, vals, rows in _split_groups(batch, group_cols):
+                    entry = acc.get(key)
+                    if entry is None:
+                        entry = acc[key] = [CovarianceSums.zeros(X.shape[1]), vals, set()]
+                    entry[0].update(X if rows is None else X[rows], normalize=normalize)
+                    if spec_arr is not None:
+                        sub = spec_arr if rows is None else spec_arr.take(pa.array(rows))
+                        entry[2].update(pc.unique(sub).to_pylist())
+        for sums, vals, specs in acc.values():
+            rec = sums.to_record()
+            arrays = [
+                *vals,
+                pa.array([part], pa.int64()),
+                pa.array([sums.n], pa.int64()),
+                pa.array([sums.d], pa.int32()),
+                pa.array([rec["vector_sum"]], pa.binary()),
+                pa.array([rec["cov_upper"]], pa.binary()),
+                pa.array([_sorted_specs(specs)], pa.list_(pa.string())),
+            ]
+            yield pa.RecordBatch.from_arrays(arrays, names=[*group_cols, _PART, _N, _D, _VSUM, _COV, _SPECS])
+
+    return run
+
+
+def _combine_fn(group_cols: list[str]):
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        acc, vals, part = _read_packed(batches, group_cols)
+        if acc is None:
+            return
+        arrays = [
+            *vals,
+            pa.array([part], pa.int64()),
+            pa.array([acc.n], pa.int64()),
+            pa.array([acc.d], pa.int32()),
+            pa.array([acc.vsum.astype("<f8").tobytes()], pa.binary()),
+            pa.array([acc.up.astype("<f8").tobytes()], pa.binary()),
+            pa.array([_sorted_specs(acc.specs)], pa.list_(pa.string())),
+        ]
+        yield pa.RecordBatch.from_arrays(arrays, names=[*group_cols, _PART, _N, _D, _VSUM, _COV, _SPECS])
+
+    return run
+
+
+def _metrics(sums: CovarianceSums, q: float) -> tuple[float, float, float]:
+    """(Vendi at q = 1, Vendi at q, mean pairwise cosine) of one group's sums."""
+    lam = np.linalg.eigvalsh(sums.covariance())
+    v1 = vendi_from_eigenvalues(lam, 1.0, size=sums.d)
+    vq = v1 if q == 1.0 else vendi_from_eigenvalues(lam, q, size=sums.d)
+    return v1, vq, mean_pairwise_cosine_from_sums(sums)
+
+
+def _finalize_fn(group_cols: list[str], q: float, keep_sums: bool):
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        acc, vals, _ = _read_packed(batches, group_cols)
+        if acc is None:
+            return
+        specs = _sorted_specs(acc.specs)
+        if len(specs) > 1 or keep_sums:
+            v1 = vq = mc = None  # mixed specs: the driver raises; kept sums: the driver scores (it may add base sums)
+        else:
+            v1, vq, mc = _metrics(acc.sums(), q)
+        arrays = [
+            *vals,
+            pa.array([acc.n], pa.int64()),
+            pa.array([acc.d], pa.int32()),
+            pa.array([v1], pa.float64()),
+            pa.array([vq], pa.float64()),
+            pa.array([mc], pa.float64()),
+            pa.array([specs], pa.list_(pa.string())),
+            pa.array([acc.vsum.astype("<f8").tobytes() if keep_sums else None], pa.binary()),
+            pa.array([acc.up.astype("<f8").tobytes() if keep_sums else None], pa.binary()),
+        ]
+        names = [*group_cols, _N, _D, _VENDI, _VENDI_Q, _MCOS, _SPECS, _VSUM, _COV]
+        yield pa.RecordBatch.from_arrays(arrays, names=names)
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# driver side
+
+
+def _num_partitions(df) -> int | None:
+    try:
+        return int(df.rdd.getNumPartitions())
+    except Exception:  # noqa: BLE001 - Spark Connect has no RDD API; the tree then uses one level
+        return None
+
+
+def _task_threads(df, partitions: int | None) -> int | None:
+    """BLAS threads per task: the cores a task owns, or more when there are fewer partitions than cores."""
+    try:
+        spark = df.sparkSession
+        cores = int(spark.sparkContext.defaultParallelism)
+        task_cpus = int(spark.conf.get("spark.task.cpus", "1"))
+    except Exception:  # noqa: BLE001 - Spark Connect: leave BLAS as the worker has it
+        return None
+    if not partitions:
+        return task_cpus
+    return max(task_cpus, cores // partitions)
+
+
+def _check_columns(df, vector_col: str, group_cols: list[str], spec_col: str | None) -> None:
+    from pyspark.sql.types import ArrayType, MapType, NumericType, StructType
+
+    fields = {f.name: f for f in df.schema.fields}
+    if vector_col not in fields:
+        raise ValueError(f"vector column {vector_col!r} is not in the DataFrame (columns: {sorted(fields)})")
+    vtype = fields[vector_col].dataType
+    if not (isinstance(vtype, ArrayType) and isinstance(vtype.elementType, NumericType)):
+        raise ValueError(
+            f"vector column {vector_col!r} must be array<float> or array<double>, got {vtype.simpleString()}"
+        )
+    for c in group_cols:
+        if c not in fields:
+            raise ValueError(f"group column {c!r} is not in the DataFrame (columns: {sorted(fields)})")
+        if isinstance(fields[c].dataType, ArrayType | MapType | StructType):
+            raise ValueError(f"group column {c!r} has nested type {fields[c].dataType.simpleString()}; use scalars")
+        if c.startswith(_P):
+            raise ValueError(f"group column {c!r} uses the reserved prefix {_P!r}")
+    if vector_col in group_cols:
+        raise ValueError(f"vector column {vector_col!r} cannot also be a group column")
+    if spec_col is not None and spec_col not in fields:
+        raise ValueError(
+            f"spec column {spec_col!r} is not in the DataFrame; pass spec_col=None only for vectors of one known spec"
+        )
+
+
+def _raise_mixed(scope: str, key: tuple, specs: Sequence[str | None], spec_col: str) -> None:
+    shown = ", ".join("null" if s is None else s for s in specs[:5])
+    raise SpecMismatchError(
+        f"{scope}={group_name(key)} pools vectors of {len(specs)} projection specs ({shown}); "
+        f"filter to one {spec_col} or group by {spec_col}"
+    )
+
+
+def covariance_sums_frame(
+    df,
+    group_cols: str | Sequence[str] | None = None,
+    *,
+    vector_col: str = "vector",
+    spec_col: str | None = "spec_id",
+    q: float = 1.0,
+    keep_sums: bool = False,
+    normalize: bool = True,
+    fanout: int = 32,
+    finalize: bool = True,
+):
+    """Build (lazily) the Spark plan of per-group sums → metrics; one row per group.
+
+    Columns: the group columns, then internal ``__prism_*`` columns (n, d, vendi, vendi_q, mean_cos, specs, and the
+    packed sums when ``keep_sums``). Most callers want :func:`gradient_diversity`; this is exposed for plans that
+    want to join or write the per-group results without collecting them. With ``finalize=False`` the plan stops
+    before the last per-group sum: at most ``fanout`` partial rows per group (n, d, packed sums, specs).
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import (
+        ArrayType,
+        BinaryType,
+        DoubleType,
+        IntegerType,
+        LongType,
+        StringType,
+        StructField,
+        StructType,
+    )
+
+    cols = _as_cols(group_cols)
+    if isinstance(fanout, bool) or not isinstance(fanout, int) or fanout < 2:
+        raise ValueError(f"fanout must be an integer >= 2, got {fanout=}")
+    q = normalize_q(q)
+    _check_columns(df, vector_col, cols, spec_col)
+    keep = [*cols, vector_col] + ([spec_col] if spec_col and spec_col not in cols else [])
+    src = df.select(*keep)
+    gfields = [StructField(f.name, f.dataType, True) for f in src.schema.fields if f.name in cols]
+    gfields = sorted(gfields, key=lambda f: cols.index(f.name))
+    partial_schema = StructType(
+        [
+            *gfields,
+            StructField(_PART, LongType(), False),
+            StructField(_N, LongType(), False),
+            StructField(_D, IntegerType(), False),
+            StructField(_VSUM, BinaryType(), False),
+            StructField(_COV, BinaryType(), False),
+            StructField(_SPECS, ArrayType(StringType(), True), False),
+        ]
+    )
+    partitions = _num_partitions(src)
+    threads = _task_threads(src, partitions)
+    partials = src.mapInArrow(_partials_fn(vector_col, cols, spec_col, normalize, threads), partial_schema)
+
+    # tree levels: sum partials of `fanout` consecutive partitions until at most `fanout` remain per group
+    levels = 0
+    remaining = partitions if partitions is not None else fanout * fanout
+    while remaining > fanout:
+        partials = (
+            partials.withColumn(_PART, F.floor(F.col(_PART) / fanout).cast("long"))
+            .groupBy(*cols, _PART)
+            .applyInArrow(_combine_fn(cols), partial_schema)
+        )
+        remaining = -(-remaining // fanout)
+        levels += 1
+
+    log.debug("covariance sums: %s partitions, %d tree levels, %s BLAS threads per task", partitions, levels, threads)
+    if not finalize:
+        return partials
+    final_schema = StructType(
+        [
+            *gfields,
+            StructField(_N, LongType(), False),
+            StructField(_D, IntegerType(), False),
+            StructField(_VENDI, DoubleType(), True),
+            StructField(_VENDI_Q, DoubleType(), True),
+            StructField(_MCOS, DoubleType(), True),
+            StructField(_SPECS, ArrayType(StringType(), True), False),
+            StructField(_VSUM, BinaryType(), True),
+            StructField(_COV, BinaryType(), True),
+        ]
+    )
+    return partials.groupBy(*cols).applyInArrow(_finalize_fn(cols, q, keep_sums), final_schema)
+
+
+def _rows(scope: str, key: tuple, n: int, spec_id: str | None, metrics: Mapping[str, float]) -> list[dict]:
+    g = group_name(key)
+    return [
+        {"scope": scope, "group": g, "metric": m, "value": float(v), "n": int(n), "spec_id": spec_id}
+        for m, v in metrics.items()
+    ]
+
+
+def _frame(rows: list[dict]) -> pd.DataFrame:
+    out = pd.DataFrame(rows, columns=RESULT_COLUMNS)
+    out["value"] = out["value"].astype("float64")
+    out["n"] = out["n"].astype("int64")
+    return out.sort_values(["scope", "group", "metric"], kind="stable").reset_index(drop=True)
+
+
+def gradient_diversity(
+    df,
+    group_cols: str | Sequence[str] | None = None,
+    *,
+    vector_col: str = "vector",
+    spec_col: str | None = "spec_id",
+    spec_id: str | None = None,
+    q: float = 1.0,
+    keep_sums: bool = False,
+    base_sums: Mapping[tuple, CovarianceSums] | None = None,
+    base_spec_ids: Mapping[tuple, str | None] | None = None,
+    metric_prefix: str = G_VENDI,
+    cosine_metric: str = G_MEAN_COSINE,
+    fanout: int = 32,
+) -> DiversityResult:
+    """G-Vendi (and order-q Vendi, mean pairwise cosine) per group of a DataFrame of vectors, in one pass.
+
+    G-Vendi = exp(−Σ λ log λ), λ = eig((1/n) Σ g gᵀ) over each group's unit-normalized vectors
+    (https://arxiv.org/abs/2505.20161); mean pairwise cosine = (‖Σ g‖² − n) / (n (n − 1)).
+
+    Args:
+        df: Spark DataFrame with ``vector_col`` (array<float>), the group columns and ``spec_col``.
+        group_cols: columns to group by (``None`` / empty: the whole DataFrame is one group, scope ``all``).
+        vector_col: vector column; vectors are unit-normalized inside (zero, null or NaN vectors raise).
+        spec_col: projection-spec column. A group holding two spec_ids raises SpecMismatchError unless ``spec_col``
+            is one of the group columns. ``None``: the input carries no spec column; ``spec_id`` labels the rows.
+        spec_id: label written when ``spec_col`` is None.
+        q: extra Vendi order reported as ``<prefix>_q<q>`` (G-Vendi at q = 1 is always reported).
+        keep_sums: return each group's :class:`CovarianceSums` (to store; 4.2 MB per group at d = 1024).
+        base_sums: stored sums of earlier rows per group key; they are added to the sums of ``df`` (so a new round
+            passes only its new rows). Groups with base sums but no new rows are reported too.
+        base_spec_ids: spec_id of each base group (checked against the new rows; default: trust ``spec_id``).
+        metric_prefix, cosine_metric: metric names (embedding Vendi uses ``emb_vendi`` / ``emb_mean_cosine``).
+        fanout: most partials summed by one task (bounds executor memory at ``fanout`` × 4.2 MB per group).
+
+    Returns:
+        :class:`DiversityResult`; rows hold, per group, ``<prefix>``, ``<prefix>_q<q>`` (q ≠ 1), ``cosine_metric``.
+
+    Raises:
+        SpecMismatchError: vectors of more than one spec in a group (or base sums of another spec).
+        ValueError: missing or mistyped columns, vectors of unequal length, zero / NaN / null vectors.
+    """
+    cols = _as_cols(group_cols)
+    q = normalize_q(q)
+    scope = scope_name(cols)
+    need_sums = keep_sums or bool(base_sums)
+    # one group: sum its (at most `fanout`) partials on the driver and skip the last shuffle and Python stage;
+    # several groups: sum and score each group on an executor, so the driver gets one small row per group
+    on_driver = not cols
+    frame = covariance_sums_frame(
+        df,
+        cols,
+        vector_col=vector_col,
+        spec_col=spec_col,
+        q=q,
+        keep_sums=need_sums,
+        fanout=fanout,
+        finalize=not on_driver,
+    )
+    collected = frame.collect()
+    spec_name = spec_col or "spec_id"
+
+    def single_spec(key: tuple, specs: Sequence[str | None]) -> str | None:
+        if not spec_col:
+            return spec_id
+        if len(specs) > 1:
+            _raise_mixed(scope, key, list(specs), spec_name)
+        return specs[0] if specs else None
+
+    rows: list[dict] = []
+    sums_out: dict[tuple, CovarianceSums] = {}
+    spec_out: dict[tuple, str | None] = {}
+    name_q = vendi_metric(metric_prefix, q)
+    merged: dict[tuple, tuple[CovarianceSums, str | None]] = {}
+    if on_driver:
+        packed: dict[tuple, _Packed] = {}
+        for r in collected:
+            key = tuple(r[c] for c in cols)
+            acc = packed.get(key)
+            if acc is None:
+                acc = packed[key] = _Packed(r[_D])
+            acc.add(r[_N], r[_D], bytes(r[_VSUM]), bytes(r[_COV]), r[_SPECS] or [])
+        for key, acc in packed.items():
+            merged[key] = (acc.sums(), single_spec(key, _sorted_specs(acc.specs)))
+    elif not need_sums:
+        for r in collected:
+            key = tuple(r[c] for c in cols)
+            spec = single_spec(key, list(r[_SPECS]))
+            metrics = {metric_prefix: r[_VENDI], cosine_metric: r[_MCOS]}
+            if q != 1.0:
+                metrics[name_q] = r[_VENDI_Q]
+            rows += _rows(scope, key, r[_N], spec, metrics)
+            spec_out[key] = spec
+        return DiversityResult(_frame(rows), {}, spec_out)
+    else:
+        for r in collected:
+            key = tuple(r[c] for c in cols)
+            record = {"n": r[_N], "d": r[_D], "vector_sum": r[_VSUM], "cov_upper": r[_COV]}
+            merged[key] = (CovarianceSums.from_record(record), single_spec(key, list(r[_SPECS])))
+    for raw_key, base in (base_sums or {}).items():
+        key = tuple(raw_key) if isinstance(raw_key, tuple | list) else (raw_key,)
+        if len(key) != len(cols):
+            raise ValueError(f"base_sums key {raw_key!r} does not match group columns {cols}")
+        if not isinstance(base, CovarianceSums):
+            raise ValueError(f"base_sums[{raw_key!r}] must be CovarianceSums, got {type(base).__name__}")
+        known = base_spec_ids is not None and key in base_spec_ids
+        bspec = base_spec_ids[key] if known else spec_id
+        if key in merged:
+            new, nspec = merged[key]
+            if known and bspec != nspec:
+                _raise_mixed(scope, key, _sorted_specs([bspec, nspec]), spec_name)
+            merged[key] = (base + new, nspec)
+        else:
+            merged[key] = (base + CovarianceSums.zeros(base.d), bspec)
+    for key, (sums, spec) in merged.items():
+        if sums.n == 0:
+            continue
+        v1, vq, mc = _metrics(sums, q)
+        metrics = {metric_prefix: v1, cosine_metric: mc}
+        if q != 1.0:
+            metrics[name_q] = vq
+        rows += _rows(scope, key, sums.n, spec, metrics)
+        spec_out[key] = spec
+        if keep_sums:
+            sums_out[key] = sums
+    return DiversityResult(_frame(rows), sums_out, spec_out)
+
+
+def embed_frame(
+    df,
+    text_col: str = "text",
+    *,
+    out_col: str = "vector",
+    model: str = "builtin:minilm",
+    device: str = "auto",
+    batch_size: int = 64,
+    max_tokens: int | None = None,
+):
+    """Append ``out_col`` (array<float>, unit sentence embeddings of ``text_col``) with ``mapInPandas``."""
+    from prismatic.embeddings import embed_partitions, embedding_schema
+
+    if text_col not in df.columns:
+        raise ValueError(f"text column {text_col!r} is not in the DataFrame (columns: {df.columns})")
+    fn = embed_partitions(text_col, out_col, model=model, device=device, batch_size=batch_size, max_tokens=max_tokens)
+    return df.mapInPandas(fn, embedding_schema(df.schema, out_col))
+
+
+def embedding_diversity(
+    df,
+    group_cols: str | Sequence[str] | None = None,
+    *,
+    text_col: str = "text",
+    model: str = "builtin:minilm",
+    device: str = "auto",
+    batch_size: int = 64,
+    max_tokens: int | None = None,
+    q: float = 1.0,
+    keep_sums: bool = False,
+    fanout: int = 32,
+) -> DiversityResult:
+    """Embedding Vendi per group: embed ``text_col`` (cosine kernel of unit sentence embeddings), then the d × d path.
+
+    This is the Vendi score of https://arxiv.org/abs/2210.02410 with an all-MiniLM-L6-v2 kernel by default; rows carry
+    ``spec_id = embedding:<model>``. Metrics: ``emb_vendi`` (+ ``emb_vendi_q<q>``), ``emb_mean_cosine``.
+    """
+    cols = _as_cols(group_cols)
+    for c in cols:
+        if c not in df.columns:
+            raise ValueError(f"group column {c!r} is not in the DataFrame (columns: {df.columns})")
+    vec = f"{_P}emb"
+    embedded = embed_frame(
+        df.select(*cols, text_col),
+        text_col,
+        out_col=vec,
+        model=model,
+        device=device,
+        batch_size=batch_size,
+        max_tokens=max_tokens,
+    ).drop(text_col)
+    return gradient_diversity(
+        embedded,
+        cols,
+        vector_col=vec,
+        spec_col=None,
+        spec_id=embedding_spec_id(model),
+        q=q,
+        keep_sums=keep_sums,
+        metric_prefix=EMB_VENDI,
+        cosine_metric=EMB_MEAN_COSINE,
+        fanout=fanout,
+    )
+
+
+def _ngram_udf(n: int):
+    from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.types import ArrayType, StringType
+
+    @pandas_udf(ArrayType(StringType(), False))
+    def text_ngrams(texts: pd.Series) -> pd.Series:
+        out = []
+        for t in texts:
+            if not isinstance(t, str):
+                raise ValueError("null text: n-gram baselines need a string in every row (filter nulls first)")
+            out.append([_NGRAM_SEP.join(g) for g in ngrams(tokenize(t), n)])
+        return pd.Series(out, dtype=object)
+
+    return text_ngrams
+
+
+def text_diversity(
+    df,
+    group_cols: str | Sequence[str] | None = None,
+    *,
+    text_col: str = "text",
+    n: int = 2,
+) -> pd.DataFrame:
+    """n-gram entropy and distinct-n per group, counted with Spark.
+
+    Texts are tokenized with :func:`prismatic.vendi.tokenize` (in a pandas UDF, so Spark and the pure functions agree);
+    n-grams are counted per (group, n-gram); then per group T = Σ c, U = number of distinct n-grams and
+    entropy = log T − Σ c log c / T (nats), distinct-n = U / T. Only per-group scalars reach the driver.
+
+    Args:
+        df: Spark DataFrame with ``text_col`` (strings; nulls raise) and the group columns.
+        group_cols: grouping columns (none: one group ``all``).
+        text_col: text column.
+        n: n-gram order.
+
+    Returns:
+        rows ``scope, group, metric, value, n, spec_id`` with metrics ``ngram_entropy_<n>`` and ``distinct_<n>``;
+        ``n`` is the number of texts; ``spec_id`` is ``text``. A group with no n-gram has NaN values.
+    """
+    from pyspark.sql import functions as F
+
+    cols = _as_cols(group_cols)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n-gram order must be an integer >= 1, got {n=}")
+    for c in [*cols, text_col]:
+        if c not in df.columns:
+            raise ValueError(f"column {c!r} is not in the DataFrame (columns: {df.columns})")
+    ng, cnt = f"{_P}ngram", f"{_P}c"
+    per_ngram = (
+        df.select(*cols, F.explode(_ngram_udf(n)(F.col(text_col))).alias(ng))
+        .groupBy(*cols, ng)
+        .agg(F.count(F.lit(1)).alias(cnt))
+    )
+    stats = per_ngram.groupBy(*cols).agg(
+        F.sum(cnt).alias("total"),
+        F.count(F.lit(1)).alias("unique"),
+        F.sum(F.col(cnt) * F.log(F.col(cnt))).alias("clogc"),
+    )
+    texts = df.groupBy(*cols).agg(F.count(F.lit(1)).alias("texts"))
+    by_key = {tuple(r[c] for c in cols): r for r in stats.collect()}
+    scope = scope_name(cols)
+    ent_name, dist_name = ngram_metrics(n)
+    rows: list[dict] = []
+    for r in texts.collect():
+        key = tuple(r[c] for c in cols)
+        s = by_key.get(key)
+        if s is None or not s["total"]:
+            ent = dist = math.nan
+        else:
+            total = float(s["total"])
+            ent = math.log(total) - float(s["clogc"]) / total
+            dist = s["unique"] / total
+        rows += _rows(scope, key, r["texts"], TEXT_SPEC_ID, {ent_name: ent, dist_name: dist})
+    return _frame(rows)
+
+
+def diversity_report(
+    df,
+    cfg=None,
+    group_cols: str | Sequence[str] | None = None,
+    *,
+    vector_col: str | None = "vector",
+    text_col: str | None = None,
+    spec_col: str | None = "spec_id",
+    embedding: bool = True,
+) -> pd.DataFrame:
+    """All metrics the input allows, as one frame of rows ``scope, group, metric, value, n, spec_id``.
+
+    G-Vendi and gradient mean cosine when ``vector_col`` is given; n-gram entropy, distinct-n and (with
+    ``embedding``) embedding Vendi when ``text_col`` is given. Settings come from a ``DiversityConfig``.
+    """
+    from prismatic.config import DiversityConfig
+
+    cfg = cfg or DiversityConfig()
+    if vector_col is None and text_col is None:
+        raise ValueError("nothing to measure: pass vector_col and/or text_col")
+    parts: list[pd.DataFrame] = []
+    if vector_col is not None:
+        parts.append(
+            gradient_diversity(
+                df, group_cols, vector_col=vector_col, spec_col=spec_col, q=cfg.q, fanout=cfg.tree_fanout
+            ).rows
+        )
+    if text_col is not None:
+        parts.append(text_diversity(df, group_cols, text_col=text_col, n=cfg.ngram))
+        if embedding:
+            parts.append(
+                embedding_diversity(
+                    df,
+                    group_cols,
+                    text_col=text_col,
+                    model=cfg.embedding_model,
+                    device=cfg.embedding_device,
+                    batch_size=cfg.embedding_batch_size,
+                    max_tokens=cfg.embedding_max_tokens,
+                    q=cfg.q,
+                    fanout=cfg.tree_fanout,
+                ).rows
+            )
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]

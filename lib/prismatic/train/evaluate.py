@@ -1,0 +1,218 @@
+"""Evaluation: accuracy of a student on a benchmark, and the ``eval`` stage (``eval_results`` + MLflow).
+
+Scoring rules (every unparseable answer counts as wrong, never as skipped):
+
+* **NLI**: the probe predicts a label directly; the lm's generated text is parsed by :func:`parse_nli_answer`
+  (the earliest label word, ``non-entailment`` before ``entailment``; a bare ``yes`` / ``no``). A 3-way prediction
+  on a 2-way benchmark is folded with :func:`~prismatic.train.benchmarks.collapse_label`.
+* **Math**: the lm's answer and the gold answer are parsed and compared with math-verify
+  (``math_verify.parse`` / ``math_verify.verify``); an answer math-verify cannot parse is wrong.
+
+``eval_results`` is keyed by (run_id = student id, benchmark = name, ``name@n:seed`` when sampled) and MERGEd with
+update, so evaluating the same student on the same data again replaces its row and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from prismatic.config import Settings
+from prismatic.errors import PrismError
+from prismatic.tables import TableStore
+from prismatic.train.benchmarks import Benchmark, collapse_label, load_benchmark
+
+log = logging.getLogger(__name__)
+
+_NLI_WORDS = re.compile(
+    r"non[\s_-]?entail\w*|not[\s_-]+entail\w*|no[\s_-]+entailment|entail\w*|neutral|contradict\w*", re.IGNORECASE
+)
+
+
+def parse_nli_answer(text: str | None) -> str | None:
+    """Canonical NLI label named by a generated answer, or None when it names none.
+
+    The earliest label word wins (``"Entailment."`` → entailment, ``"not entailed"`` → non-entailment,
+    ``"it contradicts"`` → contradiction); an answer that is just ``yes`` / ``no`` maps to entailment /
+    non-entailment.
+    """
+    if not isinstance(text, str):
+        return None
+    m = _NLI_WORDS.search(text)
+    if m:
+        w = re.sub(r"[\s_]+", "-", m.group(0).lower())
+        if w.startswith(("non", "not", "no-")):
+            return "non-entailment"
+        if w.startswith("entail"):
+            return "entailment"
+        if w.startswith("contradict"):
+            return "contradiction"
+        return "neutral"
+    bare = re.sub(r"[^a-z]", "", text.strip().lower())
+    return {"yes": "entailment", "no": "non-entailment"}.get(bare)
+
+
+def math_correct(prediction: str | None, gold: str) -> bool | None:
+    """True / False by math-verify; None when the prediction cannot be parsed (the caller counts it wrong)."""
+    from math_verify import parse, verify
+
+    if not isinstance(prediction, str) or not prediction.strip():
+        return None
+    pred = parse(prediction)
+    if not pred:
+        return None
+    gold_parsed = parse(gold if "$" in gold or "\\" in gold else f"${gold}$") or parse(gold)
+    if not gold_parsed:
+        raise PrismError(f"math-verify cannot parse the gold answer {gold!r}", hint="fix the benchmark file")
+    return bool(verify(gold_parsed, pred))
+
+
+@dataclass
+class EvalResult:
+    """Accuracy of one student on one benchmark. ``unparsed`` predictions are included in ``n`` as wrong."""
+
+    benchmark: str
+    split: str
+    task: str
+    n: int
+    correct: int
+    unparsed: int
+    labels: tuple[str, ...] = ()
+    fingerprint: str = ""
+    predictions: list = field(default_factory=list, repr=False)
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.n if self.n else float("nan")
+
+
+def score_nli(predicted: Sequence[str | None], bench: Benchmark) -> EvalResult:
+    """Accuracy of predicted labels (any label set; folded into the benchmark's) against the gold labels."""
+    if len(predicted) != len(bench.examples):
+        raise ValueError(f"{len(predicted)} predictions for {len(bench.examples)} examples")
+    folded = [collapse_label(p, bench.labels) for p in predicted]
+    correct = sum(1 for p, e in zip(folded, bench.examples, strict=True) if p is not None and p == e["label"])
+    unparsed = sum(1 for p in folded if p is None)
+    return EvalResult(bench.name, bench.split, "nli", len(folded), correct, unparsed, bench.labels,
+                      bench.fingerprint(), folded)
+
+
+def score_math(answers: Sequence[str | None], bench: Benchmark) -> EvalResult:
+    """Accuracy of generated math answers against the gold answers (math-verify; unparseable = wrong)."""
+    if len(answers) != len(bench.examples):
+        raise ValueError(f"{len(answers)} answers for {len(bench.examples)} examples")
+    verdicts = [math_correct(a, e["answer"]) for a, e in zip(answers, bench.examples, strict=True)]
+    correct = sum(1 for v in verdicts if v)
+    unparsed = sum(1 for v in verdicts if v is None)
+    return EvalResult(bench.name, bench.split, "math", len(verdicts), correct, unparsed, (), bench.fingerprint(),
+                      verdicts)
+
+
+def evaluate_student(student, bench: Benchmark, settings: Settings, embed=None) -> EvalResult:
+    """Accuracy of a loaded student on a benchmark.
+
+    Args:
+        student: a :class:`~prismatic.train.probe.ProbeStudent` or :class:`~prismatic.train.lm.LMStudent`.
+        bench: the benchmark.
+        settings: for the NLI prompt template, generation length and batch size.
+        embed: text → embedding function for a probe (default: the cached encoder of the settings).
+    """
+    if len(bench) == 0:
+        raise PrismError(f"benchmark {bench.name} has no examples")
+    kind = getattr(student, "kind", None)
+    if kind == "probe":
+        if bench.task != "nli":
+            raise PrismError(f"the probe student answers NLI only; {bench.name} is a {bench.task} benchmark",
+                             hint="evaluate math benchmarks with an lm student")
+        if embed is None:
+            from prismatic.train.data import embedder_for
+
+            embed = embedder_for(settings)
+        preds = student.predict_nli([e["premise"] for e in bench.examples], [e["hypothesis"] for e in bench.examples],
+                                    embed)
+        return score_nli(preds, bench)
+    if kind == "lm":
+        cfg = settings.train
+        if bench.task == "nli":
+            premises = [e["premise"] for e in bench.examples]
+            raw = student.predict_nli(premises, [e["hypothesis"] for e in bench.examples],
+                                      settings.ingest.nli_prompt_template, max_new_tokens=cfg.max_new_tokens,
+                                      batch_size=cfg.eval_batch_size)
+            return score_nli([parse_nli_answer(t) for t in raw], bench)
+        raw = student.generate([e["problem"] for e in bench.examples], max_new_tokens=cfg.max_new_tokens,
+                               batch_size=cfg.eval_batch_size)
+        return score_math(raw, bench)
+    raise PrismError(f"cannot evaluate a {type(student).__name__}: not a student")
+
+
+def load_benchmarks(specs: Sequence[str], limit: int | None, seed: int) -> list[Benchmark]:
+    return [load_benchmark(s).sample(limit, seed) for s in specs]
+
+
+def eval_stage(
+    store: TableStore,
+    settings: Settings,
+    model_path: str | Path | None = None,
+    benchmarks: Sequence[str] | None = None,
+) -> list[dict]:
+    """Evaluate a student on benchmarks → MERGE rows into ``eval_results`` and log an MLflow run ``eval``.
+
+    Args:
+        store: the table store.
+        settings: ``train.benchmarks`` / ``train.eval_limit`` / ``train.seed`` are the defaults.
+        model_path: a student folder; default the latest student trained under the data root.
+        benchmarks: builtin names or JSONL / task.json files (default ``train.benchmarks``).
+
+    Returns:
+        The ``eval_results`` rows written (one per benchmark).
+    """
+    from prismatic import tracking
+    from prismatic.train.students import latest_student, load_student, read_manifest
+
+    folder = Path(model_path).expanduser() if model_path else latest_student(settings)
+    student = load_student(folder, settings)
+    try:
+        manifest = read_manifest(folder)
+    except PrismError:
+        manifest = {"student_id": folder.resolve().name, "kind": student.kind, "lineage": {}}
+    specs = list(benchmarks or settings.train.benchmarks)
+    if not specs:
+        raise PrismError("no benchmark to evaluate on", hint="pass --benchmark NAME|FILE or set train.benchmarks")
+    benches = load_benchmarks(specs, settings.train.eval_limit, settings.train.seed)
+    lineage = manifest.get("lineage", {})
+    rows: list[dict] = []
+    nested = False
+    if settings.tracking.enabled:
+        import mlflow
+
+        nested = mlflow.active_run() is not None
+    tags = {"student_id": manifest["student_id"], "student_kind": student.kind, "student_path": str(folder)}
+    with tracking.run(settings, "eval", nested=nested, tags=tags,
+                      params={"benchmarks": ",".join(b.name for b in benches)}) as run:
+        for b in benches:
+            res = evaluate_student(student, b, settings)
+            log.info("%s on %s: accuracy %.4f (%d / %d, %d unparsed)", manifest["student_id"], b.name,
+                     res.accuracy, res.correct, res.n, res.unparsed)
+            rows.append({
+                "run_id": manifest["student_id"], "benchmark": b.name, "model": str(folder), "split": b.split,
+                "accuracy": res.accuracy, "n": res.n, "created_at": datetime.now(UTC),
+                "student_kind": student.kind, "task": b.task, "labels": ",".join(b.labels),
+                "n_correct": res.correct, "n_unparsed": res.unparsed, "subset_id": lineage.get("subset_id"),
+                "study_id": lineage.get("study_id"), "mlflow_run_id": run.info.run_id if run is not None else None,
+                "lineage": json.dumps({**lineage, "benchmark_sha": res.fingerprint, "source": b.source},
+                                      default=str),
+            })  # fmt: skip
+            if run is not None:
+                import mlflow
+
+                key = re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", b.name)
+                mlflow.log_metrics({f"acc.{key}": res.accuracy, f"unparsed.{key}": res.unparsed})
+    store.merge("eval_results", pa.Table.from_pylist(rows), update=True)
+    return rows

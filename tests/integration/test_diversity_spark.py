@@ -1,0 +1,258 @@
+"""Grouped G-Vendi, text baselines and embedding Vendi on local Spark, checked against the pure numpy functions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from prismatic import vendi
+from prismatic.errors import SpecMismatchError
+from prismatic.vendi import CovarianceSums
+
+pytestmark = pytest.mark.spark
+
+D = 24
+SOURCES = ["gsm", "snli", None, "synth"]
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Vectors in 4 sources of graded diversity (one source null), 2 rounds, one spec."""
+    rng = np.random.default_rng(42)
+    rows, X, keys = [], [], []
+    for s_i, source in enumerate(SOURCES):
+        k = [1, 3, 8, 20][s_i]  # clusters per source: diversity grows with s_i
+        centres = rng.standard_normal((k, D))
+        n = [37, 60, 25, 90][s_i]
+        for j in range(n):
+            v = centres[rng.integers(k)] + 0.3 * rng.standard_normal(D)
+            X.append(v)
+            keys.append((source, j % 2))
+            rows.append((source, j % 2, "specA", [float(x) for x in v.astype(np.float32)]))
+    X = np.array(X, dtype=np.float32)
+    return rows, X, keys
+
+
+@pytest.fixture(scope="module")
+def vectors(spark, data):
+    rows, _, _ = data
+    return spark.createDataFrame(rows, "source string, round int, spec_id string, vector array<float>")
+
+
+def numpy_by_group(X, keys, select):
+    out = {}
+    for key in sorted({select(k) for k in keys}, key=str):
+        idx = [i for i, k in enumerate(keys) if select(k) == key]
+        out[key] = (len(idx), vendi.score_X(X[idx]), vendi.score_dual(X[idx], q=2), vendi.mean_pairwise_cosine(X[idx]))
+    return out
+
+
+def metric(rows: pd.DataFrame, group: str, name: str) -> tuple[float, int, str]:
+    hit = rows[(rows["group"] == group) & (rows["metric"] == name)]
+    assert len(hit) == 1, f"expected one {name} row for {group}, got {len(hit)}"
+    r = hit.iloc[0]
+    return float(r["value"]), int(r["n"]), r["spec_id"]
+
+
+def test_grouped_g_vendi_equals_numpy(vectors, data):
+    from prismatic.diversity import gradient_diversity, group_name
+
+    _, X, keys = data
+    res = gradient_diversity(vectors, "source", q=2)
+    assert list(res.rows.columns) == ["scope", "group", "metric", "value", "n", "spec_id"]
+    assert set(res.rows["scope"]) == {"source"}
+    expected = numpy_by_group(X, keys, lambda k: (k[0],))
+    assert len(expected) == 4 and len(res.rows) == 4 * 3
+    for key, (n, v1, v2, mc) in expected.items():
+        g = group_name(key)
+        assert metric(res.rows, g, "g_vendi") == (pytest.approx(v1, rel=1e-9), n, "specA")
+        assert metric(res.rows, g, "g_vendi_q2")[0] == pytest.approx(v2, rel=1e-9)
+        assert metric(res.rows, g, "g_mean_cosine")[0] == pytest.approx(mc, abs=1e-9)
+    # graded diversity comes out ranked
+    order = [metric(res.rows, group_name((s,)), "g_vendi")[0] for s in SOURCES]
+    assert order == sorted(order)
+
+
+def test_two_group_columns_and_no_grouping(vectors, data):
+    from prismatic.diversity import gradient_diversity, group_name
+
+    _, X, keys = data
+    res = gradient_diversity(vectors, ["source", "round"])
+    expected = numpy_by_group(X, keys, lambda k: k)
+    assert len(res.rows) == 2 * len(expected) == 16
+    for key, (n, v1, _, _) in expected.items():
+        assert metric(res.rows, group_name(key), "g_vendi")[:2] == (pytest.approx(v1, rel=1e-9), n)
+    whole = gradient_diversity(vectors).rows
+    assert set(whole["scope"]) == {"all"} and set(whole["group"]) == {"all"}
+    assert metric(whole, "all", "g_vendi")[:2] == (pytest.approx(vendi.score_dual(X), rel=1e-9), len(X))
+    # the ungrouped path sums partials on the driver; with 7 partitions and fanout 2 it goes through tree levels
+    tree = gradient_diversity(vectors.repartition(7), fanout=2, q=math.inf, keep_sums=True)
+    assert metric(tree.rows, "all", "g_vendi")[0] == pytest.approx(vendi.score_dual(X), rel=1e-9)
+    assert metric(tree.rows, "all", "g_vendi_qinf")[0] == pytest.approx(vendi.score_dual(X, q=math.inf), rel=1e-9)
+    assert metric(tree.rows, "all", "g_mean_cosine")[0] == pytest.approx(vendi.mean_pairwise_cosine(X), abs=1e-9)
+    np.testing.assert_allclose(tree.sums[()].cov_sum, CovarianceSums.from_vectors(X).cov_sum, rtol=1e-10, atol=1e-12)
+
+
+@pytest.fixture(scope="module")
+def one_partition(vectors):
+    from prismatic.diversity import gradient_diversity
+
+    return gradient_diversity(vectors.coalesce(1), ["source", "round"], keep_sums=True)
+
+
+@pytest.mark.parametrize("partitions,fanout", [(4, 32), (7, 2)])
+def test_partitioning_does_not_change_results(vectors, one_partition, partitions, fanout):
+    """Any number of partitions, with and without tree levels (7 partitions, fanout 2: two levels), same values."""
+    from prismatic.diversity import gradient_diversity
+
+    base = one_partition
+    res = gradient_diversity(vectors.repartition(partitions), ["source", "round"], keep_sums=True, fanout=fanout)
+    pd.testing.assert_frame_equal(res.rows.drop(columns="value"), base.rows.drop(columns="value"))
+    np.testing.assert_allclose(res.rows["value"], base.rows["value"], rtol=1e-10, atol=1e-12)
+    assert res.sums.keys() == base.sums.keys()
+    for key, s in res.sums.items():
+        np.testing.assert_allclose(s.cov_sum, base.sums[key].cov_sum, rtol=1e-10, atol=1e-12)
+
+
+def test_kept_sums_equal_numpy_and_extend_incrementally(spark, vectors, data):
+    from prismatic.diversity import gradient_diversity
+
+    rows, X, keys = data
+    res = gradient_diversity(vectors, "source", keep_sums=True)
+    for source in SOURCES:
+        idx = [i for i, k in enumerate(keys) if k[0] == source]
+        ref = CovarianceSums.from_vectors(X[idx])
+        got = res.sums[(source,)]
+        assert got.n == ref.n
+        np.testing.assert_allclose(got.cov_sum, ref.cov_sum, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got.vector_sum, ref.vector_sum, rtol=1e-12, atol=1e-12)
+        assert res.spec_ids[(source,)] == "specA"
+    # round 0 kept as base sums, round 1 passed as new rows: equals scoring everything at once
+    old = gradient_diversity(vectors.where("round = 0"), "source", keep_sums=True)
+    new = gradient_diversity(
+        vectors.where("round = 1 and source != 'gsm'"),
+        "source",
+        base_sums=old.sums,
+        base_spec_ids=old.spec_ids,
+    )
+    full = gradient_diversity(vectors.where("round = 0 or source != 'gsm'"), "source").rows
+    pd.testing.assert_frame_equal(new.rows.drop(columns="value"), full.drop(columns="value"))
+    np.testing.assert_allclose(new.rows["value"], full["value"], rtol=1e-10, atol=1e-12)
+    # base sums of another spec refuse to mix
+    with pytest.raises(SpecMismatchError, match="specB"):
+        gradient_diversity(
+            vectors.where("round = 1"), "source", base_sums=old.sums, base_spec_ids=dict.fromkeys(old.sums, "specB")
+        )
+
+
+def test_mixed_spec_ids_raise_unless_grouped_by_spec(spark, data):
+    from prismatic.diversity import gradient_diversity
+
+    rows, X, _ = data
+    mixed = [(s, r, "specB" if i % 5 == 0 else spec, v) for i, (s, r, spec, v) in enumerate(rows)]
+    df = spark.createDataFrame(mixed, "source string, round int, spec_id string, vector array<float>")
+    with pytest.raises(SpecMismatchError, match="specA, specB"):
+        gradient_diversity(df)
+    with pytest.raises(SpecMismatchError):
+        gradient_diversity(df, "source")
+    by_spec = gradient_diversity(df, "spec_id").rows
+    assert set(by_spec["spec_id"]) == {"specA", "specB"}
+    idx_b = [i for i in range(len(rows)) if i % 5 == 0]
+    assert metric(by_spec, "specB", "g_vendi")[:2] == (pytest.approx(vendi.score_dual(X[idx_b]), rel=1e-9), len(idx_b))
+    # a spec column is required unless the caller says there is none
+    with pytest.raises(ValueError, match="spec column"):
+        gradient_diversity(df.drop("spec_id"))
+    labelled = gradient_diversity(df.drop("spec_id"), spec_col=None, spec_id="given").rows
+    assert set(labelled["spec_id"]) == {"given"}
+
+
+def test_double_vectors_and_bad_input(spark):
+    from prismatic.diversity import gradient_diversity
+
+    X = np.random.default_rng(0).standard_normal((40, 6))
+    df = spark.createDataFrame([("s", x.tolist()) for x in X], "spec_id string, vector array<double>")
+    assert metric(gradient_diversity(df).rows, "all", "g_vendi")[0] == pytest.approx(vendi.score_X(X), rel=1e-12)
+    zero = spark.createDataFrame([("s", [1.0, 0.0]), ("s", [0.0, 0.0])], "spec_id string, vector array<float>")
+    with pytest.raises(Exception, match="norm 0"):
+        gradient_diversity(zero)
+    ragged = spark.createDataFrame([("s", [1.0, 0.0]), ("s", [1.0])], "spec_id string, vector array<float>")
+    with pytest.raises(Exception, match="same length"):
+        gradient_diversity(ragged.coalesce(1))
+    with pytest.raises(ValueError, match="not in the DataFrame"):
+        gradient_diversity(df, "source")
+    with pytest.raises(ValueError, match="array<float>"):
+        gradient_diversity(df, vector_col="spec_id")
+
+
+def test_text_baselines_equal_pure_functions(spark):
+    from prismatic.diversity import text_diversity
+
+    texts = [
+        ("a", "The cat sat on the mat."),
+        ("a", "The cat sat on the mat!"),
+        ("a", "the cat ran"),
+        ("b", "Quantum computers use qubits; classical ones use bits."),
+        ("b", "Bake the bread at 200 degrees, then let it cool."),
+        ("c", "one"),
+        (None, "Hello, world. Hello again, world."),
+    ]
+    df = spark.createDataFrame(texts, "source string, text string").repartition(3)
+    for n in (1, 2, 3):
+        rows = text_diversity(df, "source", text_col="text", n=n)
+        for source in ["a", "b", "c", None]:
+            group = [t for s, t in texts if s == source]
+            g = "null" if source is None else source
+            ent, n_texts, spec = metric(rows, g, f"ngram_entropy_{n}")
+            dist = metric(rows, g, f"distinct_{n}")[0]
+            assert (n_texts, spec) == (len(group), "text")
+            want_ent, want_dist = vendi.ngram_entropy(group, n), vendi.distinct_n(group, n)
+            if math.isnan(want_ent):
+                assert math.isnan(ent) and math.isnan(dist)
+            else:
+                assert ent == pytest.approx(want_ent, rel=1e-12)
+                assert dist == pytest.approx(want_dist, rel=1e-12)
+    whole = text_diversity(df, text_col="text", n=2)
+    assert metric(whole, "all", "distinct_2")[0] == pytest.approx(vendi.distinct_n([t for _, t in texts], 2))
+
+
+@pytest.mark.model
+def test_embedding_vendi(spark):
+    from prismatic.config import DiversityConfig
+    from prismatic.diversity import diversity_report
+    from prismatic.embeddings import embed_texts
+
+    diverse = [
+        "The stock market fell sharply after the announcement.",
+        "My cat loves sleeping in the afternoon sun.",
+        "Quantum computers store information in qubits.",
+        "Bake the bread at 200 degrees for forty minutes.",
+        "The referee showed him a red card in the final minute.",
+    ]
+    similar = [
+        "The cat sat on the mat.",
+        "The cat sat on the mat!",
+        "A cat sat on the mat.",
+        "The cat was sitting on the mat.",
+        "The cat sat on a mat.",
+    ]
+    rows = [("diverse", t) for t in diverse] + [("similar", t) for t in similar]
+    # one partition: one Python worker loads the model once; text baselines and embedding Vendi in one report
+    df = spark.createDataFrame(rows, "source string, text string").coalesce(1)
+    res = diversity_report(df, DiversityConfig(q=2), "source", vector_col=None, text_col="text")
+    assert set(res["metric"]) == {"ngram_entropy_2", "distinct_2", "emb_vendi", "emb_vendi_q2", "emb_mean_cosine"}
+    assert len(res) == 10
+    v_div, n_div, spec = metric(res, "diverse", "emb_vendi")
+    v_sim, n_sim, _ = metric(res, "similar", "emb_vendi")
+    assert spec == "embedding:builtin:minilm" and n_div == n_sim == 5
+    assert 1.0 <= v_sim < v_div <= 5.0
+    assert v_div > 3.5 and v_sim < 1.5
+    assert metric(res, "similar", "emb_mean_cosine")[0] > 0.8 > metric(res, "diverse", "emb_mean_cosine")[0]
+    assert metric(res, "similar", "distinct_2")[0] < metric(res, "diverse", "distinct_2")[0]
+    # same as embedding on the driver and scoring with numpy
+    E = embed_texts(diverse)
+    assert np.allclose((E.astype(np.float64) ** 2).sum(axis=1), 1.0, atol=1e-6)
+    assert v_div == pytest.approx(vendi.score_X(E), rel=1e-6)
+    assert metric(res, "diverse", "emb_vendi_q2")[0] == pytest.approx(vendi.score_X(E, q=2), rel=1e-6)
