@@ -179,6 +179,54 @@ def synthesize(
 
 
 @app.command()
+def train(
+    student: Annotated[str | None, typer.Option("--student", help="lm | probe (default train.student)")] = None,
+) -> None:
+    """Train a student on the pool (probe: classifier on frozen sentence features; lm: fine-tuned causal LM)."""
+    from prismatic.train import train_stage
+
+    s = settings()
+    st = store()
+    with console.status("train: student…"):
+        rep = train_stage(st, s, student=student)
+    out.print(rep.summary())
+
+
+@app.command("eval")
+def eval_(
+    model: Annotated[str | None, typer.Option("--model", help="student folder (default: the latest trained)")] = None,
+    benchmark: Annotated[list[str] | None, typer.Option("--benchmark", "-b", help="built-in name or JSONL file")] = None,
+) -> None:
+    """Accuracy of a student on benchmark files or built-in benchmarks -> `eval_results`."""
+    from prismatic.train import eval_stage
+
+    s = settings()
+    st = store()
+    with console.status("eval…"):
+        rows = eval_stage(st, s, model_path=model, benchmarks=benchmark or None)
+    _print_rows([{k: r[k] for k in ("benchmark", "split", "accuracy", "n", "model") if k in r} for r in rows],
+                "table", "eval")
+
+
+@app.command()
+def study(
+    subsets: Annotated[int | None, typer.Option("--subsets", help="K subsets (default study.subsets)")] = None,
+    student: Annotated[str | None, typer.Option("--student", help="probe | lm (default study.student)")] = None,
+    force: Annotated[bool, typer.Option("--force", help="recompute a study already recorded")] = False,
+) -> None:
+    """Diversity-vs-OOD study: Spearman rho of each diversity metric against OOD accuracy -> `study`, MLflow."""
+    from prismatic.train import study_stage
+
+    s = settings()
+    st = store()
+    with _progress() as prog:
+        bar = prog.add_task("study", total=None)
+        rep = study_stage(st, s, subsets=subsets, student=student, force=force,
+                          progress=lambda done, total: prog.update(bar, completed=done, total=total))
+    out.print(rep.summary())
+
+
+@app.command()
 def status() -> None:
     """Every table with row count, Delta version and last operation."""
     from prismatic.tables import TABLES
