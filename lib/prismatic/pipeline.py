@@ -78,6 +78,23 @@ def run_pipeline(store: TableStore, settings: Settings, console: Console | None 
         results["diversity"] = div
         console.print("[bold]diversity[/] " + ", ".join(
             f"{r.group_key}: G-Vendi {r.value:.2f} (n={r.n})" for r in div.itertuples() if r.metric == "g_vendi"))
+        rounds = int(demo.get("synth_rounds", 0) or 0)
+        if rounds:
+            from prismatic.synth.loop import synthesize
+
+            reports = synthesize(store, settings, rounds=rounds)
+            results["synthesize"] = reports
+            for r in reports:
+                console.print(f"[bold]synthesize[/] {r.summary()}")
+        if demo.get("train"):
+            from prismatic.train import eval_stage, train_stage
+
+            tr = train_stage(store, settings, student=demo.get("student"))
+            console.print(f"[bold]train[/] {tr.summary()}")
+            ev = eval_stage(store, settings, model_path=tr.path, benchmarks=demo.get("benchmarks"))
+            console.print("[bold]eval[/] " + ", ".join(f"{r['benchmark']}: {r['accuracy']:.3f} (n={r['n']})"
+                                                        for r in ev))
+            results["train"], results["eval"] = tr, ev
         if mlrun is not None:
             import mlflow
 
