@@ -216,6 +216,23 @@ def score(edges: list[tuple[int, int]], pos_pairs, gt_label: dict[int, int]) -> 
 # ------------------------------------------------------------------------------------------------ methods
 
 
+def tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its children (the Spark JVM and its Python workers)."""
+    try:
+        import psutil
+    except ImportError:  # optional: only the CPU column is lost
+        return float("nan")
+    me = psutil.Process()
+    total = 0.0
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            t = proc.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
 def run_datasketch(df: pd.DataFrame, cfg: DedupConfig) -> tuple[list[tuple[int, int]], float, tuple[int, int]]:
     from datasketch import MinHash, MinHashLSH
 
@@ -322,9 +339,11 @@ def main(argv: list[str] | None = None) -> int:
         spark.read.parquet(path).count()  # warm-up: JVM, file listing
 
         results = []
+        load0, cpu0 = os.getloadavg()[0], tree_cpu_seconds()
         edges, secs, stats, out = run_prismatic(spark, path, df["sample_id"], cfg)
+        cpu = tree_cpu_seconds() - cpu0
         p, r, k = score(edges, pos_pairs, gt_label)
-        results.append(("prismatic (banded, Spark)", secs, p, r, k))
+        results.append(("prismatic (banded, Spark)", secs, cpu, p, r, k, (load0, os.getloadavg()[0])))
         say(f"prismatic stages (s): {stats.seconds}")
         say(
             f"prismatic: {stats.exact:,} exact + {stats.near:,} near; {stats.candidate_pairs:,} candidate pairs, "
@@ -334,15 +353,19 @@ def main(argv: list[str] | None = None) -> int:
         gc.collect()
 
         if not args.skip_datasketch:
+            load0, cpu0 = os.getloadavg()[0], tree_cpu_seconds()
             edges, secs, params = run_datasketch(df, cfg)
+            cpu = tree_cpu_seconds() - cpu0
             p, r, k = score(edges, pos_pairs, gt_label)
-            results.append((f"datasketch MinHashLSH (b={params[0]}, r={params[1]})", secs, p, r, k))
+            name = f"datasketch MinHashLSH (b={params[0]}, r={params[1]})"
+            results.append((name, secs, cpu, p, r, k, (load0, os.getloadavg()[0])))
             gc.collect()
 
         if args.mllib_rows:
             # whole planted groups for ~10 % of the subset, the rest unrelated rows; positions stay those of df
             members: list[int] = []
-            for g in groups:
+            for k in np.random.default_rng(args.seed).permutation(len(groups)):  # exact and near groups alike
+                g = groups[k]
                 if len(members) + len(g) > args.mllib_rows // 10:
                     break
                 members += g
@@ -355,16 +378,21 @@ def main(argv: list[str] | None = None) -> int:
             pq.write_table(pa.Table.from_pandas(sub, preserve_index=False), sub_path + ".parquet")
             mcfg = cfg.model_copy(update={"method": "mllib"})
             for name, c in (("prismatic (banded)", cfg), ("prismatic (mllib)", mcfg)):
+                load0, cpu0 = os.getloadavg()[0], tree_cpu_seconds()
                 e, s, st, _ = run_prismatic(spark, sub_path + ".parquet", df["sample_id"], c)
+                cpu = tree_cpu_seconds() - cpu0
                 p, r, k = score(e, sub_pos, gt_label)
-                results.append((f"{name} @ {len(sub):,} rows", s, p, r, k))
+                results.append((f"{name} @ {len(sub):,} rows", s, cpu, p, r, k, (load0, os.getloadavg()[0])))
 
         say()
         base = next((s for n, s, *_ in results if n.startswith("datasketch")), None)
-        say(f"{'method':<44} {'seconds':>9} {'vs datasketch':>13} {'precision':>9} {'recall':>7} {'links':>9}")
-        for name, s, p, r, k in results:
+        say(
+            f"{'method':<40} {'seconds':>8} {'vs datasketch':>13} {'cpu s':>7} {'precision':>9} {'recall':>7} "
+            f"{'links':>8}  load avg (start, end)"
+        )
+        for name, s, cpu, p, r, k, (l0, l1) in results:
             ratio = f"{s / base:.2f}x" if base and "@" not in name else "-"
-            say(f"{name:<44} {s:>9.1f} {ratio:>13} {p:>9.4f} {r:>7.4f} {k:>9,}")
+            say(f"{name:<40} {s:>8.1f} {ratio:>13} {cpu:>7.0f} {p:>9.4f} {r:>7.4f} {k:>8,}  {l0:.1f}, {l1:.1f}")
         spark.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -24,9 +24,10 @@ Usage::
     python bench/kmeans.py --n 50000 --mllib-n 0         # smaller, skip MLlib
     python bench/kmeans.py --storages files,cache --out /tmp/kmeans.txt
 
-Prints a table and writes the same text to ``--out`` (default bench/results/kmeans.txt). Timings are wall
-clock on the machine that runs it; the header records cores and load average (other jobs on a shared machine
-slow every method, Spark's scheduling most).
+Prints a table and writes the same text to ``--out`` (default bench/results/kmeans.txt). Each method gets its
+wall-clock seconds and the CPU seconds of this process tree (driver, JVM, Python workers: read from /proc, Linux
+only). On a shared machine other jobs stretch wall time, so the load average is recorded next to every
+measurement and faiss is timed again after ours; CPU seconds are the steadier measure of work done.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -86,22 +88,66 @@ def write_parquet(x: np.ndarray, folder: Path, files: int) -> None:
     bounds = np.linspace(0, n, files + 1).astype(int)
     for f in range(files):
         lo, hi = bounds[f], bounds[f + 1]
-        with pq.ParquetWriter(folder / f"part-{f:03d}.parquet", pa.schema(
-            [("sample_id", pa.int64()), ("vector", pa.list_(pa.float32()))]
-        )) as w:  # fmt: skip
+        with pq.ParquetWriter(
+            folder / f"part-{f:03d}.parquet",
+            pa.schema([("sample_id", pa.int64()), ("vector", pa.list_(pa.float32()))]),
+        ) as w:
             for s in range(lo, hi, 8192):
                 e = min(hi, s + 8192)
                 vec = pa.ListArray.from_arrays(
                     pa.array(np.arange(0, (e - s + 1) * d, d, dtype=np.int32)), pa.array(x[s:e].reshape(-1))
                 )
-                w.write_batch(pa.record_batch([pa.array(np.arange(s, e, dtype=np.int64)), vec],
-                                              names=["sample_id", "vector"]))  # fmt: skip
+                w.write_batch(
+                    pa.record_batch([pa.array(np.arange(s, e, dtype=np.int64)), vec], names=["sample_id", "vector"])
+                )
 
 
-def timed(fn):
-    t0 = time.perf_counter()
+def tree_cpu_seconds() -> float:
+    """User + system CPU seconds of this process and all its descendants (the JVM and its Python workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent, cpu = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    me, total = os.getpid(), 0.0
+    for pid, c in cpu.items():
+        p = pid
+        while p > 1 and p != me:
+            p = parent.get(p, 0)
+        if p == me:
+            total += c
+    return total
+
+
+CPU: dict[str, float] = {}
+
+
+@dataclass
+class Row:
+    method: str
+    n: int
+    wall: float  # seconds
+    cpu: float  # CPU seconds of the whole process tree (driver, JVM, Python workers)
+    steps: float | None  # ours: Lloyd loop + final pass; mllib: fit
+    objective: float
+    note: str
+
+
+def timed(fn, label: str | None = None):
+    """(result, wall seconds); CPU seconds of the process tree go to CPU[label]."""
+    c0, t0 = tree_cpu_seconds(), time.perf_counter()
     out = fn()
-    return out, time.perf_counter() - t0
+    secs = time.perf_counter() - t0
+    if label:
+        CPU[label] = tree_cpu_seconds() - c0
+    return out, secs
 
 
 def run_faiss(x: np.ndarray, k: int, iterations: int, seed: int, all_points: bool):
@@ -109,13 +155,14 @@ def run_faiss(x: np.ndarray, k: int, iterations: int, seed: int, all_points: boo
 
     kw = {"max_points_per_centroid": int(np.ceil(len(x) / k)) + 1} if all_points else {}
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, spherical=True, seed=seed, verbose=False, **kw)
-    _, secs = timed(lambda: km.train(x))
+    _, secs = timed(lambda: km.train(x), "faiss")
     return km.centroids.copy(), secs
 
 
 def load_avg() -> str:
+    """1-minute load average (the machine's other work slows every method)."""
     try:
-        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+        return f"{os.getloadavg()[0]:.1f}"
     except OSError:
         return "n/a"
 
@@ -129,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--noise", type=float, default=1.0, help="noise norm relative to the direction (default 1.0)")
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--mllib-n", type=parse_size, default=20_000, help="points for MLlib (0 skips it)")
+    ap.add_argument("--mllib-n", type=parse_size, default=10_000, help="points for MLlib (0 skips it)")
     ap.add_argument("--storages", default="files,cache", help="ours: comma list of files, cache")
     ap.add_argument("--skip-numpy", action="store_true", help="skip the single-process numpy Lloyd run")
     ap.add_argument("--master", default="local[*]")
@@ -159,17 +206,25 @@ def main(argv: list[str] | None = None) -> int:
 
     n, d, k, it = args.n, args.d, args.k, args.iterations
     say("# spherical k-means benchmark (bench/kmeans.py)")
-    say(f"date {time.strftime('%Y-%m-%d %H:%M:%S')}  host {platform.node()}  cores {os.cpu_count()}  "
-        f"load avg at start {load_avg()}")  # fmt: skip
-    say(f"python {platform.python_version()}  numpy {np.__version__}  faiss {faiss.__version__}  "
-        f"pyspark {pyspark.__version__}  master {args.master}  driver memory {args.driver_memory}")  # fmt: skip
-    say(f"data: N = {n:,} x d = {d}, unit float32 around {args.directions} directions, noise {args.noise}; "
-        f"k = {k}, {it} iterations, seed {args.seed}")  # fmt: skip
+    say(
+        f"date {time.strftime('%Y-%m-%d %H:%M:%S')}  host {platform.node()}  cores {os.cpu_count()}  "
+        f"load avg (1 min) at start {load_avg()}"
+    )
+    say(
+        f"python {platform.python_version()}  numpy {np.__version__}  faiss {faiss.__version__}  "
+        f"pyspark {pyspark.__version__}  master {args.master}  driver memory {args.driver_memory}"
+    )
+    say(
+        f"data: N = {n:,} x d = {d}, unit float32 around {args.directions} directions, noise {args.noise}; "
+        f"k = {k}, {it} iterations, seed {args.seed}"
+    )
     say("objective = sum over all N points of cos(x, nearest unit centroid), same function for every method")
     say()
 
     tmp = Path(tempfile.mkdtemp(prefix="prism-bench-kmeans-"))
-    rows: list[tuple] = []  # (method, n, seconds, steps seconds or None, objective, note)
+    rows: list[Row] = []
+    mllib_rows: list[Row] = []
+    results = {}
     try:
         x, secs = timed(lambda: make_data(n, d, args.directions, args.noise, args.seed))
         say(f"generated vectors in {secs:.1f} s")
@@ -180,87 +235,105 @@ def main(argv: list[str] | None = None) -> int:
         spark = get_spark(SparkConfig(master=args.master, driver_memory=args.driver_memory, shuffle_partitions=4))
         df = spark.read.parquet(str(tmp / "vectors"))
 
-        for all_points in (False, True):
-            c, secs = run_faiss(x, k, it, args.seed, all_points)
-            name = "faiss (all points)" if all_points else "faiss (default)"
-            note = "trains on every point" if all_points else f"trains on {min(n, 256 * k):,} sampled points"
-            rows.append((name, n, secs, None, cl.objective(x, c), note))
-            say(f"{name}: {secs:.2f} s")
+        def faiss_row(name: str, xs: np.ndarray, all_points: bool, note: str) -> Row:
+            c, secs = run_faiss(xs, k, it, args.seed, all_points)
+            say(f"{name} at {len(xs):,}: {secs:.2f} s")
+            return Row(name, len(xs), secs, CPU["faiss"], None, cl.objective(xs, c), f"{note}load {load_avg()}")
+
+        rows.append(faiss_row("faiss (default)", x, False, f"trains on {min(n, 256 * k):,} sampled points; "))
+        rows.append(faiss_row("faiss (all points)", x, True, "trains on every point; "))
 
         if not args.skip_numpy:
-            r, secs = timed(lambda: cl.lloyd(x, k, it, seed=args.seed, tol=None))
-            rows.append(("numpy lloyd (1 process)", n, secs, None, cl.objective(x, r.centroids), "no Spark"))
+            r, secs = timed(lambda: cl.lloyd(x, k, it, seed=args.seed, tol=None), "numpy")
+            obj = cl.objective(x, r.centroids)
+            rows.append(Row("numpy lloyd (1 process)", n, secs, CPU["numpy"], None, obj, f"load {load_avg()}"))
             say(f"numpy lloyd: {secs:.2f} s")
 
-        results = {}
         for storage in storages:
-            r, secs = timed(lambda s=storage: cl.spherical_kmeans(df, k, it, seed=args.seed, tol=None, storage=s))
-            steps = r.seconds["steps"] + r.seconds["final"]
+            r, secs = timed(
+                lambda s=storage: cl.spherical_kmeans(df, k, it, seed=args.seed, tol=None, storage=s), "ours"
+            )
             obj = cl.objective(x, r.centroids)
             assert abs(obj - r.objective) <= 1e-5 * obj, (obj, r.objective)
             phases = ", ".join(f"{p} {v:.1f}" for p, v in r.seconds.items())
-            rows.append((f"ours ({storage})", n, secs, steps, obj, f"{r.partitions} partitions; {phases}"))
+            steps = r.seconds["steps"] + r.seconds["final"]
+            note = f"{r.partitions} partitions; {phases}; load {load_avg()}"
+            rows.append(Row(f"ours ({storage})", n, secs, CPU["ours"], steps, obj, note))
             results[storage] = r
             say(f"ours ({storage}): {secs:.2f} s ({phases})")
+        # faiss again after ours: on a shared machine the load drifts, so both timings are reported
+        rows.append(faiss_row("faiss (all points), again", x, True, "rerun after ours; "))
         if results:
             r = next(iter(results.values()))
             out = tmp / "assignments"
             _, secs = timed(lambda: r.assignments.write.mode("overwrite").parquet(str(out)))
             say(f"assignments pass (write {n:,} rows of sample_id, cluster_id, cosine to parquet): {secs:.2f} s")
 
-        mllib_rows: list[tuple] = []
         if args.mllib_n:
             m = min(args.mllib_n, n)
             xs = x[:m]
             small = df.where(f"sample_id < {m}")
-            res, secs = timed(lambda: cl.spherical_kmeans(small, k, it, seed=args.seed, method="mllib"))
+            res, secs = timed(lambda: cl.spherical_kmeans(small, k, it, seed=args.seed, method="mllib"), "mllib")
             fit = res.seconds["fit"]
-            mllib_rows.append(("mllib (cosine)", m, secs, fit, cl.objective(xs, res.centroids),
-                               f"fit {fit:.1f} s, {res.iterations} iterations; extrapolated to N = {n:,}: "
-                               f"{fit * n / m:.0f} s"))  # fmt: skip
+            note = (
+                f"{res.iterations} iterations; fit extrapolated to N = {n:,}: {fit * n / m:.0f} s; load {load_avg()}"
+            )
+            mllib_rows.append(Row("mllib (cosine)", m, secs, CPU["mllib"], fit, cl.objective(xs, res.centroids), note))
             say(f"mllib at {m:,}: {secs:.2f} s (fit {fit:.2f})")
-            c, secs = run_faiss(xs, k, it, args.seed, True)
-            mllib_rows.append(("faiss (all points)", m, secs, None, cl.objective(xs, c), ""))
-            r2, secs = timed(lambda: cl.spherical_kmeans(small, k, it, seed=args.seed, tol=None))
-            mllib_rows.append(("ours (files)", m, secs, r2.seconds["steps"] + r2.seconds["final"],
-                               cl.objective(xs, r2.centroids), ""))  # fmt: skip
+            mllib_rows.append(faiss_row("faiss (all points)", xs, True, ""))
+            r2, secs = timed(lambda: cl.spherical_kmeans(small, k, it, seed=args.seed, tol=None), "ours")
+            steps = r2.seconds["steps"] + r2.seconds["final"]
+            obj = cl.objective(xs, r2.centroids)
+            mllib_rows.append(Row("ours (files)", m, secs, CPU["ours"], steps, obj, f"load {load_avg()}"))
         spark.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
-    def table(title: str, entries: list[tuple], ref_name: str) -> None:
-        ref = next(e for e in entries if e[0] == ref_name)
+    def table(title: str, entries: list[Row], ref_name: str) -> None:
+        ref = next(e for e in entries if e.method == ref_name)
         say()
         say(title)
-        say(f"{'method':<26}{'N':>9}{'seconds':>10}{'steps s':>9}{'x ' + ref_name:>22}{'objective':>14}"
-            f"{'vs ref':>9}  note")  # fmt: skip
-        for name, size, secs, steps, obj, note in entries:
-            st = f"{steps:.1f}" if steps is not None else "-"
-            ratio = secs / ref[2]
-            rel = (obj - ref[4]) / ref[4] * 100
-            say(f"{name:<26}{size:>9,}{secs:>10.2f}{st:>9}{ratio:>22.2f}{obj:>14.1f}{rel:>+8.2f}%  {note}")
+        say(
+            f"{'method':<27}{'N':>9}{'wall s':>9}{'x ref':>7}{'cpu s':>9}{'x ref':>7}{'steps s':>9}"
+            f"{'objective':>13}{'vs ref':>9}  note"
+        )
+        for e in entries:
+            st = f"{e.steps:.1f}" if e.steps is not None else "-"
+            rel = (e.objective - ref.objective) / ref.objective * 100
+            say(
+                f"{e.method:<27}{e.n:>9,}{e.wall:>9.1f}{e.wall / ref.wall:>7.2f}{e.cpu:>9.1f}{e.cpu / ref.cpu:>7.2f}"
+                f"{st:>9}{e.objective:>13.1f}{rel:>+8.2f}%  {e.note}"
+            )
 
-    table(f"## N = {n:,} (ratios and objective vs faiss using every point)", rows, "faiss (all points)")
+    table(f"## N = {n:,} (x ref and vs ref: against faiss using every point)", rows, "faiss (all points)")
     if mllib_rows:
-        table(f"## MLlib at N = {mllib_rows[0][1]:,} (same k, iterations, seed)", mllib_rows, "faiss (all points)")
+        table(f"## MLlib at N = {mllib_rows[0].n:,} (same k, iterations, seed)", mllib_rows, "faiss (all points)")
 
     if results:
         r = next(iter(results.values()))
         b = r.bytes_per_step
         say()
         say("## scale-out (bytes per Lloyd step, from KMeansResult.bytes_per_step)")
-        say(f"broadcast: k x d float32 = {b['broadcast'] / 2**20:.2f} MiB to every task (PySpark ships the "
-            "pickled closure as a broadcast when it exceeds 1 MB)")  # fmt: skip
-        say(f"partials: k x (d + 1) float64 + {cl.DEFAULT_RESEED_POOL} re-seed candidates = "
+        say(
+            f"broadcast: k x d float32 = {b['broadcast'] / 2**20:.2f} MiB to every task (PySpark ships the "
+            "pickled closure as a broadcast when it exceeds 1 MB)"
+        )
+        say(
+            f"partials: k x (d + 1) float64 + {cl.DEFAULT_RESEED_POOL} re-seed candidates = "
             f"{b['partials_per_partition'] / 2**20:.2f} MiB per partition; with P partitions the driver receives "
             f"P x that (reduce=driver), or k x (d + 1) x 8 = {k * (d + 1) * 8 / 2**20:.2f} MiB after an "
-            "executor-side sum per block of 256 clusters (reduce=shuffle, chosen automatically above 512 MiB)")  # fmt: skip
-        say(f"vector data: storage=files moves none after staging (each task memory-maps its Arrow file); "
+            "executor-side sum per block of 256 clusters (reduce=shuffle, chosen automatically above 512 MiB)"
+        )
+        say(
+            f"vector data: storage=files moves none after staging (each task memory-maps its Arrow file); "
             f"storage=cache ships N x d x 4 = {n * d * 4 / 2**20:.0f} MiB from the JVM cache to the Python "
-            "workers every step")  # fmt: skip
-        say("compute per step is N x k x d multiply-adds split over the P tasks, so steps scale with cores until "
-            "the per-step fixed cost (job scheduling + P x partials) dominates: keep P near the core count")  # fmt: skip
-    say(f"load avg at end {load_avg()}")
+            "workers every step"
+        )
+        say(
+            "compute per step is N x k x d multiply-adds split over the P tasks, so steps scale with cores until "
+            "the per-step fixed cost (job scheduling + P x partials) dominates: keep P near the core count"
+        )
+    say(f"load avg (1 min) at end {load_avg()}")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

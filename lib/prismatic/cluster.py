@@ -18,9 +18,10 @@ than the median cluster size. This module holds:
 Objective everywhere: sum over points of the cosine to the nearest (unit-normalized) centroid; higher is
 better, at most N.
 
-Determinism: for a given seed, results do not depend on the number of partitions, on the storage mode or
-on the reduce mode (up to float64 summation order, ~1e-15). Ties in the argmax go to the lower cluster id;
-ties in re-seed order go to the smaller sample id.
+Determinism: for a given seed, results do not depend on the number of partitions, the storage mode or the
+reduce mode, up to rounding: float64 sums in another order (~1e-15), and float32 dot products that may differ
+in the last bit with the block shape (which can flip only an exact near-tie). Ties in the argmax go to the
+lower cluster id; ties in the re-seed order go to the smaller sample id.
 """
 
 from __future__ import annotations
@@ -735,7 +736,11 @@ class _FileStore:
             row = {"path": path if n else "", "n": n, **stats, "low_h": low.tolist()}
             yield pa.RecordBatch.from_pylist([row], schema=arrow_schema)
 
-        meta = src.mapInArrow(write, schema).toArrow().to_pydict()
+        try:
+            meta = src.mapInArrow(write, schema).toArrow().to_pydict()
+        except BaseException:
+            self.close()
+            raise
         self.stats = _sum_stats(meta)
         self.paths = [p for p, c in zip(meta["path"], meta["n"], strict=True) if c > 0]
         self.n = int(sum(meta["n"]))
@@ -819,8 +824,12 @@ class _CacheStore:
             if changed:
                 _conf_set(spark, key, old) if old is not None else _conf_unset(spark, key)
         # the first action materializes the cache; only the small per-partition stats rows come back
-        meta = self.packed.where(F.col("n") == 0).select(*_STATS_FIELDS, "low_h").toArrow().to_pydict()
-        self.n = int(self.packed.agg(F.sum("n")).collect()[0][0] or 0)
+        try:
+            meta = self.packed.where(F.col("n") == 0).select(*_STATS_FIELDS, "low_h").toArrow().to_pydict()
+            self.n = int(self.packed.agg(F.sum("n")).collect()[0][0] or 0)
+        except BaseException:
+            self.close()
+            raise
         self.stats = _sum_stats(meta)
         self.low_h = np.array([v for part in meta["low_h"] for v in (part or [])], dtype=np.int64)
         self.partitions = _num_partitions(self.packed) or 0
@@ -1375,6 +1384,11 @@ def spherical_kmeans(
             partitions=_num_partitions(src) or 0, bytes_per_step={"broadcast": k * d * 8}, spark=spark,
         )  # fmt: skip
 
+    if initial is not None:
+        initial = normalize_rows(initial, name="initial")
+        if initial.shape[0] != k:
+            raise ValueError(f"initial has {initial.shape[0]} rows but k = {k}")
+
     # ---- prepare: validate, normalize and stage the vectors (with their seeded init hash) once
     t0 = time.perf_counter()
     from pyspark.sql import functions as F
@@ -1413,7 +1427,7 @@ def spherical_kmeans(
         # ---- init on the driver
         t0 = time.perf_counter()
         if initial is not None:
-            c = normalize_rows(initial, name="initial")
+            c = initial
             if c.shape != (k, d):
                 raise ValueError(f"initial must have shape ({k}, {d}), got {c.shape}")
         else:

@@ -123,14 +123,13 @@ class DedupConfig(Section):
     )
     method: Literal["banded", "mllib"] = "banded"
 
-    @field_validator("rows_per_band")
-    @classmethod
-    def _bands_fit(cls, v: int, info: Any) -> int:
-        bands = info.data.get("bands")
-        perm = info.data.get("num_perm")
-        if bands is not None and perm is not None and bands * v > perm:
-            raise ValueError(f"bands * rows_per_band = {bands * v} exceeds num_perm = {perm}")
-        return v
+    @model_validator(mode="after")
+    def _bands_fit(self) -> DedupConfig:
+        if self.bands * self.rows_per_band > self.num_perm:
+            raise ValueError(
+                f"bands * rows_per_band = {self.bands * self.rows_per_band} exceeds num_perm = {self.num_perm}"
+            )
+        return self
 
 
 class ModelConfig(Section):

@@ -76,7 +76,10 @@ __all__ = [
 DUPLICATES_SCHEMA = "sample_id string, kept_id string, kind string, similarity double"
 REQUIRED_COLUMNS = ("sample_id", "task", "prompt", "completion")
 _BAND_ROWS_PER_PARTITION = 4_000_000  # (band key, id) rows one pair-building task sorts in memory (~64 MB)
+_GROUPS_PER_PARTITION = 4  # band-key groups per pair partition: evens out Spark's hash placement of the groups
 _MLLIB_FEATURES = 1 << 30
+_SKETCH_COLUMNS = ["sample_id", "task", "id", "h", "p", "blob"]
+_SKETCH_SCHEMA = "sample_id string, task string, id long, h binary, p int, blob binary"
 
 
 @dataclass
@@ -215,10 +218,15 @@ def _texts(batch: pa.RecordBatch, suffix: str = "") -> pa.Array:
     return pc.binary_join_element_wise(batch.column("prompt" + suffix), batch.column("completion" + suffix), TEXT_SEP)
 
 
-def _sketch_batches(batches: Iterator[pa.RecordBatch], cfg: DedupConfig, near: bool) -> Iterator[pa.RecordBatch]:
-    """One pass per row: exact key (first 16 bytes of the text_hash digest) and, if ``near``, the LSH band keys.
+def _sketch_batches(
+    batches: Iterator[pa.RecordBatch], cfg: DedupConfig, near: bool, groups: int
+) -> Iterator[pa.RecordBatch]:
+    """One pass over the rows: an exact record per row and, if ``near``, the LSH band keys packed in blobs.
 
-    The text is normalized once; both the exact key and the shingles come from that string.
+    Output rows have the schema of :data:`_SKETCH_SCHEMA`. Per input row: ``(sample_id, task, id, h)`` where ``h``
+    is the first 16 bytes of the :func:`~prismatic.normalize.text_hash` digest. Per input batch and band-key group
+    ``p = key mod groups``: one ``(p, blob)`` row whose blob holds the group's int64 band keys followed by the
+    int64 ids of their rows. The text is normalized once for both.
     """
     b, r = cfg.bands, cfg.rows_per_band
     ncfg = cfg.normalize
@@ -227,23 +235,36 @@ def _sketch_batches(batches: Iterator[pa.RecordBatch], cfg: DedupConfig, near: b
         sid = batch.column("sample_id")
         if sid.null_count:
             raise ValueError(f"find_duplicates: {sid.null_count} rows have a null sample_id")
-        texts = _texts(batch).to_pylist()
-        norm = normalize_many(texts, ncfg)
-        digests = [hashlib.sha256(t.encode("utf-8")).digest()[:16] for t in norm]
-        cols = [sid, batch.column("task"), batch.column("id"), pa.array(digests, type=pa.binary())]
-        names = ["sample_id", "task", "id", "h"]
+        n = batch.num_rows
+        norm = normalize_many(_texts(batch), ncfg)
+        digests = pa.array([hashlib.sha256(t.encode("utf-8")).digest()[:16] for t in norm], type=pa.binary())
+        task, ids = batch.column("task"), batch.column("id")
+        p_col: pa.Array = pa.nulls(n, pa.int32())
+        blob_col: pa.Array = pa.nulls(n, pa.binary())
         if near:
             if shingle_cfg is not ncfg:
                 norm = normalize_many(norm, shingle_cfg)
             sh = shingle_hashes(norm, cfg.ngram, cfg.shingle)
-            counts = sh.counts()
-            has = counts > 0  # an empty text has no shingles and no band keys: never a near duplicate
-            keys = band_keys(signatures(sh, b * r, cfg.seed), b, r, _task_salt(batch.column("task")))
-            offsets = np.zeros(len(counts) + 1, dtype=np.int32)
-            np.cumsum(np.where(has, b, 0), out=offsets[1:])
-            cols.append(pa.ListArray.from_arrays(pa.array(offsets), pa.array(keys[has].ravel())))
-            names.append("keys")
-        yield pa.RecordBatch.from_arrays(cols, names=names)
+            has = np.flatnonzero(sh.counts() > 0)  # an empty text has no shingles: never a near duplicate
+            if len(has):
+                sh = sh.take(has) if len(has) < n else sh
+                keys = band_keys(signatures(sh, b * r, cfg.seed), b, r, _task_salt(task)[has]).ravel()
+                rows = np.repeat(ids.to_numpy()[has], b)
+                group = (keys.view(np.uint64) % np.uint64(groups)).astype(np.int32)
+                order = np.argsort(group, kind="stable")
+                keys, rows, group = keys[order], rows[order], group[order]
+                bounds = np.flatnonzero(np.r_[True, group[1:] != group[:-1], True])
+                blobs = [
+                    keys[lo:hi].tobytes() + rows[lo:hi].tobytes() for lo, hi in zip(bounds[:-1], bounds[1:])
+                ]
+                k = len(blobs)
+                p_col = pa.concat_arrays([p_col, pa.array(group[bounds[:-1]], type=pa.int32())])
+                blob_col = pa.concat_arrays([blob_col, pa.array(blobs, type=pa.binary())])
+                sid = pa.concat_arrays([sid, pa.nulls(k, sid.type)])
+                task = pa.concat_arrays([task, pa.nulls(k, task.type)])
+                ids = pa.concat_arrays([ids, pa.nulls(k, ids.type)])
+                digests = pa.concat_arrays([digests, pa.nulls(k, pa.binary())])
+        yield pa.RecordBatch.from_arrays([sid, task, ids, digests, p_col, blob_col], names=_SKETCH_COLUMNS)
 
 
 def _task_salt(tasks: pa.Array) -> np.ndarray:
@@ -251,11 +272,15 @@ def _task_salt(tasks: pa.Array) -> np.ndarray:
 
 
 def _pair_batches(batches: Iterator[pa.RecordBatch], max_bucket_pairs: int) -> Iterator[pa.RecordBatch]:
-    """All rows of one hash partition of band keys -> candidate pairs of its buckets."""
+    """All band-key blobs of one partition -> candidate id pairs of their buckets (a bucket never spans two
+    partitions: all keys of a group ``p`` land in one partition)."""
     keys, ids = [], []
     for batch in batches:
-        keys.append(batch.column("bk").to_numpy())
-        ids.append(batch.column("id").to_numpy())
+        for blob in batch.column("blob").to_pylist():
+            arr = np.frombuffer(blob, dtype=np.int64)
+            half = len(arr) // 2
+            keys.append(arr[:half])
+            ids.append(arr[half:])
     if not keys:
         return
     a, b = bucket_pairs(np.concatenate(keys), np.concatenate(ids), max_bucket_pairs)
@@ -322,58 +347,78 @@ def _prepare(samples_df):
         F.coalesce(F.col("prompt").cast("string"), F.lit("")).alias("prompt"),
         F.coalesce(F.col("completion").cast("string"), F.lit("")).alias("completion"),
     )
-    spark = samples_df.sparkSession
-    cores = spark.sparkContext.defaultParallelism
     persisted = False
-    if base.rdd.getNumPartitions() < cores:
-        # too few input splits would leave cores idle in the numpy stages: spread once, keep the copy
+    try:  # classic Spark only (Spark Connect has no RDDs): spread an input with too few splits over the cores
+        cores = samples_df.sparkSession.sparkContext.defaultParallelism
+        few = base.rdd.getNumPartitions() < cores
+    except Exception:  # noqa: BLE001 - Spark Connect / no SparkContext: keep the input partitioning
+        cores, few = 0, False
+    if few:
         base = base.repartition(2 * cores).persist()
         persisted = True
     return base, persisted
 
 
-def _sketch_stage(base, cfg: DedupConfig):
-    """Per row: sample_id, task, id = xxhash64(sample_id), exact key h and (near only) the band keys. Persisted."""
+def _sketch_stage(base, cfg: DedupConfig, groups: int):
+    """The sketch pass (:func:`_sketch_batches`) over ``base``; persisted, as exact and near stages both read it."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     near = cfg.near and cfg.method == "banded"
-    schema = "sample_id string, task string, id long, h binary" + (", keys array<long>" if near else "")
     return (
         base.withColumn("id", F.xxhash64("sample_id"))
-        .mapInArrow(lambda it: _sketch_batches(it, cfg, near), schema)
+        .mapInArrow(lambda it: _sketch_batches(it, cfg, near, groups), _SKETCH_SCHEMA)
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
 
 
 def _exact_stage(sketch):
-    """(sample_id, rep) for every row whose normalized text equals that of a smaller sample_id in its task."""
+    """(sample_id, rep, id, rep_id) for every row whose normalized text equals that of a smaller sample_id in its
+    task (``id`` = xxhash64 of the sample_id).
+
+    A hash aggregate finds the keys held by 2+ rows (no sort of all rows); only those rows are joined back (a
+    broadcast join when they are few, AQE decides) and get their group minimum from a window.
+    """
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    groups = (
-        sketch.groupBy("task", "h")
-        .agg(F.count("*").alias("n"), F.min("sample_id").alias("rep"))
-        .filter(F.col("n") > 1)
-        .drop("n")
-    )
-    return sketch.join(groups, ["task", "h"]).filter(F.col("sample_id") != F.col("rep")).select("sample_id", "rep")
-
-
-def _candidate_pairs_banded(sketch, exact, cfg: DedupConfig, n_rows: int, spark):
-    """Distinct candidate id pairs (a < b) from the LSH buckets of the exact-group representatives."""
-    from pyspark.sql import functions as F
-
-    bands = sketch.join(exact.select("sample_id"), "sample_id", "left_anti").select(
-        "id", F.explode("keys").alias("bk")
-    )
-    n_parts = max(
-        int(spark.conf.get("spark.sql.shuffle.partitions")),
-        math.ceil(n_rows * cfg.bands / _BAND_ROWS_PER_PARTITION),
-    )
-    max_pairs = cfg.max_bucket_pairs
+    rows = sketch.filter(F.col("p").isNull()).select("sample_id", "task", "id", "h")
+    dup_keys = rows.groupBy("task", "h").count().filter(F.col("count") > 1).drop("count")
+    members = rows.join(dup_keys, ["task", "h"])
+    rep = F.min("sample_id").over(Window.partitionBy("task", "h"))
     return (
-        bands.repartition(n_parts, "bk")
+        members.withColumn("rep", rep)
+        .filter(F.col("sample_id") != F.col("rep"))
+        .select("sample_id", "rep", "id", F.xxhash64("rep").alias("rep_id"))
+    )
+
+
+def _candidate_pairs_banded(sketch, exact, n_parts: int, cfg: DedupConfig):
+    """Distinct candidate id pairs (a < b) between exact-group representatives, from the LSH buckets.
+
+    Exact duplicates have the band keys of their representative, so they sit in its buckets; their ids are
+    mapped to the representative's id afterwards (and self-pairs dropped), which keeps a star bucket whose hub
+    is an exact duplicate connected.
+    """
+    from pyspark.sql import functions as F
+
+    max_pairs = cfg.max_bucket_pairs
+    raw = (
+        sketch.filter(F.col("p").isNotNull())
+        .select("p", "blob")
+        .repartition(n_parts, "p")
         .mapInArrow(lambda it: _pair_batches(it, max_pairs), "a long, b long")
+    )
+    to_rep = exact.select(F.col("id").alias("from_id"), F.col("rep_id").alias("to_id"))
+    for col in ("a", "b"):
+        raw = (
+            raw.join(to_rep, F.col(col) == F.col("from_id"), "left")
+            .withColumn(col, F.coalesce("to_id", col))
+            .drop("from_id", "to_id")
+        )
+    return (
+        raw.filter(F.col("a") != F.col("b"))
+        .select(F.least("a", "b").alias("a"), F.greatest("a", "b").alias("b"))
         .distinct()
     )
 
@@ -504,8 +549,11 @@ def run_dedup(samples_df, cfg: DedupConfig):
         tick = now
 
     base, base_persisted = _prepare(samples_df)
-    sketch = _sketch_stage(base, cfg)
-    stats.rows = sketch.count()
+    stats.rows = base.count()
+    shuffle_parts = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    n_parts = max(shuffle_parts, math.ceil(stats.rows * cfg.bands / _BAND_ROWS_PER_PARTITION))
+    sketch = _sketch_stage(base, cfg, groups=n_parts * _GROUPS_PER_PARTITION)
+    sketch.count()
     lap("sketch")
 
     exact = _exact_stage(sketch).localCheckpoint()
@@ -518,7 +566,7 @@ def run_dedup(samples_df, cfg: DedupConfig):
     if cfg.near and stats.rows - stats.exact >= 2:
         reps = base.join(exact.select("sample_id"), "sample_id", "left_anti")
         if cfg.method == "banded":
-            cand = _candidate_pairs_banded(sketch, exact, cfg, stats.rows - stats.exact, spark).localCheckpoint()
+            cand = _candidate_pairs_banded(sketch, exact, n_parts, cfg).localCheckpoint()
             stats.candidate_pairs = cand.count()
             lap("candidates")
             verified, texts = _verify_stage(cand, reps, cfg)

@@ -63,7 +63,7 @@ __all__ = [
 U64 = np.uint64
 EMPTY = np.iinfo(np.uint64).max  # signature value of a row without shingles
 _MAX_NGRAM = 64
-_CHUNK_ELEMS = 1 << 20  # (perm x shingle) elements per signature chunk: ~8 MB, stays in cache
+_CHUNK_ELEMS = 1 << 16  # (perm x shingle) elements per signature chunk: 512 KB, stays in L2 (measured fastest)
 
 
 def _splitmix_constants(n: int, stream: int) -> np.ndarray:

@@ -191,7 +191,7 @@ def test_cluster_pool_uses_config(spark, data):
     assert (r.k, r.iterations, r.n) == (6, 3, 600)
 
 
-def test_bad_input_is_a_clear_value_error(spark, data):
+def test_bad_input_is_a_clear_value_error(spark, data, tmp_path):
     raw, _, _ = data
     good = frame(spark, raw[:20], np.arange(20), 1)
     with pytest.raises(ValueError, match="vector_col = 'vec' is not a column"):
@@ -212,4 +212,5 @@ def test_bad_input_is_a_clear_value_error(spark, data):
         bdf = spark.createDataFrame(bad, "sample_id bigint, vector array<double>")
         for storage in ("files", "cache"):
             with pytest.raises(ValueError, match=match):
-                cl.spherical_kmeans(bdf, 1, storage=storage)
+                cl.spherical_kmeans(bdf, 1, storage=storage, staging_dir=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # staged files are removed on errors too

@@ -118,6 +118,47 @@ def test_bias_and_layernorm_blocks_of_a_qwen2_model_match_autograd(tok):
             assert torch.allclose(blocks[name][b].double(), g.reshape(-1), rtol=1e-4, atol=1e-6), name
 
 
+class _LayerNormLM(torch.nn.Module):
+    """Embedding -> LayerNorm -> Linear(+bias) -> GELU -> LayerNorm -> untied head: the LayerNorm path."""
+
+    def __init__(self, vocab: int, h: int = 12):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, h)
+        self.ln1, self.ln2 = torch.nn.LayerNorm(h), torch.nn.LayerNorm(h)
+        self.mix = torch.nn.Linear(h, h)
+        self.head = torch.nn.Linear(h, vocab, bias=False)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.normal_(0, 0.5)
+
+    def get_input_embeddings(self):
+        return self.embed
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def forward(self, input_ids, use_cache=False):
+        x = self.embed(input_ids)
+        x = x + torch.nn.functional.gelu(self.mix(self.ln1(x))).cumsum(1) / 4  # a causal token mix
+        return type("Out", (), {"logits": self.head(self.ln2(x))})()
+
+
+def test_layernorm_and_bias_blocks_match_autograd_on_a_custom_model(tok):
+    torch.manual_seed(0)
+    m = _LayerNormLM(len(tok)).eval()
+    encs = _encode(tok, PAIRS)
+    kp = KroneckerProjector(m, d=16, seed=0, block=4, embed_block=8)
+    assert {n for n, _ in kp.layout} == {n for n, _ in m.named_parameters()}
+    blocks, _, _ = kp.blocks(*_batch(encs))
+    for b, r in enumerate(per_sample_gradients(m, encs)):
+        for name, g in r.grads.items():
+            g = g.double()
+            if name in kp.matrices:
+                m_o, m_i = (x.double() for x in kp.matrices[name])
+                g = m_o.T @ g @ m_i
+            assert torch.allclose(blocks[name][b].double(), g.reshape(-1), rtol=1e-4, atol=1e-6), name
+
+
 def test_a_sample_alone_and_in_a_padded_batch_give_the_same_vector(tok, model):
     kp = KroneckerProjector(model, d=256, seed=0)
     encs = _encode(tok, PAIRS)

@@ -11,7 +11,7 @@ import torch
 
 from prismatic.assets import sha256_file
 from prismatic.config import ModelConfig, ScoringConfig
-from prismatic.errors import SpecMismatchError
+from prismatic.errors import AssetError, SpecMismatchError
 from prismatic.gradients import model as gm
 from prismatic.gradients.model import (
     IGNORE_INDEX,
@@ -112,6 +112,12 @@ def test_load_rejects_what_it_cannot_trust(tmp_path):
         load_model(ModelConfig(path="builtin:nope", device="cpu"))
     with pytest.raises(ValueError, match="neither"):
         load_model(ModelConfig(path="./no/such/place/x", device="cpu"))
+
+
+def test_hub_id_goes_through_the_hub_client_and_fails_clearly_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(AssetError, match="cannot fetch model 'HuggingFaceTB/SmolLM2-135M-Instruct'"):
+        load_model(ModelConfig(path="HuggingFaceTB/SmolLM2-135M-Instruct", device="cpu"))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")

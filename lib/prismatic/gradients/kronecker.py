@@ -196,7 +196,7 @@ class KroneckerProjector:
         return m.view(*m.shape, *([1] * (like.ndim - 2)))
 
     def _add(self, key: str, value: torch.Tensor) -> None:
-        self._acc[key] = self._acc[key] + value.reshape(value.shape[0], -1)
+        self._acc[key].add_(value.reshape(value.shape[0], -1))
 
     def _lin_fwd(self, wkey, bkey, mod, inputs, output):
         if not (wkey or bkey) or not output.requires_grad:
@@ -214,7 +214,7 @@ class KroneckerProjector:
         g = g.reshape(g.shape[0], -1, g.shape[-1])
         if wkey:
             a = g @ self._mats[wkey][0]  # (B, T, k) = P_o δ_t
-            self._add(wkey, torch.einsum("btk,btl->bkl", a, xp))
+            self._add(wkey, torch.bmm(a.transpose(1, 2), xp))  # Σ_t a_t xp_tᵀ per sample, (B, k_o, k_i)
         if bkey:
             m = self._token_mask(g)
             self._add(bkey, (g if m is None else g * m).sum(1))
@@ -234,7 +234,7 @@ class KroneckerProjector:
         m_o, m_i = self._mats[wkey]
         gp = grad.float() @ m_i  # (B, T, k) = P_i δ_t
         rows = m_o[ids] * keep.unsqueeze(-1)  # (B, T, k) = P_o e_{id_t}, zero where masked
-        self._add(wkey, torch.einsum("btk,btl->bkl", rows, gp))
+        self._add(wkey, torch.bmm(rows.transpose(1, 2), gp))
 
     def _norm_fwd(self, wkey, bkey, kind, eps, mod, inputs, output):
         if not (wkey or bkey) or not output.requires_grad:

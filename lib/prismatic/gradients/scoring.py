@@ -64,6 +64,11 @@ class Scorer:
 
     def __init__(self, loaded: LoadedModel, cfg: ScoringConfig):
         self.loaded, self.cfg = loaded, cfg
+        if cfg.chat_template and not getattr(loaded.tokenizer, "chat_template", None):
+            raise ValueError(
+                f"scoring.chat_template is true but the tokenizer of {loaded.model_id!r} has no chat template; "
+                "set scoring.chat_template=false to score 'prompt completion' as plain text"
+            )
         self.spec = ProjectionSpec.from_config(cfg, loaded.model_id, loaded.weights_sha256)
         self.pad_id = pad_id_of(loaded.tokenizer, loaded.model)
         if cfg.kind == "kronecker":

@@ -3,9 +3,9 @@
 **Where premise / hypothesis come from.** ``samples`` stores an NLI row as the rendered prompt
 (``ingest.nli_prompt_template``) with the label as the completion. The pair is recovered from the prompt by
 matching the template as a regular expression, and every match is verified by rendering the template again and
-comparing with the prompt (so a changed template can never yield wrong pairs, only misses). Rows that do not
-match (the template changed since ingest, or a premise that itself contains the template's separator) are looked
-up in ``candidates_bronze``: the raw payload of (source, file, line), read with the source's column map and
+comparing with the prompt, and only when the split is unique (the lazy and the greedy match agree), so a changed
+template or a premise that contains the template's own separator never yields a wrong pair, only a miss. Misses
+are looked up in ``candidates_bronze``: the raw payload of (source, file, line), read with the source's column map and
 verified the same way. Rows that neither path recovers are left out and counted (``NliPairs.unparsed``).
 Prompt parsing first keeps the common case free of a join with the largest table.
 
@@ -77,8 +77,8 @@ def iter_sample_batches(
 ) -> Iterator[pa.RecordBatch]:
     """Stream pool rows (``sample_ids`` when given, else every non-duplicate sample) as Arrow record batches.
 
-    delta-rs engine: ``DeltaTable(path).to_pyarrow_dataset()`` of the current snapshot, scanned with the filter
-    pushed down (Parquet row groups are skipped where the statistics allow; memory is one batch). delta-spark
+    delta-rs engine: ``DeltaTable(path).to_pyarrow_dataset()`` of the current snapshot, scanned batch by batch
+    (the ``task`` partition filter is pushed down; memory is one batch). delta-spark
     engine (Databricks): the same rows through ``DataFrame.toLocalIterator`` (one partition at a time).
     """
     import pyarrow.dataset as ds
@@ -86,22 +86,22 @@ def iter_sample_batches(
     cols = list(dict.fromkeys(["sample_id", *columns]))
     drop = None
     if sample_ids is None and store.exists("duplicates"):
-        drop = store.read_arrow("duplicates", columns=["sample_id"])["sample_id"].combine_chunks()
+        drop = store.read_arrow("duplicates", columns=["sample_id"])["sample_id"].combine_chunks().cast(pa.string())
     if getattr(store, "engine", "") == "delta-rs":
         if not store.exists("samples"):
             return
         from deltalake import DeltaTable
 
         dataset = DeltaTable(str(store.path("samples"))).to_pyarrow_dataset()
-        flt = None
-        if sample_ids is not None:
-            flt = ds.field("sample_id").isin(pa.array(list(sample_ids), pa.string()))
-        if task is not None:
-            t_flt = ds.field("task") == task
-            flt = t_flt if flt is None else flt & t_flt
+        # only the partition filter (task) is pushed down: delta-rs writes string_view statistics, and pyarrow
+        # 2x cannot compare them with a pushed-down string set; the id filter runs on each batch instead
+        flt = ds.field("task") == task if task is not None else None
+        keep = pa.array(list(sample_ids), pa.string()) if sample_ids is not None else None
         for batch in dataset.to_batches(columns=cols, filter=flt, batch_size=batch_rows):
+            if keep is not None and batch.num_rows:
+                batch = batch.filter(pc.is_in(batch["sample_id"].cast(pa.string()), value_set=keep))
             if drop is not None and batch.num_rows:
-                batch = batch.filter(pc.invert(pc.is_in(batch["sample_id"], value_set=drop)))
+                batch = batch.filter(pc.invert(pc.is_in(batch["sample_id"].cast(pa.string()), value_set=drop)))
             if batch.num_rows:
                 yield batch.select(list(columns))
         return
@@ -126,15 +126,19 @@ def iter_sample_batches(
 # ---- NLI pairs from the pool ---------------------------------------------------------------------------------
 
 
-def template_regex(template: str) -> re.Pattern:
-    """A regex matching ``template`` with ``{premise}`` / ``{hypothesis}`` as named groups (other fields: any)."""
+def template_regex(template: str, greedy: bool = False) -> re.Pattern:
+    """A regex matching ``template`` with ``{premise}`` / ``{hypothesis}`` as named groups (other fields: any).
+
+    ``greedy`` makes every field match as much as it can (the lazy default matches as little): when the two
+    matches of a prompt agree, the split of the prompt into fields is unique.
+    """
     parts = re.split(r"(\{[A-Za-z_][A-Za-z0-9_]*\})", template)
     out, seen = [], set()
     for p in parts:
         m = re.fullmatch(r"\{([A-Za-z_][A-Za-z0-9_]*)\}", p)
         if m:
             name = m.group(1)
-            out.append(f"(?P={name})" if name in seen else f"(?P<{name}>.*?)")
+            out.append(f"(?P={name})" if name in seen else f"(?P<{name}>.*{'' if greedy else '?'})")
             seen.add(name)
         else:
             out.append(re.escape(p.replace("{{", "{").replace("}}", "}")))
@@ -143,15 +147,21 @@ def template_regex(template: str) -> re.Pattern:
     return re.compile("^" + "".join(out) + "$", re.DOTALL)
 
 
-def parse_nli_prompt(prompt: str, template: str, pattern: re.Pattern | None = None) -> tuple[str, str] | None:
-    """(premise, hypothesis) if the prompt is exactly the template rendered with them, else None."""
-    pattern = pattern or template_regex(template)
-    m = pattern.match(prompt)
-    if not m:
+def parse_nli_prompt(
+    prompt: str, template: str, patterns: tuple[re.Pattern, re.Pattern] | None = None
+) -> tuple[str, str] | None:
+    """(premise, hypothesis) if the prompt is the template rendered with them and the split is unique, else None.
+
+    None means: not this template, or ambiguous (a premise that contains the template's own separator text, so
+    the prompt splits two ways); the caller then reads the raw bronze payload instead.
+    """
+    lazy, greedy = patterns or (template_regex(template), template_regex(template, greedy=True))
+    m1, m2 = lazy.match(prompt), greedy.match(prompt)
+    if not m1 or not m2 or m1.groupdict() != m2.groupdict():
         return None
-    premise, hypothesis = m.group("premise"), m.group("hypothesis")
+    premise, hypothesis = m1.group("premise"), m1.group("hypothesis")
     try:
-        rendered = template.format(**{**m.groupdict(), "premise": premise, "hypothesis": hypothesis})
+        rendered = template.format(**m1.groupdict())
     except (KeyError, IndexError, ValueError):
         return None
     return (premise, hypothesis) if rendered == prompt else None
@@ -210,12 +220,12 @@ def nli_pairs(store: TableStore, settings: Settings, sample_ids: Sequence[str] |
                    columns=["sample_id", "source", "prompt", "completion", "label", "file", "line"])
     t = t.filter(pc.is_valid(t["label"]))
     template = settings.ingest.nli_prompt_template
-    pattern = template_regex(template)
+    patterns = (template_regex(template), template_regex(template, greedy=True))
     rows = t.to_pylist()
     got: dict[str, tuple[str, str]] = {}
     missing = []
     for r in rows:
-        pair = parse_nli_prompt(r["prompt"], template, pattern)
+        pair = parse_nli_prompt(r["prompt"], template, patterns)
         if pair is None:
             missing.append(r)
         else:
@@ -325,20 +335,27 @@ _CACHES: dict[str, EmbeddingCache] = {}
 _CACHES_LOCK = threading.Lock()
 
 
-def embedder_for(settings: Settings):
-    """Function texts -> unit float32 embeddings with the train config's encoder, cached on disk when enabled."""
+def embedder_for(settings: Settings, model: str | None = None):
+    """Function texts -> unit float32 embeddings, cached on disk when ``train.cache_embeddings``.
+
+    Args:
+        settings: device / truncation from ``diversity``, batch size and caching from ``train``.
+        model: the encoder (default ``train.embedding_model``, the probe's; the study's embedding Vendi passes
+            ``diversity.embedding_model``).
+    """
     from prismatic.embeddings import embed_texts
 
     cfg = settings.train
+    model = model or cfg.embedding_model
     device = settings.diversity.embedding_device
     max_tokens = settings.diversity.embedding_max_tokens
 
     def embed(texts: Sequence[str]) -> np.ndarray:
-        return embed_texts(list(texts), cfg.embedding_model, device, cfg.embedding_batch_size, max_tokens)
+        return embed_texts(list(texts), model, device, cfg.embedding_batch_size, max_tokens)
 
     if not cfg.cache_embeddings:
         return embed
-    folder = settings.root / "cache" / "embeddings" / model_key(cfg.embedding_model, max_tokens)
+    folder = settings.root / "cache" / "embeddings" / model_key(model, max_tokens)
     with _CACHES_LOCK:
         cache = _CACHES.get(str(folder))
         if cache is None:

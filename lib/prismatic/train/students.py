@@ -204,9 +204,10 @@ def train_stage(
     from prismatic.train.data import pool_arrow
 
     task = "nli" if kind == "probe" else settings.train.task
-    pool_ids = pool_arrow(store, task=task, sample_ids=subset_ids, columns=["sample_id"])["sample_id"].to_pylist()
     if kind == "probe" and pairs is not None:
         pool_ids = list(pairs.sample_ids)
+    else:
+        pool_ids = pool_arrow(store, task=task, sample_ids=subset_ids, columns=["sample_id"])["sample_id"].to_pylist()
     if not pool_ids:
         raise PrismError(f"no pool samples of task {task!r} to train on", hint="ingest data, or check --subset ids")
     sid = student_id_for(kind, settings, pool_ids)

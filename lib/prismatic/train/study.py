@@ -565,11 +565,11 @@ def study_stage(
     t2 = time.perf_counter()
     idb, ood = study_benchmarks(settings)
     benches = [idb, *ood]
-    embed = embedder_for(settings)
+    embed = embedder_for(settings)  # the probe's encoder
     used = sorted(set(np.concatenate([p.rows for p in plans]).tolist()))
     emb_all = np.zeros((len(pool), 0), np.float32)
-    if used:
-        e = embed([pool.texts[i] for i in used])
+    if used:  # embedding Vendi uses the diversity stage's encoder, as the `diversity` table does
+        e = embedder_for(settings, settings.diversity.embedding_model)([pool.texts[i] for i in used])
         emb_all = np.zeros((len(pool), e.shape[1]), np.float32)
         emb_all[used] = e
     if kind == "probe":  # embed every sentence once up front (the cache makes later calls lookups)
@@ -631,6 +631,7 @@ def study_stage(
                     import mlflow
 
                     mlflow.set_tag("student_id", rep.student_id)
+                    mlflow.log_dict({"subset_id": plan.subset_id, "sample_ids": ids}, "subset_ids.json")
                     vals = {**metrics, **design, **{f"acc.{_metric_key(n)}": a for n, a in accs.items()},
                             ID_TARGET: accs[idb.name], TARGET: ood_mean}
                     mlflow.log_metrics({_metric_key(kk): float(v) for kk, v in vals.items() if np.isfinite(v)})
