@@ -119,7 +119,7 @@ def score_stage(
     settings: Settings,
     where: str | None = None,
     limit: int | None = None,
-    rows_per_chunk: int = 2_000,
+    rows_per_chunk: int = 256,
     progress: Progress | None = None,
 ) -> ScoreReport:
     """Score pool samples not yet scored under the config's spec; commit every ~``rows_per_chunk`` samples.
