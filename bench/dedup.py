@@ -105,7 +105,7 @@ def make_rows(n: int, seed: int = 0) -> tuple[pd.DataFrame, list[list[int]]]:
     lc = rng.integers(8, 41, size=n_base)
     flat = rng.choice(vocab, size=int((lp + lc).sum()), p=p)
     words, pos = [], 0
-    for a, b in zip(lp, lc):
+    for a, b in zip(lp, lc, strict=True):
         words.append((flat[pos : pos + a].tolist(), flat[pos + a : pos + a + b].tolist()))
         pos += a + b
     tasks = np.where(rng.random(n_base) < 0.7, "math", "nli").tolist()
@@ -251,7 +251,7 @@ def run_datasketch(df: pd.DataFrame, cfg: DedupConfig) -> tuple[list[tuple[int, 
     edges: list[tuple[int, int]] = []
     lshs: dict[str, MinHashLSH] = {}
     params = (0, 0)
-    for i, (task, m) in enumerate(zip(df["task"].tolist(), minhashes)):
+    for i, (task, m) in enumerate(zip(df["task"].tolist(), minhashes, strict=True)):
         lsh = lshs.get(task)
         if lsh is None:
             lsh = lshs[task] = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
@@ -273,7 +273,7 @@ def run_prismatic(spark, path: str, df_ids: pd.Series, cfg: DedupConfig):
     seconds = time.perf_counter() - t0
     a = pos.loc[out["sample_id"].to_numpy()].to_numpy()
     b = pos.loc[out["kept_id"].to_numpy()].to_numpy()
-    return list(zip(a.tolist(), b.tolist())), seconds, stats, out
+    return list(zip(a.tolist(), b.tolist(), strict=True)), seconds, stats, out
 
 
 # ------------------------------------------------------------------------------------------------ main
@@ -312,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         f"(generated in {gen_s:.0f} s)"
     )
     hist, edges_ = np.histogram(all_j, bins=[0, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0001])
-    say("planted-pair Jaccard histogram: " + ", ".join(f"[{a:.2f},{b:.2f}) {c}" for a, b, c in zip(edges_, edges_[1:], hist)))
+    say(
+        "planted-pair Jaccard histogram: "
+        + ", ".join(f"[{a:.2f},{b:.2f}) {c}" for a, b, c in zip(edges_, edges_[1:], hist, strict=False))
+    )
     say(
         f"config: word {cfg.ngram}-gram shingles, threshold {cfg.threshold}, num_perm {cfg.num_perm}; prismatic bands "
         f"{cfg.bands} x {cfg.rows_per_band} (P(candidate | J=0.8) = "
@@ -334,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         from prismatic.spark import get_spark
 
         spark = get_spark(
-            SparkConfig(master="local[*]", driver_memory=args.driver_memory, shuffle_partitions=8, arrow_batch_rows=10_000)
+            SparkConfig(
+                master="local[*]", driver_memory=args.driver_memory, shuffle_partitions=8, arrow_batch_rows=10_000
+            )
         )
         spark.read.parquet(path).count()  # warm-up: JVM, file listing
 

@@ -1325,8 +1325,9 @@ def spherical_kmeans(
         tol: early stop when no centroid coordinate moves by more than ``tol``; 0.0 stops only when a step
             changes nothing (the same result as running on); None runs every iteration.
         storage: where the vectors live between steps. ``"files"``: one Arrow IPC file per partition under
-            ``staging_dir`` (default the system temp folder), memory-mapped by each step, so no vector data
-            moves through Spark after staging; every executor must see the folder. ``"cache"``: packed rows
+            ``staging_dir`` (default the system temp folder; n·d·4 bytes plus ids, deleted at the end),
+            memory-mapped by each step, so no vector data moves through Spark after staging; every executor
+            must see the folder. ``"cache"``: packed rows
             persisted in Spark's cache and shipped to the Python workers every step; works on any cluster.
             ``"auto"``: files when the master is ``local[...]``, else cache.
         staging_dir: parent folder for storage="files" (a shared path on a multi-node cluster).

@@ -2,44 +2,65 @@
 
 ``find_duplicates(samples_df, cfg)`` takes rows with at least ``sample_id, task, prompt, completion`` and returns
 one row per sample to remove: ``(sample_id, kept_id, kind, similarity)``. The text of a sample is
-``prompt + "\\n" + completion``; duplicates are only looked for within a task. A null prompt or completion counts
-as the empty string.
+``prompt + "\\n" + completion``; duplicates are only looked for within a task. A null prompt, completion or task
+counts as the empty string; a null ``sample_id`` is an error.
 
-**Exact** (``kind = "exact"``, ``similarity = 1.0``): rows whose :func:`prismatic.normalize.text_hash` (sha256 of
-the normalized text) are equal form a group. Its smallest ``sample_id`` is the group's representative.
+**Sketch pass.** One ``mapInArrow`` over the input normalizes each text once (``prismatic.normalize``) and emits,
+per row, ``(sample_id, task, id, h)`` with ``h`` = the first 16 bytes of its
+:func:`~prismatic.normalize.text_hash` digest and ``id = xxhash64(sample_id)`` (a compact 8-byte stand-in used for
+grouping only), and, for the near pass, the row's LSH band keys (``prismatic.minhash``: word n-gram shingles,
+a ``bands * rows_per_band`` MinHash signature, band keys salted with a hash of the task). Band keys do not become
+Spark rows: each Arrow batch packs them, split into ``groups`` by key, into a few binary blobs (keys then ids), so
+the shuffle moves bytes, not 20 rows per sample. The pass output is persisted; both stages below read it.
 
-**Near** (``kind = "near"``), on the representatives only (``method = "banded"``, the default):
+**Exact** (``kind = "exact"``, ``similarity = 1.0``): rows with equal ``(task, h)`` form a group; a hash aggregate
+finds the keys held by 2+ rows and only those rows are joined back. The group's smallest ``sample_id`` is its
+representative.
 
-1. One ``mapInArrow`` pass computes, per Arrow batch in numpy (``prismatic.minhash``), the shingles, a
-   ``bands * rows_per_band`` MinHash signature and the band keys (salted with a hash of the task) and emits
-   ``(band_key, id)`` rows, where ``id = xxhash64(sample_id)`` is a compact 8-byte stand-in for the sample id.
-2. The rows are hash-partitioned by band key; each partition is sorted in numpy and every bucket (rows sharing a
-   key) gives candidate pairs: all pairs if it has at most ``max_bucket_pairs`` of them, else each member is
-   linked to the bucket's smallest id (a star, so a hot bucket costs linear, not quadratic, work). Pairs are
-   de-duplicated across bands with a Spark ``distinct``.
-3. Each candidate pair is joined back to its two texts and **verified with the exact Jaccard of the two shingle
-   sets** (vectorized per batch); pairs in different tasks or below ``threshold`` are dropped. Precision is
-   therefore exact; recall is the LSH S-curve, 0.99964 at Jaccard 0.8 with the default 20 x 5 bands.
-4. Connected components of the verified pairs: on the driver in numpy (min-label propagation with pointer
-   jumping) when there are at most ``driver_max_edges`` pairs (default 5M, ~0.5 GB of driver memory), else
-   iteratively in Spark (same algorithm as joins, lineage cut every round).
+**Near** (``kind = "near"``, ``method = "banded"``, the default):
 
-``method = "mllib"`` replaces steps 1-3 by Spark MLlib: ``HashingTF`` (binary, 2**30 features) of the same
+1. The blobs are hash-partitioned by group, so all rows sharing a band key (a bucket) meet in one partition;
+   there numpy sorts the keys and every bucket gives candidate pairs: all pairs if it has at most
+   ``max_bucket_pairs`` of them, else each member is linked to the bucket's smallest id (a star: a hot bucket
+   costs linear, not quadratic, work). Exact duplicates carry their representative's band keys; their ids are
+   mapped to the representative's afterwards, self-pairs dropped, pairs de-duplicated across bands.
+2. Each candidate pair is joined to its two texts and **verified with the exact Jaccard of the two shingle sets**
+   (vectorized per batch); pairs in different tasks or below ``threshold`` are dropped. Precision is therefore
+   exact, and the recorded similarity is the true Jaccard; recall is the LSH S-curve, 0.99964 at Jaccard 0.8
+   with the default 20 x 5 bands.
+3. Connected components of the verified pairs: on the driver in numpy (min-label propagation with pointer
+   jumping, :func:`connected_components`) when there are at most ``driver_max_edges`` pairs (default 5M pairs,
+   well under 1 GB of driver memory), else in Spark (:func:`_components_spark`, the same algorithm as joins with
+   the lineage cut every round).
+
+``method = "mllib"`` replaces steps 1-2 by Spark MLlib: ``HashingTF`` (binary, 2**30 features) of the same
 shingle strings, ``MinHashLSH`` with the fewest hash tables that reach a 0.999 candidate probability at the
-threshold, and ``approxSimilarityJoin``, which already filters by the Jaccard distance of the hashed sets. It is
-the reference implementation (slower: OR-only amplification makes many more candidates).
+threshold (5 at 0.8), and ``approxSimilarityJoin``, which keeps pairs by the Jaccard distance of the hashed sets.
+It is the reference implementation: OR-only amplification (one hash per table) makes many more candidates, and
+its self-join does not know about tasks.
 
 **Groups and what is recorded.** A group is a connected component of the union of the exact and the verified
-near relations, and it keeps its smallest ``sample_id``; every other member is reported with ``kept_id`` = that
+near relations; it keeps its smallest ``sample_id``, and every other member is reported with ``kept_id`` = that
 smallest id, so a ``kept_id`` is never itself removed. A member whose normalized text equals the kept row's is
 ``exact`` with similarity 1.0; any other member is ``near`` and its similarity is the **largest verified Jaccard
-between its representative and any neighbour in the verified-pair graph** (at least ``threshold``; an exact copy
-of a near representative inherits that value). Everything is a function of the input rows only, so the result
-does not depend on partitioning, batch sizes or run order.
+between its representative and any neighbour in the verified-pair graph** (so at least ``threshold``; an exact copy
+of a near representative inherits the representative's value). The result is a function of the input rows only:
+it does not depend on partitioning, batch sizes or run order.
 
-The function is eager: it runs its Spark jobs and returns a locally checkpointed DataFrame. The input is scanned
-three times (exact pass, near pass, texts of the candidate pairs), so pass a cheap-to-recompute DataFrame (a
-table scan) or a persisted one. ``run_dedup`` returns the same DataFrame plus counts and timings.
+**Partitioning and scale-out.** Every step is per-partition numpy or a Spark shuffle keyed by a hash: the sketch
+pass scales with the input partitions (an input with fewer splits than cores is repartitioned once and
+persisted); the band blobs go to ``max(spark.sql.shuffle.partitions, rows * bands / 4M)`` partitions, so one
+pair-building task sorts at most ~4M keys (~64 MB); exact groups and candidate pairs are hash aggregates; only
+the (small) verified-pair graph may come to the driver, behind ``driver_max_edges``.
+
+The function is eager: it runs its Spark jobs and returns a locally checkpointed DataFrame. The input is read
+twice (the sketch pass, then the texts of candidate pairs) plus a row count, so pass a table scan or a persisted
+DataFrame. ``run_dedup`` returns the same DataFrame plus counts and timings (:class:`DedupStats`).
+
+Known limits: ``id`` collisions (two sample ids with the same 64-bit xxhash64, about 3e-8 for 1M rows) can hide
+the pair between those two rows, nothing else, because pairs are resolved back to sample ids through the texts;
+a star bucket links members only through its hub, so in a bucket larger than ``max_bucket_pairs`` two members
+that are similar to each other but not to the hub connect only through another band.
 """
 
 from __future__ import annotations
@@ -255,7 +276,8 @@ def _sketch_batches(
                 keys, rows, group = keys[order], rows[order], group[order]
                 bounds = np.flatnonzero(np.r_[True, group[1:] != group[:-1], True])
                 blobs = [
-                    keys[lo:hi].tobytes() + rows[lo:hi].tobytes() for lo, hi in zip(bounds[:-1], bounds[1:])
+                    keys[lo:hi].tobytes() + rows[lo:hi].tobytes()
+                    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
                 ]
                 k = len(blobs)
                 p_col = pa.concat_arrays([p_col, pa.array(group[bounds[:-1]], type=pa.int32())])
@@ -623,7 +645,7 @@ def run_dedup(samples_df, cfg: DedupConfig):
         base.unpersist()
     stats.seconds["total"] = round(time.perf_counter() - t0, 3)
     log.info(
-        "dedup: %d rows -> %d exact + %d near duplicates (%d candidate, %d verified pairs; components on %s) in %.1f s",
+        "dedup: %d rows -> %d exact + %d near duplicates (%d candidate, %d verified pairs; components: %s), %.1f s",
         stats.rows, stats.exact, stats.near, stats.candidate_pairs, stats.verified_pairs,
         stats.components_on or "-", stats.seconds["total"],
     )  # fmt: skip

@@ -25,7 +25,6 @@ from prismatic.minhash import (
     jaccard,
     jaccard_rows,
     shingle_batch,
-    shingle_hashes,
     signatures,
 )
 from prismatic.normalize import normalize_text
@@ -103,7 +102,7 @@ def test_exact_jaccard_matches_python_sets(n):
     rng.shuffle(other[:50])  # some unrelated pairs too
     cfg = DedupConfig(ngram=n)
     got = jaccard_rows(shingle_batch(base, cfg), shingle_batch(other, cfg))
-    want = np.array([ref_jaccard(x, y, n) for x, y in zip(base, other)])
+    want = np.array([ref_jaccard(x, y, n) for x, y in zip(base, other, strict=True)])
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-15)
     assert (want > 0).sum() > 100 and (want < 1).sum() > 100  # the check covered a spread of values
 
@@ -173,7 +172,7 @@ def test_signature_is_min_of_universal_hashes():
     sig = signatures(sh, 16, 5)
     for i in (0, 2):
         x = sh.row(i).astype(object)  # Python ints: independent modular arithmetic
-        want = [min((int(ak) * int(v) + int(bk)) % 2**64 for v in x) for ak, bk in zip(a, b)]
+        want = [min((int(ak) * int(v) + int(bk)) % 2**64 for v in x) for ak, bk in zip(a, b, strict=True)]
         assert sig[i].tolist() == want
     assert (sig[1] == EMPTY).all()
     assert (a % 2 == 1).all()
@@ -250,7 +249,7 @@ def test_default_bands_meet_recall_target():
 def _ref_bucket_pairs(keys, ids, max_pairs):
     out = set()
     for k in set(keys):
-        members = sorted({i for kk, i in zip(keys, ids) if kk == k})
+        members = sorted({i for kk, i in zip(keys, ids, strict=True) if kk == k})
         n = len(members)
         if n * (n - 1) // 2 <= max_pairs:
             out |= {(members[x], members[y]) for x in range(n) for y in range(x + 1, n)}
@@ -267,7 +266,9 @@ def test_bucket_pairs_against_reference():
     for max_pairs in (1, 3, 10, 10**6):
         a, b = bucket_pairs(keys, ids, max_pairs)
         assert (a < b).all()
-        assert set(zip(a.tolist(), b.tolist())) == _ref_bucket_pairs(keys.tolist(), ids.tolist(), max_pairs)
+        assert set(zip(a.tolist(), b.tolist(), strict=True)) == _ref_bucket_pairs(
+            keys.tolist(), ids.tolist(), max_pairs
+        )
     assert [len(x) for x in bucket_pairs(np.array([5]), np.array([1]), 10)] == [0, 0]
 
 
@@ -299,8 +300,8 @@ def test_connected_components_long_chain_and_random_graph():
             x = parent[x]
         return x
 
-    for x, y in zip(u, v):
+    for x, y in zip(u, v, strict=True):
         rx, ry = find(int(x)), find(int(y))
         parent[max(rx, ry)] = min(rx, ry)
     want = {ids[i]: ids[find(i)] for i in range(n) if find(i) != i}
-    assert dict(zip(got["sample_id"], got["kept_id"])) == want
+    assert dict(zip(got["sample_id"], got["kept_id"], strict=True)) == want

@@ -72,7 +72,7 @@ def test_type_errors():
 
 def test_sample_id_known_value():
     # independent reference: the documented rule spelled out with hashlib on literal, already-normalized text
-    expected = hashlib.sha256("math\x1fwhat is 2 + 2?\x1f4".encode()).hexdigest()
+    expected = hashlib.sha256(b"math\x1fwhat is 2 + 2?\x1f4").hexdigest()
     assert sample_id("Math", "  What is 2 + 2?\n", "４", DEFAULT) == expected
     assert expected == "84e6f282ab9bfb3b41d835177107173e1d21f89fce8759336bb7c3191ad9e0d7"
     assert sample_id("Math", "What is 2 + 2?", "4", RAW) == hashlib.sha256(b"Math\x1fWhat is 2 + 2?\x1f4").hexdigest()
@@ -104,8 +104,10 @@ def test_batch_versions_match_scalar():
     for container in (list, pd.Series, pa.array):
         p, c, t = container(prompts), container(comps), container(tasks)
         assert normalize_many(p, DEFAULT) == [normalize_text(x, DEFAULT) for x in prompts]
-        assert sample_ids(t, p, c, DEFAULT) == [sample_id(*r, DEFAULT) for r in zip(tasks, prompts, comps)]
-        assert text_hashes(p, c, DEFAULT) == [text_hash(a, b, DEFAULT) for a, b in zip(prompts, comps)]
+        assert sample_ids(t, p, c, DEFAULT) == [
+            sample_id(*r, DEFAULT) for r in zip(tasks, prompts, comps, strict=True)
+        ]
+        assert text_hashes(p, c, DEFAULT) == [text_hash(a, b, DEFAULT) for a, b in zip(prompts, comps, strict=True)]
         assert [d.hex() for d in text_hash_digests(p, c, DEFAULT)] == text_hashes(p, c, DEFAULT)
     with pytest.raises(ValueError, match="lengths differ"):
         sample_ids(["a"], ["b", "c"], ["d"], DEFAULT)

@@ -7,7 +7,8 @@
 - :mod:`.exact` — exact Gram / cosine kernel / G-Vendi of full gradients (d = ∞), dense reference.
 - :mod:`.kronecker` — the fast path: one batched forward + backward with hooks, Kronecker blocks.
 - :mod:`.scoring` — :class:`Scorer`: batching by length, OOM back-off, error reasons.
-- :mod:`.udf` — ``make_score_fn`` for ``DataFrame.mapInPandas``.
+- :mod:`.udf` — ``make_score_fn`` for ``DataFrame.mapInPandas``; ``spec_for`` gives the spec row.
+- :mod:`.tiny` — a tiny random llama + word-level chat tokenizer for tests and demos.
 
 Heavy modules (torch, transformers) are imported on first use of each submodule, not here.
 """

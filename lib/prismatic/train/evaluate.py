@@ -26,7 +26,7 @@ import pyarrow as pa
 
 from prismatic.config import Settings
 from prismatic.errors import PrismError
-from prismatic.tables import TableStore
+from prismatic.tables import TableStore, table_def
 from prismatic.train.benchmarks import Benchmark, collapse_label, load_benchmark
 
 log = logging.getLogger(__name__)
@@ -214,5 +214,5 @@ def eval_stage(
 
                 key = re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", b.name)
                 mlflow.log_metrics({f"acc.{key}": res.accuracy, f"unparsed.{key}": res.unparsed})
-    store.merge("eval_results", pa.Table.from_pylist(rows), update=True)
+    store.merge("eval_results", pa.Table.from_pylist(rows, schema=table_def("eval_results").schema), update=True)
     return rows

@@ -49,7 +49,7 @@ import pyarrow.compute as pc
 
 from prismatic.config import Settings
 from prismatic.errors import PrismError
-from prismatic.tables import TableStore
+from prismatic.tables import TableStore, table_def
 
 log = logging.getLogger(__name__)
 
@@ -681,8 +681,10 @@ def _write_tables(store: TableStore, report: StudyReport, eval_rows: list[dict])
         rows.append({**base, "subset_id": ALL_SUBSETS, "metric": f"{prefix}.{c['metric']}", "value": c["rho"],
                      "kind": "correlation", "n": c["n"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
                      "p_value": c["p_value"], "detail": detail})
-    store.merge("study", pa.Table.from_pylist(rows), update=True)
+    # an explicit schema: from_pylist would infer the columns from the first row only (dropping ci_low, p_value...)
+    store.merge("study", pa.Table.from_pylist(rows, schema=table_def("study").schema), update=True)
     if eval_rows:
         for r in eval_rows:
             r["created_at"] = now
-        store.merge("eval_results", pa.Table.from_pylist(eval_rows), update=True)
+        store.merge("eval_results", pa.Table.from_pylist(eval_rows, schema=table_def("eval_results").schema),
+                    update=True)
