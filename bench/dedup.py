@@ -239,18 +239,21 @@ def run_datasketch(df: pd.DataFrame, cfg: DedupConfig) -> tuple[list[tuple[int, 
     t0 = time.perf_counter()
     texts = (df["prompt"] + "\n" + df["completion"]).tolist()
     norm = normalize_many(texts, cfg.normalize)
+    del texts
     n = cfg.ngram
-    shingles = []
-    for t in norm:
-        w = t.split(" ")
-        if len(w) < n:
-            shingles.append([" ".join(w).encode()])
-        else:
-            shingles.append([" ".join(w[i : i + n]).encode() for i in range(len(w) - n + 1)])
-    minhashes = MinHash.bulk(shingles, num_perm=cfg.num_perm, seed=cfg.seed)
+
+    def shingles():  # streamed: 1M rows of shingle lists would not fit next to Spark on this machine
+        for t in norm:
+            w = t.split(" ")
+            if len(w) < n:
+                yield [" ".join(w).encode()]
+            else:
+                yield [" ".join(w[i : i + n]).encode() for i in range(len(w) - n + 1)]
+
     edges: list[tuple[int, int]] = []
     lshs: dict[str, MinHashLSH] = {}
     params = (0, 0)
+    minhashes = MinHash.generator(shingles(), num_perm=cfg.num_perm, seed=cfg.seed)
     for i, (task, m) in enumerate(zip(df["task"].tolist(), minhashes, strict=True)):
         lsh = lshs.get(task)
         if lsh is None:
@@ -285,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mllib-rows", type=int, default=0, help="also time method=mllib on this many rows (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threshold", type=float, default=0.8)
-    ap.add_argument("--driver-memory", default="8g")
+    ap.add_argument("--driver-memory", default="6g")
     ap.add_argument("--skip-datasketch", action="store_true")
     ap.add_argument("--out", default=None, help="also write the report to this file")
     args = ap.parse_args(argv)
@@ -357,15 +360,6 @@ def main(argv: list[str] | None = None) -> int:
         del out
         gc.collect()
 
-        if not args.skip_datasketch:
-            load0, cpu0 = os.getloadavg()[0], tree_cpu_seconds()
-            edges, secs, params = run_datasketch(df, cfg)
-            cpu = tree_cpu_seconds() - cpu0
-            p, r, k = score(edges, pos_pairs, gt_label)
-            name = f"datasketch MinHashLSH (b={params[0]}, r={params[1]})"
-            results.append((name, secs, cpu, p, r, k, (load0, os.getloadavg()[0])))
-            gc.collect()
-
         if args.mllib_rows:
             # whole planted groups for ~10 % of the subset, the rest unrelated rows; positions stay those of df
             members: list[int] = []
@@ -389,6 +383,17 @@ def main(argv: list[str] | None = None) -> int:
                 p, r, k = score(e, sub_pos, gt_label)
                 results.append((f"{name} @ {len(sub):,} rows", s, cpu, p, r, k, (load0, os.getloadavg()[0])))
 
+        spark.stop()  # free the JVM's memory before datasketch builds its in-memory index
+        if not args.skip_datasketch:
+            load0, cpu0 = os.getloadavg()[0], time.process_time()  # datasketch runs in this process only
+            edges, secs, params = run_datasketch(df, cfg)
+            cpu = time.process_time() - cpu0
+            p, r, k = score(edges, pos_pairs, gt_label)
+            name = f"datasketch MinHashLSH (b={params[0]}, r={params[1]})"
+            results.append((name, secs, cpu, p, r, k, (load0, os.getloadavg()[0])))
+            del edges
+            gc.collect()
+
         say()
         base = next((s for n, s, *_ in results if n.startswith("datasketch")), None)
         say(
@@ -398,7 +403,6 @@ def main(argv: list[str] | None = None) -> int:
         for name, s, cpu, p, r, k, (l0, l1) in results:
             ratio = f"{s / base:.2f}x" if base and "@" not in name else "-"
             say(f"{name:<40} {s:>8.1f} {ratio:>13} {cpu:>7.0f} {p:>9.4f} {r:>7.4f} {k:>8,}  {l0:.1f}, {l1:.1f}")
-        spark.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.out:

@@ -45,6 +45,7 @@ def tiny_model(tmp_path_factory):
     return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
 
 
+@pytest.mark.timeout(1800)  # ~2 min on an idle 2-core machine; 13 min measured on a heavily shared one
 def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
     from prismatic.stages import score_stage
     from prismatic.train import study_stage
@@ -95,11 +96,11 @@ def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     parent = next(r for r in runs if r.info.run_name == "study")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 4 and all(c.info.run_name.startswith("subset-") for c in children)
-    ood_mean = [c.data.metrics["ood_mean"] for c in children]
+    assert len(children) == 4 and all(c.info.run_name.startswith("study-subset-") for c in children)
+    ood_mean = [c.data.metrics["ood_accuracy"] for c in children]
     for c in children:
-        accs = [c.data.metrics["acc.ood_three"], c.data.metrics["acc.ood_two"]]
-        assert c.data.metrics["ood_mean"] == pytest.approx(np.mean(accs))
+        accs = [c.data.metrics["ood_three_accuracy"], c.data.metrics["ood_two_accuracy"]]
+        assert c.data.metrics["ood_accuracy"] == pytest.approx(np.mean(accs))
     for m in metrics:
         xs = [c.data.metrics.get(m, math.nan) for c in children]
         if np.ptp(xs) == 0 or np.ptp(ood_mean) == 0:

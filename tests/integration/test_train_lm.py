@@ -95,6 +95,16 @@ def test_two_step_sft_loss_decreases_and_checkpoint_has_lineage(tmp_path, tiny_m
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
 
     assert train_stage(store, settings, "lm").reused  # same data, same settings: the checkpoint is reused
+    # the end-of-round helper: the (reused) student evaluated on a math file, rows in eval_results
+    from prismatic.train import train_and_evaluate
+
+    bench = tmp_path / "sums.jsonl"
+    bench.write_text("".join(json.dumps({"problem": f"what is {a} plus {a} ?", "answer": str(2 * a)}) + "\n"
+                             for a in (1, 2)))
+    out = train_and_evaluate(store, settings, "lm", benchmarks=[str(bench)])
+    row = next(r for r in store.read_arrow("eval_results").to_pylist() if r["run_id"] == report.student_id)
+    assert out["student_id"] == report.student_id and out["sums_accuracy"] == row["accuracy"] == out["ood_accuracy"]
+    assert row["n"] == 2 and row["task"] == "math"
     ids = sorted(r["sample_id"] for r in store.read_arrow("samples").to_pylist())[:4]
     sub = train_stage(store, settings, "lm", ids, subset_id="first-four")
     assert not sub.reused and sub.n_train == 4 and sub.student_id != report.student_id

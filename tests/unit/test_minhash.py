@@ -114,6 +114,14 @@ def test_jaccard_scalar_helper():
         jaccard_rows(shingle_batch(["a"], CFG), shingle_batch(["a", "b"], CFG))
 
 
+def test_take_keeps_rows():
+    sh = shingle_batch(["a b c d", "", "x y", "p q r s t"], CFG)
+    sub = sh.take(np.array([3, 1, 0]))
+    assert sub.counts().tolist() == [3, 0, 2]
+    for i, j in enumerate([3, 1, 0]):
+        assert np.array_equal(sub.row(i), sh.row(j))
+
+
 def test_inputs_accepted_and_nulls_rejected():
     texts = ["a b c d", "x y"]
     ref = shingle_batch(texts, CFG)

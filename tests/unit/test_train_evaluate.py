@@ -124,4 +124,4 @@ def test_eval_stage_writes_eval_results_once(tmp_path):
     tracking.setup(settings)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert len([r for r in runs if r.info.run_name == "eval"]) == 3
-    assert {r.data.metrics["acc.bench"] for r in runs if "acc.bench" in r.data.metrics} == {0.4}
+    assert {r.data.metrics["bench_accuracy"] for r in runs if "bench_accuracy" in r.data.metrics} == {0.4}

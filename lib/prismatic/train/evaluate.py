@@ -213,6 +213,30 @@ def eval_stage(
                 import mlflow
 
                 key = re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", b.name)
-                mlflow.log_metrics({f"acc.{key}": res.accuracy, f"unparsed.{key}": res.unparsed})
+                mlflow.log_metrics({f"{key}_accuracy": res.accuracy, f"{key}_unparsed": res.unparsed})
     store.merge("eval_results", pa.Table.from_pylist(rows, schema=table_def("eval_results").schema), update=True)
     return rows
+
+
+def train_and_evaluate(
+    store: TableStore, settings: Settings, student: str | None = None, benchmarks: Sequence[str] | None = None
+) -> dict:
+    """Train a student on the whole pool of ``train.task`` and evaluate it: the end of a synthesis round.
+
+    Both MLflow runs nest under the active run (the round's), so MLflow shows, round by round, G-Vendi next to
+    ID and OOD accuracy. Returns ``student_id``, ``n_train``, ``<benchmark>_accuracy`` per benchmark and the means
+    ``id_accuracy`` / ``ood_accuracy`` over the benchmarks of each split (absent when a split has none): the metric
+    names the notebooks read.
+    """
+    from prismatic.train.students import train_stage
+
+    rep = train_stage(store, settings, student)
+    rows = eval_stage(store, settings, model_path=rep.path, benchmarks=benchmarks)
+    out: dict = {"student_id": rep.student_id, "n_train": rep.n_train}
+    for r in rows:
+        out[f"{r['benchmark']}_accuracy"] = r["accuracy"]
+    for split in ("id", "ood"):
+        accs = [r["accuracy"] for r in rows if r["split"] == split]
+        if accs:
+            out[f"{split}_accuracy"] = sum(accs) / len(accs)
+    return out

@@ -21,9 +21,10 @@ This module runs that experiment on a user's own pool:
 5. **Correlations**: Spearman ρ (scipy) of each metric against mean OOD accuracy (and against ID accuracy),
    with a percentile bootstrap interval over the K subsets and the two-sided p-value.
 
-Outputs: ``study`` rows (design, metric and accuracy rows per subset; one ``rho.<metric>`` /
+Outputs: ``study`` rows (design, metric and accuracy rows per subset — ``<benchmark>_accuracy``, ``id_accuracy``,
+``ood_accuracy`` (the target), ``train_accuracy``; one ``rho.<metric>`` /
 ``rho_id.<metric>`` row per metric with ``subset_id = '*'``), ``eval_results`` rows of every subset's student,
-and MLflow: a parent run ``study`` with one child run per subset, a scatter plot per metric
+and MLflow: a parent run ``study`` with one child run ``study-subset-<id>`` per subset, a scatter plot per metric
 (``scatter/<metric>.png``), ``rho_by_metric.png`` and the ranked table (``ranked_metrics.json`` / ``.md``).
 
 ``study_id`` hashes the study and student settings, the spec and the table versions: running the same study
@@ -54,8 +55,8 @@ from prismatic.tables import TableStore, table_def
 log = logging.getLogger(__name__)
 
 ALL_SUBSETS = "*"
-TARGET = "ood_mean"
-ID_TARGET = "id_acc"
+TARGET = "ood_accuracy"  # the names the notebooks and sql/study_correlations.sql read
+ID_TARGET = "id_accuracy"
 Progress = Callable[[int, int], None]
 
 
@@ -393,6 +394,12 @@ def _metric_key(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", name)
 
 
+def bench_key(name: str) -> str:
+    """The study metric of one benchmark's accuracy: ``<name>_accuracy`` (never one of the summary names)."""
+    key = f"{name}_accuracy"
+    return f"{name}_bench_accuracy" if key in (TARGET, ID_TARGET, "train_accuracy") else key
+
+
 def _report_from_table(store: TableStore, study_id: str) -> StudyReport | None:
     if not store.exists("study"):
         return None
@@ -602,7 +609,7 @@ def study_stage(
             if not report.metrics:
                 report.metrics = list(metrics)
             design = plan.design(km.labels)
-            with tracking.run(settings, f"subset-{plan.subset_id}", nested=True,
+            with tracking.run(settings, f"study-subset-{plan.subset_id}", nested=True,
                               params={"subset_id": plan.subset_id, "strategy": plan.strategy,
                                       "n_clusters": plan.n_clusters, "clusters": plan.clusters, "size": len(ids)},
                               tags={"study_id": sid, "subset_id": plan.subset_id}) as child:
@@ -624,7 +631,7 @@ def study_stage(
                 ood_mean = float(np.mean([accs[b.name] for b in ood]))
                 row = {"subset_id": plan.subset_id, "strategy": plan.strategy, "n_clusters": plan.n_clusters,
                        "clusters": plan.clusters, "size": len(ids), "student_id": rep.student_id, **design,
-                       **metrics, **{f"acc.{n}": a for n, a in accs.items()}, ID_TARGET: accs[idb.name],
+                       **metrics, **{bench_key(n): a for n, a in accs.items()}, ID_TARGET: accs[idb.name],
                        TARGET: ood_mean, "train_accuracy": rep.metrics.get("train_accuracy", math.nan)}
                 report.subsets.append(row)
                 if child is not None:
@@ -632,7 +639,7 @@ def study_stage(
 
                     mlflow.set_tag("student_id", rep.student_id)
                     mlflow.log_dict({"subset_id": plan.subset_id, "sample_ids": ids}, "subset_ids.json")
-                    vals = {**metrics, **design, **{f"acc.{_metric_key(n)}": a for n, a in accs.items()},
+                    vals = {**metrics, **design, **{_metric_key(bench_key(n)): a for n, a in accs.items()},
                             ID_TARGET: accs[idb.name], TARGET: ood_mean}
                     mlflow.log_metrics({_metric_key(kk): float(v) for kk, v in vals.items() if np.isfinite(v)})
             if progress is not None:
@@ -671,7 +678,7 @@ def _write_tables(store: TableStore, report: StudyReport, eval_rows: list[dict])
         for m in report.metrics:
             rows.append({**base, "subset_id": s["subset_id"], "metric": m, "value": s[m], "kind": "diversity",
                          "n": s["size"]})
-        for key in [k for k in s if k.startswith("acc.")] + [ID_TARGET, TARGET, "train_accuracy"]:
+        for key in [bench_key(b) for b in report.benchmarks] + [ID_TARGET, TARGET, "train_accuracy"]:
             rows.append({**base, "subset_id": s["subset_id"], "metric": key, "value": s[key], "kind": "accuracy",
                          "n": s["size"]})
     detail = json.dumps({"student": report.student, "pool_size": report.pool_size, "metrics": report.metrics,
