@@ -24,60 +24,18 @@ if "dbutils" in globals():  # Databricks: load the package that the cell above i
 
 # COMMAND ----------
 
-import os
-from pathlib import Path
-
-import matplotlib
-
-if "dbutils" not in globals() and not os.environ.get("MPLBACKEND"):
-    matplotlib.use("Agg")  # plain Python run: no display needed
-import matplotlib.pyplot as plt
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from prismatic.config import load_config
-from prismatic.spark import get_spark, on_databricks
-from prismatic.tables import open_store
+from prismatic.notebook import Notebook, tables_location, use_headless_matplotlib
 
+use_headless_matplotlib(globals())
+import matplotlib.pyplot as plt  # noqa: E402
 
-def param(name: str, default: str) -> str:
-    """A text widget on Databricks; run as plain Python, the env var PRISM_NB_<NAME> or the default."""
-    if "dbutils" in globals():
-        dbutils.widgets.text(name, default)  # noqa: F821
-        return dbutils.widgets.get(name).strip()  # noqa: F821
-    return os.environ.get(f"PRISM_NB_{name.upper()}", default).strip()
-
-
-def show(df, n: int = 50) -> None:
-    """Databricks display(), else a plain text table."""
-    if "dbutils" in globals():
-        display(df)  # noqa: F821
-    else:
-        df.show(n, truncate=80)
-
-
-def show_figure(fig, name: str) -> None:
-    """Databricks display(), else a PNG under PRISM_NB_FIGURES (when set)."""
-    if "dbutils" in globals():
-        display(fig)  # noqa: F821
-    elif os.environ.get("PRISM_NB_FIGURES"):
-        out = Path(os.environ["PRISM_NB_FIGURES"])
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / f"{name}.png", dpi=80, bbox_inches="tight")
-        print(f"figure saved: {out / f'{name}.png'}")
-    plt.close(fig)
-
-
-CONFIG = param("config", "../conf/databricks.yaml" if on_databricks() else "")
-CATALOG = param("catalog", "")
-SCHEMA = param("schema", "")
-GROUP_BY = param("group_by", "source,round")
-
-overrides = ([f"storage.catalog={CATALOG}"] if CATALOG else []) + ([f"storage.schema_name={SCHEMA}"] if SCHEMA else [])
-settings = load_config(CONFIG or None, overrides)
-spark = get_spark(settings.spark)
-store = open_store(settings, spark)
-where = store.qualified("samples") if store.engine == "delta-spark" else str(settings.root / "tables")
+nb = Notebook(globals())
+GROUP_BY = nb.param("group_by", "source,round")
+settings, spark, store = nb.open()
+where = tables_location(settings, store, "samples")
 print(f"tables: {store.engine} engine, {where}")
 
 # COMMAND ----------
@@ -107,7 +65,7 @@ else:
         print("The pool is empty: every sample is a duplicate, or nothing was ingested yet.")
     else:
         print(f"pool: {int(sizes_pd['samples'].sum())} samples from {sizes_pd['source'].nunique()} sources")
-        show(sizes)
+        nb.show(sizes)
 
 # COMMAND ----------
 
@@ -118,7 +76,7 @@ if HAVE_POOL:
     ax.set_xlabel("samples in the pool")
     ax.set_title("Pool size by source (stacked by round)")
     ax.legend(title="round")
-    show_figure(fig, "pool_by_source_round")
+    nb.show_figure(fig, "pool_by_source_round")
 
 # COMMAND ----------
 
@@ -153,7 +111,7 @@ else:
         HAVE_DIVERSITY = False
         print(f"The diversity table has no rows with scope {GROUP_BY!r} (scopes are the --group-by columns).")
     else:
-        show(table)
+        nb.show(table)
 
 # COMMAND ----------
 
@@ -166,4 +124,4 @@ if HAVE_DIVERSITY and "g_vendi" in div_pd.columns and {"source", "round"} <= set
     ax.set_ylabel("G-Vendi")
     ax.set_title("G-Vendi by source and round")
     ax.legend(fontsize="small")
-    show_figure(fig, "gvendi_by_source_round")
+    nb.show_figure(fig, "gvendi_by_source_round")

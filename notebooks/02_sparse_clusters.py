@@ -24,64 +24,22 @@ if "dbutils" in globals():  # Databricks: load the package that the cell above i
 
 # COMMAND ----------
 
-import os
-from pathlib import Path
-
-import matplotlib
-
-if "dbutils" not in globals() and not os.environ.get("MPLBACKEND"):
-    matplotlib.use("Agg")  # plain Python run: no display needed
-import matplotlib.pyplot as plt
 from pyspark.sql import functions as F
 from pyspark.sql.window import Window
 
-from prismatic.config import load_config
-from prismatic.spark import get_spark, on_databricks
-from prismatic.tables import open_store
+from prismatic.notebook import Notebook, tables_location, use_headless_matplotlib
 
+use_headless_matplotlib(globals())
+import matplotlib.pyplot as plt  # noqa: E402
 
-def param(name: str, default: str) -> str:
-    """A text widget on Databricks; run as plain Python, the env var PRISM_NB_<NAME> or the default."""
-    if "dbutils" in globals():
-        dbutils.widgets.text(name, default)  # noqa: F821
-        return dbutils.widgets.get(name).strip()  # noqa: F821
-    return os.environ.get(f"PRISM_NB_{name.upper()}", default).strip()
-
-
-def show(df, n: int = 50) -> None:
-    """Databricks display(), else a plain text table."""
-    if "dbutils" in globals():
-        display(df)  # noqa: F821
-    else:
-        df.show(n, truncate=80)
-
-
-def show_figure(fig, name: str) -> None:
-    """Databricks display(), else a PNG under PRISM_NB_FIGURES (when set)."""
-    if "dbutils" in globals():
-        display(fig)  # noqa: F821
-    elif os.environ.get("PRISM_NB_FIGURES"):
-        out = Path(os.environ["PRISM_NB_FIGURES"])
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / f"{name}.png", dpi=80, bbox_inches="tight")
-        print(f"figure saved: {out / f'{name}.png'}")
-    plt.close(fig)
-
-
-CONFIG = param("config", "../conf/databricks.yaml" if on_databricks() else "")
-CATALOG = param("catalog", "")
-SCHEMA = param("schema", "")
-ROUND = param("round", "")
-N_CLUSTERS = int(param("clusters", "5"))
-N_EXAMPLES = int(param("examples", "3"))
+nb = Notebook(globals())
+ROUND = nb.param("round", "")
+N_CLUSTERS = int(nb.param("clusters", "5"))
+N_EXAMPLES = int(nb.param("examples", "3"))
 if N_CLUSTERS < 1 or N_EXAMPLES < 1:
     raise ValueError(f"clusters and examples must be at least 1 (got clusters={N_CLUSTERS}, examples={N_EXAMPLES})")
-
-overrides = ([f"storage.catalog={CATALOG}"] if CATALOG else []) + ([f"storage.schema_name={SCHEMA}"] if SCHEMA else [])
-settings = load_config(CONFIG or None, overrides)
-spark = get_spark(settings.spark)
-store = open_store(settings, spark)
-where = store.qualified("clusters") if store.engine == "delta-spark" else str(settings.root / "tables")
+settings, spark, store = nb.open()
+where = tables_location(settings, store, "clusters")
 print(f"tables: {store.engine} engine, {where}")
 
 # COMMAND ----------
@@ -116,7 +74,7 @@ else:
                 f"sizes {int(sizes_pd['size'].min())}..{int(sizes_pd['size'].max())} "
                 f"(median {float(sizes_pd['size'].median()):g})"
             )
-            show(clusters)
+            nb.show(clusters)
 
 # COMMAND ----------
 
@@ -128,7 +86,7 @@ if HAVE_CLUSTERS:
     ax.set_xlabel("clusters, smallest first")
     ax.set_ylabel("samples")
     ax.set_title(f"Cluster sizes, round {the_round} (orange: sparse)")
-    show_figure(fig, "cluster_sizes")
+    nb.show_figure(fig, "cluster_sizes")
 
 # COMMAND ----------
 

@@ -24,64 +24,19 @@ if "dbutils" in globals():  # Databricks: load the package that the cell above i
 
 # COMMAND ----------
 
-import os
-from pathlib import Path
-
-import matplotlib
-
-if "dbutils" not in globals() and not os.environ.get("MPLBACKEND"):
-    matplotlib.use("Agg")  # plain Python run: no display needed
-import matplotlib.pyplot as plt
 from pyspark.sql import functions as F
 
-from prismatic.config import load_config
-from prismatic.spark import get_spark, on_databricks
-from prismatic.tables import open_store
+from prismatic.notebook import Notebook, use_headless_matplotlib
 from prismatic.tracking import runs_dataframe
 
+use_headless_matplotlib(globals())
+import matplotlib.pyplot as plt  # noqa: E402
 
-def param(name: str, default: str) -> str:
-    """A text widget on Databricks; run as plain Python, the env var PRISM_NB_<NAME> or the default."""
-    if "dbutils" in globals():
-        dbutils.widgets.text(name, default)  # noqa: F821
-        return dbutils.widgets.get(name).strip()  # noqa: F821
-    return os.environ.get(f"PRISM_NB_{name.upper()}", default).strip()
-
-
-def show(df, n: int = 50) -> None:
-    """Databricks display(), else a plain text table (Spark or pandas)."""
-    if "dbutils" in globals():
-        display(df)  # noqa: F821
-    elif hasattr(df, "show"):
-        df.show(n, truncate=80)
-    else:
-        print(df.head(n).to_string(index=False))
-
-
-def show_figure(fig, name: str) -> None:
-    """Databricks display(), else a PNG under PRISM_NB_FIGURES (when set)."""
-    if "dbutils" in globals():
-        display(fig)  # noqa: F821
-    elif os.environ.get("PRISM_NB_FIGURES"):
-        out = Path(os.environ["PRISM_NB_FIGURES"])
-        out.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out / f"{name}.png", dpi=80, bbox_inches="tight")
-        print(f"figure saved: {out / f'{name}.png'}")
-    plt.close(fig)
-
-
-CONFIG = param("config", "../conf/databricks.yaml" if on_databricks() else "")
-CATALOG = param("catalog", "")
-SCHEMA = param("schema", "")
-EXPERIMENT = param("experiment", "")
-X_METRIC = param("x_metric", "g_vendi")
-Y_METRIC = param("y_metric", "ood_accuracy")
-
-overrides = ([f"storage.catalog={CATALOG}"] if CATALOG else []) + ([f"storage.schema_name={SCHEMA}"] if SCHEMA else [])
-overrides += [f"tracking.experiment={EXPERIMENT}"] if EXPERIMENT else []
-settings = load_config(CONFIG or None, overrides)
-spark = get_spark(settings.spark)
-store = open_store(settings, spark)
+nb = Notebook(globals())
+EXPERIMENT = nb.param("experiment", "")
+X_METRIC = nb.param("x_metric", "g_vendi")
+Y_METRIC = nb.param("y_metric", "ood_accuracy")
+settings, spark, store = nb.open([f"tracking.experiment={EXPERIMENT}"] if EXPERIMENT else [])
 print(f"tables: {store.engine} engine; MLflow experiment: {settings.tracking.experiment}")
 
 # COMMAND ----------
@@ -106,7 +61,7 @@ else:
     metric_cols = sorted(c for c in runs.columns if c.startswith("metrics."))
     print(f"{len(runs)} runs; metrics logged: {', '.join(c[len('metrics.'):] for c in metric_cols) or 'none'}")
     shown = ["run", "stage", "start_time"] + [c for c in (x_col, y_col) if c in runs.columns]
-    show(runs[shown].sort_values("start_time"))
+    nb.show(runs[shown].sort_values("start_time"))
 
 # COMMAND ----------
 
@@ -127,7 +82,7 @@ if HAVE_RUNS:
         ax.set_ylabel(Y_METRIC)
         ax.set_title(f"{Y_METRIC} vs {X_METRIC} (MLflow runs)")
         ax.legend(fontsize="small")
-        show_figure(fig, "mlflow_diversity_vs_accuracy")
+        nb.show_figure(fig, "mlflow_diversity_vs_accuracy")
         print(f"{len(pairs)} runs with both metrics; Spearman rho = {pairs[x_col].corr(pairs[y_col], 'spearman'):.3f}")
 
 # COMMAND ----------
@@ -150,7 +105,7 @@ else:
     if acc.isEmpty():
         print("The eval_results table is empty.")
     else:
-        show(acc)
+        nb.show(acc)
 
 # COMMAND ----------
 
@@ -183,4 +138,4 @@ else:
         ax.set_ylabel(Y_METRIC)
         ax.set_title("Study subsets")
         ax.legend(fontsize="small")
-        show_figure(fig, "study_diversity_vs_accuracy")
+        nb.show_figure(fig, "study_diversity_vs_accuracy")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +19,25 @@ from prismatic.errors import ConfigError
 DATA_ROOT_ENV = "PRISM_DATA_ROOT"
 IDENTIFIER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = REPO_ROOT / "conf" / "default.yaml"
+SHARE_DIR = Path(sys.prefix) / "share" / "prismatic"  # conf/ and data/seed/ of an installed wheel (data-files)
+
+
+def resource_path(path: str | Path) -> Path:
+    """A shipped file such as ``conf/default.yaml``: absolute or present from the working directory as given,
+    else the source checkout's copy, else the installed wheel's under ``<prefix>/share/prismatic``.
+
+    Returns the first that exists (or the checkout path, so an error names a sensible place).
+    """
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p
+    for base in (REPO_ROOT, SHARE_DIR):
+        if (base / p).exists():
+            return base / p
+    return REPO_ROOT / p
+
+
+DEFAULT_CONFIG = resource_path("conf/default.yaml")
 
 
 class Section(BaseModel):

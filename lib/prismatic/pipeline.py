@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from prismatic.assets import asset_dir, fetch
-from prismatic.config import REPO_ROOT, Settings
+from prismatic.config import Settings, resource_path
 from prismatic.errors import ConfigError
 from prismatic.tables import TABLES, TableStore
 
@@ -23,10 +22,8 @@ def resolve_input_path(path: str) -> str:
         main = fetch(name)
         base = main if main.is_dir() else asset_dir(name)
         return str(base / rest) if rest else str(main)
-    p = Path(path)
-    if not p.is_absolute() and not p.exists() and (REPO_ROOT / p).exists():
-        return str(REPO_ROOT / p)
-    return path
+    p = resource_path(path)
+    return str(p) if p.exists() else path
 
 
 def demo_inputs(settings: Settings) -> list[dict]:

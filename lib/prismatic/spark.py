@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
 
-from prismatic.config import SparkConfig
+from prismatic.config import SparkConfig, resource_path
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def get_spark(cfg: SparkConfig | None = None):
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.adaptive.enabled", "true")
     )
-    log4j = Path(__file__).resolve().parents[2] / "conf" / "log4j2.properties"
+    log4j = resource_path("conf/log4j2.properties").resolve()
     if log4j.exists():
         builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j.configurationFile={log4j.as_uri()}")
     for k, v in cfg.extra.items():

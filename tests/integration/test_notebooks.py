@@ -52,7 +52,7 @@ def test_notebooks_are_databricks_source_files():
         text = p.read_text()
         assert text.startswith("# Databricks notebook source\n"), p.name
         assert text.count("# COMMAND ----------") >= 4, p.name
-        assert "dbutils.widgets.text(" in text, f"{p.name}: parameters are widgets on Databricks"
+        assert "Notebook(globals())" in text, f"{p.name}: parameters are widgets on Databricks (prismatic.notebook)"
         assert "from prismatic." in text, f"{p.name}: the logic comes from the package"
 
 

@@ -110,10 +110,11 @@ synthesize(store, settings, rounds=2, generator=scripted_generator())
 def test_killed_loop_resumes_without_double_rows(tmp_path, spark, tiny_model):
     here = os.path.dirname(__file__)
     results = {}
+    seed = seed_pool(tmp_path)  # one file for both runs: its batch_id hashes the path, size and mtime
     for name in ("crashed", "clean"):
         root = tmp_path / name
         settings = load_config(overrides=tiny_overrides(root, tiny_model))
-        ingest(open_store(settings, spark), [str(seed_pool(tmp_path))], "seed", "math", settings)
+        ingest(open_store(settings, spark), [str(seed)], "seed", "math", settings)
         script = SCRIPT.format(helpers=here, root=str(root), model=str(tiny_model))
         if name == "crashed":
             proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,

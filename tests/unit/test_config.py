@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from prismatic.config import check_identifier, load_config, parse_override, to_flat_dict
@@ -81,3 +83,20 @@ def test_delta_spark_sql_text():
     assert "`vector` ARRAY<FLOAT>" in create_table_sql(q, TABLES["gradients"])
     with pytest.raises(ValueError):
         qualified_name("main", "x; DROP TABLE y", "samples")
+
+
+def test_resource_path_falls_back_to_the_installed_share_dir(tmp_path, monkeypatch):
+    """A wheel install has no source checkout: shipped conf files come from <prefix>/share/prismatic."""
+    import prismatic.config as config
+
+    share = tmp_path / "share"
+    (share / "conf").mkdir(parents=True)
+    (share / "conf" / "prompts.yaml").write_text("math: {}\n")
+    monkeypatch.setattr(config, "REPO_ROOT", tmp_path / "no-checkout")
+    monkeypatch.setattr(config, "SHARE_DIR", share)
+    monkeypatch.chdir(tmp_path)
+    assert config.resource_path("conf/prompts.yaml") == share / "conf" / "prompts.yaml"
+    assert config.resource_path(tmp_path / "x.yaml") == tmp_path / "x.yaml"  # absolute: as given
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "prompts.yaml").write_text("math: {}\n")
+    assert config.resource_path("conf/prompts.yaml") == Path("conf/prompts.yaml")  # the working directory first

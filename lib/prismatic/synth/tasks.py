@@ -132,12 +132,9 @@ class Prompts:
 
 
 def _resolve(path: str | Path) -> Path:
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p
-    from prismatic.config import REPO_ROOT
+    from prismatic.config import resource_path
 
-    return REPO_ROOT / p
+    return resource_path(path)
 
 
 @lru_cache(maxsize=8)
