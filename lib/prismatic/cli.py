@@ -17,6 +17,7 @@ from rich.table import Table
 
 from prismatic.config import Settings, load_config
 from prismatic.errors import PrismError
+from prismatic.progress import StageProgress
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 assets_app = typer.Typer(no_args_is_help=True, help="Offline models and data (fetched from package archives).")
@@ -38,6 +39,9 @@ def _main(
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    if not console.is_terminal:  # job logs and CI: no tqdm bars from model loading; stages print plain lines
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 def settings() -> Settings:
@@ -124,10 +128,8 @@ def score(
 
     s = settings()
     st = store()
-    with _progress() as prog:
-        bar = prog.add_task("score", total=None)
-        rep = score_stage(st, s, where=where, limit=limit,
-                          progress=lambda done, total: prog.update(bar, completed=done, total=total))
+    with StageProgress(console, "score") as progress:
+        rep = score_stage(st, s, where=where, limit=limit, progress=progress)
     out.print(rep.summary())
 
 
@@ -219,10 +221,8 @@ def study(
 
     s = settings()
     st = store()
-    with _progress() as prog:
-        bar = prog.add_task("study", total=None)
-        rep = study_stage(st, s, subsets=subsets, student=student, force=force,
-                          progress=lambda done, total: prog.update(bar, completed=done, total=total))
+    with StageProgress(console, "study") as progress:
+        rep = study_stage(st, s, subsets=subsets, student=student, force=force, progress=progress)
     out.print(rep.summary())
 
 

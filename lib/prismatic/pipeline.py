@@ -10,6 +10,7 @@ from rich.table import Table
 from prismatic.assets import asset_dir, fetch
 from prismatic.config import Settings, resource_path
 from prismatic.errors import ConfigError
+from prismatic.progress import StageProgress
 from prismatic.tables import TABLES, TableStore
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,9 @@ def run_pipeline(store: TableStore, settings: Settings, console: Console | None 
         dd = dedup_stage(store, settings)
         console.print(f"[bold]dedup[/] {dd.summary()}")
         results["dedup"] = dd
-        sc = score_stage(store, settings, where=demo.get("score_where"), limit=demo.get("score_limit"))
+        with StageProgress(console, "score") as progress:
+            sc = score_stage(store, settings, where=demo.get("score_where"), limit=demo.get("score_limit"),
+                             progress=progress)
         console.print(f"[bold]score[/] {sc.summary()}")
         results["score"] = sc
         div = diversity_stage(store, settings, group_by=["source"])
