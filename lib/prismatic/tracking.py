@@ -85,7 +85,11 @@ def safe_params(settings: Settings, extra: dict[str, Any] | None = None) -> dict
 @contextlib.contextmanager
 def run(settings: Settings, name: str, nested: bool = False, tags: dict[str, Any] | None = None,
         params: dict[str, Any] | None = None) -> Iterator[Any]:
-    """Start an MLflow run (child of the active one when ``nested``); no-op context when tracking is disabled."""
+    """Start an MLflow run; no-op context when tracking is disabled.
+
+    The run is a child of the active run when ``nested``, and always when a run is already active (a stage called
+    inside ``prism run``'s pipeline run, or from a notebook that opened one), so stages compose.
+    """
     if not settings.tracking.enabled:
         yield None
         return
@@ -97,6 +101,7 @@ def run(settings: Settings, name: str, nested: bool = False, tags: dict[str, Any
     if commit:
         all_tags["git_commit"] = commit
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+    nested = nested or mlflow.active_run() is not None
     with mlflow.start_run(run_name=name, nested=nested, tags=all_tags) as r:
         if params:
             mlflow.log_params({k: str(v)[:MAX_PARAM_CHARS] for k, v in params.items()})
