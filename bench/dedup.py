@@ -2,7 +2,9 @@
 
 Usage::
 
-    python bench/dedup.py --rows 1000000 [--mllib-rows 50000] [--out bench/results/dedup.txt]
+    python bench/dedup.py                          # 1M rows, writes bench/results/dedup.txt
+    python bench/dedup.py --rows 100000 --out /tmp/d.txt
+    python bench/dedup.py --mllib-rows 100000 --one-core --datasketch-our-bands   # how the results file was made
 
 Data (seeded, ``--seed``): math-like and NLI-like rows, prompt 8-24 and completion 8-40 words drawn from a
 Zipf-weighted 60k-word vocabulary, so unrelated rows share only a few common 3-grams. Planted groups, each inside
@@ -20,10 +22,18 @@ groups are the connected components of positive pairs.
 Metrics, the same for every method: recall = share of positive pairs whose two rows end up in the same predicted
 group; precision = share of predicted links (prismatic: each ``(sample_id, kept_id)``; datasketch: each
 candidate pair its LSH query returned) whose two rows are in the same ground-truth group. datasketch is used as
-its documentation shows: one ``MinHashLSH(threshold, num_perm)`` per task, ``MinHash.bulk`` over the same
-normalized word 3-gram shingles, then query-before-insert over the rows (its candidates are not verified).
-Both timings include normalization and shingling; prismatic's includes the Spark jobs and collecting the result,
-not the Spark start-up or writing the input parquet.
+its documentation shows: one ``MinHashLSH(threshold, num_perm)`` per task, ``MinHash.generator`` (the streamed
+form of ``MinHash.bulk``) over the same normalized word 3-gram shingles, then query-before-insert over the rows
+(its candidates are not verified). Both timings include normalization and shingling; prismatic's includes the
+Spark jobs and collecting the result, not the Spark start-up or writing the input parquet. datasketch runs in one
+Python process (one core); prismatic runs on Spark ``local[*]`` (all cores; ``--one-core`` adds a ``local[1]`` run
+in a child process pinned to one CPU, JVM and Python workers included).
+
+Optional rows: ``--mllib-rows N`` times ``method="mllib"`` (Spark MLlib MinHashLSH + approxSimilarityJoin) and the
+banded method on an N-row subset holding whole planted groups; ``--datasketch-our-bands`` runs datasketch a second
+time with prismatic's bands (``params=(bands, rows_per_band)``) to separate the banding choice from verification.
+
+Prints a report and writes the same text to ``--out`` (default bench/results/dedup.txt; ``--out ''`` skips it).
 """
 
 from __future__ import annotations
@@ -233,7 +243,10 @@ def tree_cpu_seconds() -> float:
     return total
 
 
-def run_datasketch(df: pd.DataFrame, cfg: DedupConfig) -> tuple[list[tuple[int, int]], float, tuple[int, int]]:
+def run_datasketch(
+    df: pd.DataFrame, cfg: DedupConfig, params: tuple[int, int] | None = None
+) -> tuple[list[tuple[int, int]], float, tuple[int, int]]:
+    """datasketch MinHashLSH per task, query-before-insert; ``params=(b, r)`` overrides its own band choice."""
     from datasketch import MinHash, MinHashLSH
 
     t0 = time.perf_counter()
@@ -252,34 +265,93 @@ def run_datasketch(df: pd.DataFrame, cfg: DedupConfig) -> tuple[list[tuple[int, 
 
     edges: list[tuple[int, int]] = []
     lshs: dict[str, MinHashLSH] = {}
-    params = (0, 0)
+    used = (0, 0)
     minhashes = MinHash.generator(shingles(), num_perm=cfg.num_perm, seed=cfg.seed)
     for i, (task, m) in enumerate(zip(df["task"].tolist(), minhashes, strict=True)):
         lsh = lshs.get(task)
         if lsh is None:
-            lsh = lshs[task] = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm)
-            params = (lsh.b, lsh.r)
+            lsh = lshs[task] = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=params)
+            used = (lsh.b, lsh.r)
         for j in lsh.query(m):
             edges.append((j, i))
         lsh.insert(i, m)
-    return edges, time.perf_counter() - t0, params
+    return edges, time.perf_counter() - t0, used
 
 
-def run_prismatic(spark, path: str, df_ids: pd.Series, cfg: DedupConfig):
+def _links(out: pd.DataFrame, df_ids: pd.Series) -> list[tuple[int, int]]:
+    """``(sample_id, kept_id)`` rows of a dedup result as pairs of row positions in the generated frame."""
+    pos = pd.Series(np.arange(len(df_ids)), index=df_ids.to_numpy())
+    a = pos.loc[out["sample_id"].to_numpy()].to_numpy()
+    b = pos.loc[out["kept_id"].to_numpy()].to_numpy()
+    return list(zip(a.tolist(), b.tolist(), strict=True))
+
+
+def run_prismatic(spark, path: str, df_ids: pd.Series | None, cfg: DedupConfig):
     from prismatic.dedup import run_dedup
 
-    pos = pd.Series(np.arange(len(df_ids)), index=df_ids.to_numpy())
     t0 = time.perf_counter()
     samples = spark.read.parquet(path)
     result, stats = run_dedup(samples, cfg)
     out = result.toPandas()
     seconds = time.perf_counter() - t0
-    a = pos.loc[out["sample_id"].to_numpy()].to_numpy()
-    b = pos.loc[out["kept_id"].to_numpy()].to_numpy()
-    return list(zip(a.tolist(), b.tolist(), strict=True)), seconds, stats, out
+    return (_links(out, df_ids) if df_ids is not None else None), seconds, stats, out
+
+
+CHILD_TAG = "ONE_CORE_RESULT "
+
+
+def one_core_child(path: str, out_path: str, driver_memory: str, cfg: DedupConfig) -> int:
+    """``--one-core-child``: prismatic on Spark ``local[1]`` in this process, which the parent pinned to one CPU
+    (the JVM and its Python workers inherit the affinity). Writes the result rows to ``out_path`` and prints one
+    JSON line (seconds, cpu seconds, stage seconds)."""
+    import json
+
+    from prismatic.spark import get_spark
+
+    spark = get_spark(
+        SparkConfig(master="local[1]", driver_memory=driver_memory, shuffle_partitions=8, arrow_batch_rows=10_000)
+    )
+    spark.read.parquet(path).count()  # warm-up, as in the parent
+    cpu0 = tree_cpu_seconds()
+    _, secs, stats, out = run_prismatic(spark, path, None, cfg)
+    cpu = tree_cpu_seconds() - cpu0
+    out.to_parquet(out_path)
+    spark.stop()
+    info = {"seconds": secs, "cpu": cpu, "stages": stats.seconds, "affinity": sorted(os.sched_getaffinity(0))}
+    info.update(exact=stats.exact, near=stats.near, cand=stats.candidate_pairs, verified=stats.verified_pairs)
+    print(CHILD_TAG + json.dumps(info), flush=True)
+    return 0
 
 
 # ------------------------------------------------------------------------------------------------ main
+
+
+REFERENCE = (
+    "reference (issue #3, measured by the issue author on their machine, 200k rows): datasketch MinHashLSH 20 s, "
+    "recall 0.73; Spark MLlib MinHashLSH + similarity join 45 s, recall 1.0"
+)
+GOAL = "goal: recall >= 0.99 and precision >= 0.99 at <= 1.5x datasketch's seconds, same rows, same machine"
+
+SCALE_NOTE = """\
+How it scales out. datasketch keeps one in-memory index in one Python process: its time grows linearly with the
+rows on one core, and its storage back ends share the index, not the hashing, so more cores or machines do not
+help. prismatic's work is per-partition numpy in mapInArrow (normalize, sha256, shingles, MinHash, band keys: the
+"sketch" stage) plus Spark shuffles keyed by a hash (exact key; band-key group; candidate pair); every stage runs
+on as many executors as there are partitions, and the band keys travel as packed binary blobs (bands x 16 bytes
+per row), not as rows. Only the verified-pair graph may come to the driver, and only up to driver_max_edges pairs
+(else connected components run in Spark). Candidate and verified pairs grow with the duplicates, not with N^2."""
+
+
+def _versions() -> str:
+    import importlib.metadata as md
+
+    out = [f"python {platform.python_version()}"]
+    for pkg in ("numpy", "pyarrow", "pyspark", "datasketch"):
+        try:
+            out.append(f"{pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            out.append(f"{pkg} -")
+    return ", ".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -290,7 +362,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.8)
     ap.add_argument("--driver-memory", default="6g")
     ap.add_argument("--skip-datasketch", action="store_true")
-    ap.add_argument("--out", default=None, help="also write the report to this file")
+    ap.add_argument(
+        "--datasketch-our-bands", action="store_true", help="also run datasketch with prismatic's bands x rows"
+    )
+    ap.add_argument(
+        "--one-core", action="store_true", help="also time prismatic on Spark local[1] pinned to one CPU (scaling)"
+    )
+    ap.add_argument("--one-core-child", nargs=2, metavar=("PARQUET", "OUT"), help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "dedup.txt"), help="report file ('' = none)")
     args = ap.parse_args(argv)
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
@@ -298,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("py4j").setLevel(logging.WARNING)
     cfg = DedupConfig(threshold=args.threshold)
+    if args.one_core_child:
+        return one_core_child(*args.one_core_child, args.driver_memory, cfg)
     lines: list[str] = []
 
     def say(s: str = "") -> None:
@@ -309,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     pos_pairs, pos_j, all_j, gt_label = ground_truth(df, groups, cfg)
     gen_s = time.perf_counter() - t
     say(f"# dedup bench  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cores")
+    say(f"{platform.platform()}; {_versions()}; load average at start {os.getloadavg()[0]:.1f}")
+    say(REFERENCE)
+    say(GOAL)
     say(
         f"rows {len(df):,}  planted groups {len(groups):,}  planted pairs {len(all_j):,}  "
         f"positive (J >= {cfg.threshold}) {len(pos_pairs):,}  below threshold {int((all_j < cfg.threshold).sum()):,}  "
@@ -321,11 +405,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     say(
         f"config: word {cfg.ngram}-gram shingles, threshold {cfg.threshold}, num_perm {cfg.num_perm}; prismatic bands "
-        f"{cfg.bands} x {cfg.rows_per_band} (P(candidate | J=0.8) = "
-        f"{candidate_probability(0.8, cfg.bands, cfg.rows_per_band):.5f})"
+        f"{cfg.bands} x {cfg.rows_per_band} (P(candidate | J={cfg.threshold}) = "
+        f"{candidate_probability(cfg.threshold, cfg.bands, cfg.rows_per_band):.5f}), candidates verified by exact "
+        f"Jaccard"
     )
     say()
 
+    results = []  # (name, seconds, cpu seconds, precision, recall, links, (load start, load end))
+
+    def spark_session(master: str):
+        from prismatic.spark import get_spark
+
+        return get_spark(
+            SparkConfig(master=master, driver_memory=args.driver_memory, shuffle_partitions=8, arrow_batch_rows=10_000)
+        )
+
+    def timed_prismatic(spark, name, path, c, pairs):
+        load0, cpu0 = os.getloadavg()[0], tree_cpu_seconds()
+        e, s, st, _ = run_prismatic(spark, path, df["sample_id"], c)
+        cpu = tree_cpu_seconds() - cpu0
+        p, r, k = score(e, pairs, gt_label)
+        results.append((name, s, cpu, p, r, k, (load0, os.getloadavg()[0])))
+        say(f"{name}: stages (s) {st.seconds}")
+        say(
+            f"{' ' * len(name)}  {st.exact:,} exact + {st.near:,} near; "
+            f"{'MLlib join' if c.method == 'mllib' else f'{st.candidate_pairs:,}'} candidate pairs, "
+            f"{st.verified_pairs:,} verified; components on {st.components_on or '-'}"
+        )
+        gc.collect()
+
+    main_name = "prismatic (banded, Spark local[*])"
     tmp = Path(tempfile.mkdtemp(prefix="prism-bench-"))
     try:
         path = str(tmp / "samples")
@@ -337,28 +446,9 @@ def main(argv: list[str] | None = None) -> int:
             pq.write_table(table.slice(k * step, step), f"{path}/part-{k:02d}.parquet")
         del table
 
-        from prismatic.spark import get_spark
-
-        spark = get_spark(
-            SparkConfig(
-                master="local[*]", driver_memory=args.driver_memory, shuffle_partitions=8, arrow_batch_rows=10_000
-            )
-        )
+        spark = spark_session("local[*]")
         spark.read.parquet(path).count()  # warm-up: JVM, file listing
-
-        results = []
-        load0, cpu0 = os.getloadavg()[0], tree_cpu_seconds()
-        edges, secs, stats, out = run_prismatic(spark, path, df["sample_id"], cfg)
-        cpu = tree_cpu_seconds() - cpu0
-        p, r, k = score(edges, pos_pairs, gt_label)
-        results.append(("prismatic (banded, Spark)", secs, cpu, p, r, k, (load0, os.getloadavg()[0])))
-        say(f"prismatic stages (s): {stats.seconds}")
-        say(
-            f"prismatic: {stats.exact:,} exact + {stats.near:,} near; {stats.candidate_pairs:,} candidate pairs, "
-            f"{stats.verified_pairs:,} verified; components on {stats.components_on}"
-        )
-        del out
-        gc.collect()
+        timed_prismatic(spark, main_name, path, cfg, pos_pairs)
 
         if args.mllib_rows:
             # whole planted groups for ~10 % of the subset, the rest unrelated rows; positions stay those of df
@@ -377,34 +467,73 @@ def main(argv: list[str] | None = None) -> int:
             pq.write_table(pa.Table.from_pandas(sub, preserve_index=False), sub_path + ".parquet")
             mcfg = cfg.model_copy(update={"method": "mllib"})
             for name, c in (("prismatic (banded)", cfg), ("prismatic (mllib)", mcfg)):
-                load0, cpu0 = os.getloadavg()[0], tree_cpu_seconds()
-                e, s, st, _ = run_prismatic(spark, sub_path + ".parquet", df["sample_id"], c)
-                cpu = tree_cpu_seconds() - cpu0
-                p, r, k = score(e, sub_pos, gt_label)
-                results.append((f"{name} @ {len(sub):,} rows", s, cpu, p, r, k, (load0, os.getloadavg()[0])))
+                timed_prismatic(spark, f"{name} @ {len(sub):,} rows", sub_path + ".parquet", c, sub_pos)
 
-        spark.stop()  # free the JVM's memory before datasketch builds its in-memory index
+        spark.stop()  # free the JVM's memory before the next session / datasketch's in-memory index
+        if args.one_core:  # a child process pinned to CPU 0 (this JVM already runs on every core)
+            import json
+            import subprocess
+
+            res_path = str(tmp / "one_core.parquet")
+            cmd = [sys.executable, __file__, "--one-core-child", path, res_path]
+            cmd += ["--driver-memory", args.driver_memory, "--threshold", str(args.threshold)]
+            load0 = os.getloadavg()[0]
+            proc = subprocess.run(
+                cmd, preexec_fn=lambda: os.sched_setaffinity(0, {0}), capture_output=True, text=True, check=False
+            )
+            tagged = [ln for ln in proc.stdout.splitlines() if ln.startswith(CHILD_TAG)]
+            if proc.returncode or not tagged:
+                raise RuntimeError(f"one-core child failed ({proc.returncode}): {proc.stderr[-2000:]}")
+            info = json.loads(tagged[-1][len(CHILD_TAG) :])
+            name = "prismatic (banded, local[1], pinned to 1 CPU)"
+            p, r, k = score(_links(pd.read_parquet(res_path), df["sample_id"]), pos_pairs, gt_label)
+            results.append((name, info["seconds"], info["cpu"], p, r, k, (load0, os.getloadavg()[0])))
+            say(f"{name}: stages (s) {info['stages']}  (CPUs allowed: {info['affinity']})")
+            say(
+                f"{' ' * len(name)}  {info['exact']:,} exact + {info['near']:,} near; {info['cand']:,} candidate "
+                f"pairs, {info['verified']:,} verified"
+            )
+
         if not args.skip_datasketch:
-            load0, cpu0 = os.getloadavg()[0], time.process_time()  # datasketch runs in this process only
-            edges, secs, params = run_datasketch(df, cfg)
-            cpu = time.process_time() - cpu0
-            p, r, k = score(edges, pos_pairs, gt_label)
-            name = f"datasketch MinHashLSH (b={params[0]}, r={params[1]})"
-            results.append((name, secs, cpu, p, r, k, (load0, os.getloadavg()[0])))
-            del edges
-            gc.collect()
-
-        say()
-        base = next((s for n, s, *_ in results if n.startswith("datasketch")), None)
-        say(
-            f"{'method':<40} {'seconds':>8} {'vs datasketch':>13} {'cpu s':>7} {'precision':>9} {'recall':>7} "
-            f"{'links':>8}  load avg (start, end)"
-        )
-        for name, s, cpu, p, r, k, (l0, l1) in results:
-            ratio = f"{s / base:.2f}x" if base and "@" not in name else "-"
-            say(f"{name:<40} {s:>8.1f} {ratio:>13} {cpu:>7.0f} {p:>9.4f} {r:>7.4f} {k:>8,}  {l0:.1f}, {l1:.1f}")
+            runs = [None, (cfg.bands, cfg.rows_per_band)] if args.datasketch_our_bands else [None]
+            for params in runs:
+                load0, cpu0 = os.getloadavg()[0], time.process_time()  # datasketch runs in this process only
+                edges, secs, used = run_datasketch(df, cfg, params)
+                cpu = time.process_time() - cpu0
+                p, r, k = score(edges, pos_pairs, gt_label)
+                how = "its own choice" if params is None else "prismatic's"
+                name = f"datasketch MinHashLSH (b={used[0]}, r={used[1]}, {how})"
+                results.append((name, secs, cpu, p, r, k, (load0, os.getloadavg()[0])))
+                del edges
+                gc.collect()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+    say()
+    base = next((s for n, s, *_ in results if n.startswith("datasketch")), None)
+    say(
+        f"{'method':<52} {'seconds':>8} {'vs datasketch':>13} {'cpu s':>7} {'precision':>9} {'recall':>7} "
+        f"{'links':>8}  load avg (start, end)"
+    )
+    for name, s, cpu, p, r, k, (l0, l1) in results:
+        ratio = f"{s / base:.2f}x" if base and "@" not in name else "-"
+        say(f"{name:<52} {s:>8.1f} {ratio:>13} {cpu:>7.0f} {p:>9.4f} {r:>7.4f} {k:>8,}  {l0:.1f}, {l1:.1f}")
+    say("seconds: wall clock; cpu s: user + sys of the process tree (Spark JVM and Python workers included)")
+    say()
+    ours = next(x for x in results if x[0] == main_name)
+    if base:
+        met = ours[3] >= 0.99 and ours[4] >= 0.99 and ours[1] <= 1.5 * base
+        say(
+            f"goal at {len(df):,} rows: {'met' if met else 'NOT met'} (precision {ours[3]:.4f}, recall {ours[4]:.4f}, "
+            f"{ours[1] / base:.2f}x datasketch's seconds)"
+        )
+    one = next((x for x in results if "pinned" in x[0]), None)
+    if one:
+        say(
+            f"cores: 1 CPU (local[1], pinned) {one[1]:.1f} s -> {os.cpu_count()} CPUs (local[*]) {ours[1]:.1f} s, "
+            f"speed-up {one[1] / ours[1]:.2f}x"
+        )
+    say(SCALE_NOTE)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text("\n".join(lines) + "\n")

@@ -5,7 +5,8 @@ across processes, machines and batch splits: no Python ``hash`` (randomized per 
 
 Pipeline for a batch (``shingle_batch`` -> ``signatures`` -> ``band_keys``):
 
-1. **Normalize** each text with :func:`prismatic.normalize.normalize_text`, then tokenize on whitespace.
+1. **Normalize** each text with :func:`prismatic.normalize.normalize_text` (whitespace is always collapsed for
+   shingling, so tokens are exactly ``str.split()`` words), then tokenize on whitespace.
 2. **Token hashes** (uint64). Words: pyarrow splits and dictionary-encodes the batch, and only the distinct words
    are hashed with ``pandas.util.hash_array`` (SipHash-2-4 with pandas' fixed key, so it is stable across
    processes). Characters (``shingle="char"``): ``splitmix64(code point)``.
@@ -164,7 +165,8 @@ def token_hashes(texts: Any, kind: str = "word") -> tuple[np.ndarray, np.ndarray
     """Hash the tokens of already-normalized texts.
 
     Args:
-        texts: normalized texts (list / Series / pyarrow string array, no nulls).
+        texts: normalized texts (list / Series / pyarrow string array, no nulls). Words are split on Unicode
+            whitespace by Arrow; texts from :func:`shingle_batch` hold single ASCII spaces only.
         kind: ``"word"`` (split on whitespace) or ``"char"`` (every code point is a token).
 
     Returns:
@@ -235,6 +237,9 @@ def shingle_hashes(texts: Any, ngram: int = 3, kind: str = "word") -> Shingles:
 
 def shingle_batch(texts: Any, cfg: DedupConfig | None = None, normalize: NormalizeConfig | None = None) -> Shingles:
     """Normalize a batch of raw texts and shingle it as ``cfg`` says (``cfg.normalize``, ``shingle``, ``ngram``).
+
+    Whitespace is collapsed even when ``collapse_whitespace`` is off: word tokens do not depend on spacing, and
+    char shingles then see one space wherever the text had any run of whitespace.
 
     Args:
         texts: raw texts (list / Series / pyarrow string array, no nulls).
