@@ -7,14 +7,21 @@ shipped copy, see ``prismatic.assets``), a local directory, or a hub id (for a u
 
 For Spark, :func:`embed_partitions` returns an iterator-of-pandas function for ``DataFrame.mapInPandas`` that loads
 the model once per Python worker (module-level cache) and appends an ``array<float>`` column of unit vectors.
+
+As a feature space for clustering and the synthesis filter (``cluster.feature_space = "embedding"``), sample
+embeddings are identified by an :class:`EmbeddingSpec` (encoder, weights hash, d, truncation, pooling) and stored in
+``gradients`` under its ``spec_id``; :func:`make_embed_fn` computes such rows in Spark, :func:`embed_samples` on the
+driver, both from the same :func:`feature_text`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +146,13 @@ class TextEmbedder:
                 out[idx] = pooled.cpu().numpy()
         return out
 
+    def token_counts(self, texts: Sequence[str]) -> np.ndarray:
+        """Untruncated token counts (special tokens included) of ``texts``: int64 (len(texts),)."""
+        if not texts:
+            return np.zeros(0, dtype=np.int64)
+        enc = self.tokenizer(list(texts), truncation=False, padding=False, verbose=False)
+        return np.asarray([len(ids) for ids in enc["input_ids"]], dtype=np.int64)
+
 
 def get_embedder(
     model: str = DEFAULT_MODEL, device: str = "auto", batch_size: int = 64, max_tokens: int | None = None
@@ -204,3 +218,171 @@ def embedding_schema(schema, out_col: str = "vector"):
     if out_col in schema.fieldNames():
         raise ValueError(f"output column {out_col!r} already exists in the input")
     return StructType([*schema.fields, StructField(out_col, ArrayType(FloatType(), containsNull=False), False)])
+
+
+# ---- embeddings as a feature space (cluster.feature_space = "embedding") ------------------------------------
+
+EMBEDDING_KIND = "embedding"
+EMBEDDING_SPEC_VERSION = 1
+POOLING = "mean over attention mask"
+NORMALIZATION = "l2"
+FEATURE_TEXT = "prompt + '\\n' + completion"
+EMBED_SCHEMA = "sample_id string, spec_id string, vector array<float>, loss double, n_tokens int, truncated boolean"
+
+
+def feature_text(prompt: str | None, completion: str | None) -> str:
+    """The text a sample is embedded as (same as the embedding-Vendi baseline: ``concat_ws('\\n', ...)``)."""
+    return "\n".join(p for p in (prompt, completion) if p is not None)
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """Identity of a sentence-embedding vector space, stored in ``projection_specs`` next to the projection specs.
+
+    Embedding vectors live in ``gradients`` under this spec's ``spec_id`` (loss null), so clustering, the
+    sparse-cluster filter and nearest-centroid assignment reuse the gradient code paths and their spec checks.
+
+    Attributes:
+        model_id: ``builtin:<name>``, a local folder's name, or a hub id.
+        weights_sha256: sha256 of the model's safetensors files (as ``prismatic.gradients.model.weights_sha256``).
+        d: embedding dimension (the encoder's hidden size; 384 for all-MiniLM-L6-v2).
+        max_tokens: truncation length (right side).
+        pooling, normalization, text, dtype: how a sample becomes a unit vector.
+        kind: always ``embedding`` (the ``kind`` column of ``projection_specs``).
+        version: bump when the computation changes without any field above changing.
+    """
+
+    model_id: str
+    weights_sha256: str
+    d: int
+    max_tokens: int
+    pooling: str = POOLING
+    normalization: str = NORMALIZATION
+    text: str = FEATURE_TEXT
+    truncation_side: str = "right"
+    dtype: str = "float32"
+    kind: str = EMBEDDING_KIND
+    version: int = EMBEDDING_SPEC_VERSION
+
+    def __post_init__(self):
+        if self.kind != EMBEDDING_KIND:
+            raise ValueError(f"EmbeddingSpec kind must be {EMBEDDING_KIND!r}, got {self.kind!r}")
+        if len(self.weights_sha256) != 64 or any(c not in "0123456789abcdef" for c in self.weights_sha256):
+            raise ValueError(f"weights_sha256={self.weights_sha256!r} must be 64 lowercase hex characters")
+        for name in ("d", "max_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+
+    def canonical_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+    @property
+    def spec_id(self) -> str:
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
+
+    def to_row(self) -> dict:
+        """One row of ``projection_specs`` (less ``created_at``); ``seed`` is null (an encoder has none)."""
+        return {
+            "spec_id": self.spec_id,
+            "spec_json": self.canonical_json(),
+            "model_id": self.model_id,
+            "weights_sha256": self.weights_sha256,
+            "kind": self.kind,
+            "d": self.d,
+            "seed": None,
+        }
+
+    @classmethod
+    def from_row(cls, row: dict) -> EmbeddingSpec:
+        """Rebuild a spec from a ``projection_specs`` row of kind ``embedding`` and check its ``spec_id``."""
+        from prismatic.errors import SpecMismatchError
+
+        data = json.loads(row["spec_json"])
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"spec_json has unknown fields {sorted(unknown)}")
+        spec = cls(**data)
+        if "spec_id" in row and row["spec_id"] != spec.spec_id:
+            raise SpecMismatchError(f"row spec_id {row['spec_id']} does not match its fields (hash {spec.spec_id})")
+        return spec
+
+
+def _local_model_dir(model: str) -> Path:
+    """The local folder of ``model`` (builtin, path, or a hub id resolved through the local hub cache)."""
+    path = resolve_model(model)
+    if Path(path).is_dir():
+        return Path(path)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(path))
+
+
+def embedding_spec(model: str = DEFAULT_MODEL, max_tokens: int | None = None) -> EmbeddingSpec:
+    """The :class:`EmbeddingSpec` of an encoder config without loading the model (hashes its weights).
+
+    Args:
+        model: as in :class:`TextEmbedder`.
+        max_tokens: as in :class:`TextEmbedder` (default: the folder's ``max_seq_length``, else 256).
+    """
+    from transformers import AutoConfig
+
+    from prismatic.gradients.model import weights_sha256
+
+    folder = _local_model_dir(model)
+    if model.startswith(BUILTIN_PREFIX) or not Path(model).exists():
+        model_id = model
+    else:
+        model_id = Path(model).resolve().name
+    d = int(AutoConfig.from_pretrained(str(folder)).hidden_size)
+    tokens = max_tokens or _default_max_tokens(str(folder)) or DEFAULT_MAX_TOKENS
+    return EmbeddingSpec(model_id=model_id, weights_sha256=weights_sha256(folder), d=d, max_tokens=tokens)
+
+
+def embed_samples(
+    prompts: Sequence[str | None],
+    completions: Sequence[str | None],
+    model: str = DEFAULT_MODEL,
+    device: str = "auto",
+    batch_size: int = 64,
+    max_tokens: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Embed samples as :func:`feature_text` → (float32 (n, d) unit rows, n_tokens int32, truncated bool).
+
+    ``n_tokens`` is the length the encoder saw (at most its ``max_tokens``); ``truncated`` says the text was longer.
+    """
+    emb = get_embedder(model, device, batch_size, max_tokens)
+    texts = [feature_text(p, c) for p, c in zip(prompts, completions, strict=True)]
+    full = emb.token_counts(texts)
+    return emb.embed(texts), np.minimum(full, emb.max_tokens).astype(np.int32), full > emb.max_tokens
+
+
+def make_embed_fn(
+    spec_id: str,
+    model: str = DEFAULT_MODEL,
+    device: str = "auto",
+    batch_size: int = 64,
+    max_tokens: int | None = None,
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+    """A ``mapInPandas`` function: ``sample_id, prompt, completion`` batches → rows of :data:`EMBED_SCHEMA`
+    (``gradients`` rows under ``spec_id``, loss null). The encoder loads once per Python worker."""
+
+    def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for pdf in batches:
+            if len(pdf):
+                vecs, n_tok, trunc = embed_samples(
+                    pdf["prompt"].tolist(), pdf["completion"].tolist(), model, device, batch_size, max_tokens
+                )
+            else:
+                vecs, n_tok, trunc = [], [], []
+            yield pd.DataFrame(
+                {
+                    "sample_id": pdf["sample_id"].astype(str).tolist(),
+                    "spec_id": [spec_id] * len(pdf),
+                    "vector": list(vecs),
+                    "loss": pd.array([None] * len(pdf), dtype="Float64"),
+                    "n_tokens": pd.array(list(n_tok), dtype="Int32"),
+                    "truncated": pd.array(list(trunc), dtype="boolean"),
+                }
+            )
+
+    return run

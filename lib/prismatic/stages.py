@@ -114,6 +114,92 @@ def register_spec(store: TableStore, settings: Settings):
     return spec
 
 
+def register_embedding_spec(store: TableStore, settings: Settings):
+    """Resolve the sentence-encoder spec (``diversity.embedding_*``) and record it in ``projection_specs``."""
+    from prismatic.embeddings import embedding_spec
+
+    spec = embedding_spec(settings.diversity.embedding_model, settings.diversity.embedding_max_tokens)
+    store.merge("projection_specs", pa.Table.from_pylist([{**spec.to_row(), "created_at": _now()}]))
+    return spec
+
+
+def register_feature_spec(store: TableStore, settings: Settings):
+    """The spec of the vectors that ``cluster.feature_space`` clusters and filters in: the projection spec of
+    ``scoring`` (``gradient``) or the encoder spec of ``diversity.embedding_model`` (``embedding``); recorded."""
+    if settings.cluster.feature_space == "embedding":
+        return register_embedding_spec(store, settings)
+    return register_spec(store, settings)
+
+
+@dataclass
+class EmbedReport:
+    spec_id: str
+    todo: int = 0
+    embedded: int = 0
+    skipped: int = 0
+
+    def summary(self) -> str:
+        return f"spec {self.spec_id}: {self.todo} to embed ({self.skipped} already done) -> {self.embedded} vectors"
+
+
+def embed_stage(
+    store: TableStore,
+    settings: Settings,
+    where: str | None = None,
+    rows_per_chunk: int = 4096,
+    progress: Progress | None = None,
+) -> EmbedReport:
+    """Sentence embeddings of pool samples not yet embedded under the encoder's spec -> MERGE into ``gradients``.
+
+    The embedding twin of :func:`score_stage` (for ``cluster.feature_space = "embedding"``): rows carry the
+    :class:`~prismatic.embeddings.EmbeddingSpec` ``spec_id``, a unit vector, loss null, the tokens the encoder saw
+    and whether the text was truncated. Only missing rows are computed; work is committed per chunk of buckets.
+    """
+    from pyspark.sql import functions as F
+
+    from prismatic.embeddings import EMBED_SCHEMA, make_embed_fn
+
+    spec = register_embedding_spec(store, settings)
+    dcfg = settings.diversity
+    spark = store.spark
+    pool = store.pool().select("sample_id", "prompt", "completion", "bucket")
+    if where:
+        try:
+            pool = pool.where(where)
+        except Exception as e:  # noqa: BLE001 - a user's SQL filter
+            raise PrismError(f"--where {where!r} is not a valid filter on samples: {str(e).splitlines()[0]}") from None
+    total = pool.count()
+    done = store.read("gradients").where(F.col("spec_id") == spec.spec_id).select("sample_id")
+    todo = pool.join(done, "sample_id", "left_anti").localCheckpoint()
+    counts = {r["bucket"]: r["n"] for r in todo.groupBy("bucket").agg(F.count("*").alias("n")).collect()}
+    report = EmbedReport(spec.spec_id, todo=sum(counts.values()))
+    report.skipped = total - report.todo
+    fn = make_embed_fn(spec.spec_id, dcfg.embedding_model, dcfg.embedding_device, dcfg.embedding_batch_size,
+                       dcfg.embedding_max_tokens)
+    parallelism = max(1, spark.sparkContext.defaultParallelism)
+    stage_root = settings.root / "_staging" / f"embed-{uuid.uuid4().hex}"
+    try:
+        for chunk in _chunks_by_bucket(counts, rows_per_chunk):
+            n = sum(counts[b] for b in chunk)
+            parts = max(1, min(parallelism, n // max(1, dcfg.embedding_batch_size)))
+            out_dir = stage_root / f"chunk-{chunk[0]}"
+            (todo.where(F.col("bucket").isin(chunk)).drop("bucket").repartition(parts, "sample_id")
+             .sortWithinPartitions("sample_id").mapInPandas(fn, EMBED_SCHEMA)
+             .write.mode("overwrite").parquet(str(out_dir)))
+            embedded = spark.read.parquet(str(out_dir)).withColumn("created_at", F.current_timestamp())
+            res = store.merge("gradients", embedded)
+            report.embedded += res.inserted
+            if res.inserted != n:
+                raise ConservationError(f"chunk of {n} samples gave {res.inserted} embedding vectors")
+            shutil.rmtree(out_dir, ignore_errors=True)
+            if progress is not None:
+                progress(report.embedded, report.todo)
+            log.info("embedded chunk of %d (%d/%d)", n, report.embedded, report.todo)
+    finally:
+        shutil.rmtree(stage_root, ignore_errors=True)
+    return report
+
+
 def score_stage(
     store: TableStore,
     settings: Settings,
@@ -292,11 +378,13 @@ class ClusterReport:
     sparse: int
     objective: float
     reused: bool
+    spec_id: str = ""
+    feature_space: str = "gradient"
 
     def summary(self) -> str:
         verb = "already clustered" if self.reused else "clustered"
-        return (f"round {self.round}: {verb} {self.n} vectors into k={self.k} clusters, {self.sparse} sparse"
-                f" (objective {self.objective:.2f})")
+        return (f"round {self.round}: {verb} {self.n} {self.feature_space} vectors (spec {self.spec_id}) into"
+                f" k={self.k} clusters, {self.sparse} sparse (objective {self.objective:.2f})")
 
 
 def next_round(store: TableStore) -> int:
@@ -310,26 +398,40 @@ def next_round(store: TableStore) -> int:
 def cluster_stage(store: TableStore, settings: Settings, round: int | None = None) -> ClusterReport:
     """Spherical k-means of the pool's vectors (one spec) -> ``clusters`` + ``assignments`` of ``round``.
 
-    A round that already has clusters is not recomputed (idempotent); the sparse flag marks clusters strictly
-    below the size at ``cluster.sparse_quantile`` (the paper's rule, default the median).
+    ``cluster.feature_space`` picks the vectors: ``gradient`` (default) clusters the projected gradients of the
+    scoring spec (score them first: ``prism score``); ``embedding`` clusters sentence embeddings of
+    ``diversity.embedding_model``, computing the missing ones first (:func:`embed_stage`). The clusters rows carry
+    the spec_id, whose ``projection_specs`` row says the kind. A round that already has clusters is not
+    recomputed (idempotent), but only under the same spec: clusters of another feature space are an error, never
+    mixed. The sparse flag marks clusters strictly below the size at ``cluster.sparse_quantile`` (the paper's
+    rule, default the median).
+
+    Raises:
+        SpecMismatchError: ``round`` was clustered under another spec (another feature space or scoring config).
     """
     from pyspark.sql import functions as F
 
     from prismatic.cluster import cluster_pool, sparse_clusters
 
     rnd = next_round(store) if round is None else int(round)
+    space = settings.cluster.feature_space
+    spec = register_feature_spec(store, settings)
     existing = store.read("clusters").where(F.col("round") == rnd)
     if existing.limit(1).count():
-        rows = existing.select("size", "sparse").collect()
+        rows = existing.select("size", "sparse", "spec_id").collect()
+        check_round_spec(rnd, {r["spec_id"] for r in rows}, spec.spec_id, space)
         n = sum(r["size"] for r in rows)
-        return ClusterReport(rnd, len(rows), n, sum(bool(r["sparse"]) for r in rows), float("nan"), True)
-    spec = register_spec(store, settings)
+        return ClusterReport(rnd, len(rows), n, sum(bool(r["sparse"]) for r in rows), float("nan"), True,
+                             spec.spec_id, space)
+    if space == "embedding":
+        embed_stage(store, settings)
     df = (store.pool().select("sample_id")
           .join(store.read("gradients").where(F.col("spec_id") == spec.spec_id), "sample_id")
           .select("sample_id", "vector"))
     n = df.count()
     if n < 2:
-        raise PrismError(f"only {n} scored samples under spec {spec.spec_id}", hint="run `prism score` first")
+        hint = "run `prism score` first" if space == "gradient" else "ingest samples first"
+        raise PrismError(f"only {n} {space} vectors under spec {spec.spec_id}", hint=hint)
     res = cluster_pool(df, settings.cluster, n=n)
     sparse = set(int(i) for i in sparse_clusters(res.sizes, settings.cluster.sparse_quantile))
     clusters = res.clusters_arrow()
@@ -343,4 +445,18 @@ def cluster_stage(store: TableStore, settings: Settings, round: int | None = Non
     )
     store.merge("assignments", asg)
     store.merge("clusters", clusters)  # last: its presence marks the round as clustered
-    return ClusterReport(rnd, res.k, n, len(sparse), float(res.objective), False)
+    return ClusterReport(rnd, res.k, n, len(sparse), float(res.objective), False, spec.spec_id, space)
+
+
+def check_round_spec(rnd: int, found: set[str | None], spec_id: str, feature_space: str) -> None:
+    """Clusters of round ``rnd`` must all be under ``spec_id``; else raise :class:`SpecMismatchError`."""
+    from prismatic.errors import SpecMismatchError
+
+    if found != {spec_id}:
+        shown = ", ".join(sorted(str(s) for s in found))
+        raise SpecMismatchError(
+            f"round {rnd} was clustered under spec {shown}, but cluster.feature_space={feature_space} asks for"
+            f" spec {spec_id}: vectors of two specs are never compared",
+            hint="run with the feature space (and scoring / embedding config) that clustered this round, or use"
+            " another data_root for the other feature space",
+        )

@@ -2,11 +2,13 @@
 
 One round r (paper defaults, every one configurable in ``synth`` / ``cluster``):
 
-1. cluster the pool of rounds < r (spherical k-means on the gradient vectors; ``clusters`` / ``assignments``);
+1. cluster the pool of rounds < r (spherical k-means on the vectors of ``cluster.feature_space``: the projected
+   gradients, or sentence embeddings for the embedding-diversity baseline; ``clusters`` / ``assignments``);
 2. draw few-shot exemplars from the pool's *sparse* clusters (``synth.exemplars`` per call);
 3. generate new problems (``synth.problems_per_call`` per call, T 1.0, top-p 0.95), parse them defensively;
 4. sample ``n_solutions`` solutions (T 0.75) and keep a candidate when ``tau`` of them agree;
-5. score the survivors with the pool's projection spec; keep the samples whose nearest centroid is sparse;
+5. score the survivors with the pool's projection spec; keep the samples whose nearest centroid is sparse
+   (with ``feature_space = embedding``: embed them, keep those nearest a sparse cluster, then score those);
 6. drop exact / near duplicates of the pool, decontaminate against the eval sets (word n-gram overlap);
 7. MERGE accepted samples into ``samples`` (origin ``synthetic``, round r), every candidate into
    ``synth_candidates`` with its status and reason, and the round into ``rounds``; log it to MLflow.
@@ -15,6 +17,10 @@ Resume: everything a round reads is the pool of rounds < r, exemplars are drawn 
 (seed, r), generator requests are cached by hash, and every write is a keyed MERGE; so a round re-run after a
 crash recomputes the same candidates (from the cache) and writes nothing twice. A round is done when its row
 in ``rounds`` says so; ``synthesize`` starts at the first round that is not.
+
+Feature space: the pool G-Vendi before / after a round is always computed on the gradient vectors of the scoring
+spec, whichever space guides clustering and filtering, so a gradient-guided and an embedding-guided run are
+compared on the same metric (MLflow params ``feature_space`` and ``cluster_spec_id`` tell them apart).
 """
 
 from __future__ import annotations
@@ -98,6 +104,9 @@ class RoundReport:
     pool_after: int = 0
     seconds: dict = field(default_factory=dict)
     resumed: bool = False
+    feature_space: str = "gradient"
+    spec_id: str = ""  # the scoring (gradient) spec: G-Vendi and the vectors written for accepted samples
+    cluster_spec_id: str = ""  # the spec of the vectors clustered and filtered in (= spec_id for gradient)
 
     @property
     def acceptance_rate(self) -> float:
@@ -227,19 +236,21 @@ def run_round(store: TableStore, settings: Settings, rnd: int, generator, task, 
     """Run round ``rnd`` end to end (see the module docstring); fills ``report``."""
     from pyspark.sql import functions as F
 
-    from prismatic.cluster import assign
     from prismatic.gradients.udf import get_scorer
-    from prismatic.stages import cluster_stage, register_spec, score_stage
+    from prismatic.stages import check_round_spec, cluster_stage, register_spec, score_stage
 
     cfg = settings.synth
+    space = settings.cluster.feature_space
     t0 = time.perf_counter()
     spec = register_spec(store, settings)
-    # the pool of rounds < rnd must be scored before it is clustered
+    # the pool of rounds < rnd must be scored before it is clustered (and for G-Vendi in either feature space)
     score_stage(store, settings, where=f"round < {int(rnd)}")
     report.gvendi_before, report.pool_before = _gvendi(store, spec.spec_id, rnd - 1)
-    cluster_stage(store, settings, round=rnd)
+    crep = cluster_stage(store, settings, round=rnd)  # embedding space: embeds the pool's missing rows first
+    report.feature_space, report.spec_id, report.cluster_spec_id = space, spec.spec_id, crep.spec_id
     report.seconds["cluster"] = round(time.perf_counter() - t0, 2)
     clusters = store.read("clusters").where(F.col("round") == rnd).orderBy("cluster_id").collect()
+    check_round_spec(rnd, {c["spec_id"] for c in clusters}, crep.spec_id, space)
     centroids = np.asarray([c["centroid"] for c in clusters], dtype=np.float32)
     sparse_ids = {c["cluster_id"] for c in clusters if c["sparse"]}
     sparse_members = {
@@ -323,12 +334,13 @@ def run_round(store: TableStore, settings: Settings, rnd: int, generator, task, 
             c.completion = c.samples[0]["completion"] if c.samples else ""
     report.seconds["solve"] = round(time.perf_counter() - t2, 2)
 
-    # dedup against the pool, decontaminate, score, sparse-cluster filter
+    # dedup against the pool, decontaminate, then score + sparse-cluster filter in the chosen feature space
     t3 = time.perf_counter()
     index = PoolIndex([p["prompt"] + "\n" + p["completion"] for p in pool], settings)
     prompt_index = PoolIndex([p["prompt"] for p in pool], settings)
     scorer = get_scorer(settings.scoring)
     seen: set[str] = set()
+    survivors: list[Candidate] = []
     for c in [c for c in candidates if c.status == "pending"]:
         if prompt_index.duplicate_of(c.prompt) or any(
             index.duplicate_of(s["prompt"] + "\n" + s["completion"]) for s in c.samples
@@ -346,55 +358,52 @@ def run_round(store: TableStore, settings: Settings, rnd: int, generator, task, 
             c.reject("contaminated", hits_detail(hits))
             report.contamination_hits += len(hits)
             continue
-        scored = scorer.score([(s["prompt"], s["completion"]) for s in c.samples])
-        good = [(s, r) for s, r in zip(c.samples, scored, strict=True) if r.error is None]
-        if not good:
-            c.reject("score_failed", "; ".join(r.error or "" for r in scored))
+        survivors.append(c)
+    if space == "embedding":
+        _filter_by_embedding(survivors, centroids, sparse_ids, scorer, settings)
+    else:
+        _filter_by_gradient(survivors, centroids, sparse_ids, scorer)
+    for c in survivors:
+        if c.status != "accepted":
             continue
-        labels, _ = assign(np.stack([r.vector for _, r in good]), centroids)
-        kept = [(s, r, int(lab)) for (s, r), lab in zip(good, labels, strict=True) if int(lab) in sparse_ids]
-        c.cluster_id = int(labels[0])
-        if not kept:
-            c.reject("dense_cluster", f"nearest cluster {int(labels[0])} is not sparse")
-            continue
-        c.status, c.reason = "accepted", "accepted"
-        c.samples = []
-        for s, r, lab in kept:
+        # agreeing solutions with the same text are one sample (one row in `samples`, counted once)
+        unique: dict[str, dict] = {}
+        for s in c.samples:
             sid = make_sample_id(cfg.task, s["prompt"], s["completion"], SAMPLE_ID_NORMALIZATION)
-            c.samples.append(
-                {
-                    **s,
-                    "sample_id": sid,
-                    "vector": r.vector,
-                    "loss": r.loss,
-                    "n_tokens": r.n_tokens,
-                    "truncated": r.truncated,
-                    "cluster_id": lab,
-                }
-            )
+            unique.setdefault(sid, {**s, "sample_id": sid})
+        c.samples = list(unique.values())
     report.seconds["filter"] = round(time.perf_counter() - t3, 2)
 
     # write: gradients of accepted samples, samples, candidates
     now = _now()
     accepted = [s for c in candidates if c.status == "accepted" for s in c.samples]
     if accepted:
-        store.merge(
-            "gradients",
-            pa.Table.from_pylist(
-                [
-                    {
-                        "sample_id": s["sample_id"],
-                        "spec_id": spec.spec_id,
-                        "vector": np.asarray(s["vector"]).tolist(),
-                        "loss": s["loss"],
-                        "n_tokens": s["n_tokens"],
-                        "truncated": s["truncated"],
-                        "created_at": now,
-                    }
-                    for s in accepted
-                ]
-            ),
-        )
+        vector_rows = [
+            {
+                "sample_id": s["sample_id"],
+                "spec_id": spec.spec_id,
+                "vector": np.asarray(s["vector"]).tolist(),
+                "loss": s["loss"],
+                "n_tokens": s["n_tokens"],
+                "truncated": s["truncated"],
+                "created_at": now,
+            }
+            for s in accepted
+        ]
+        if space == "embedding":  # the vectors the next round clusters: no need to embed them again
+            vector_rows += [
+                {
+                    "sample_id": s["sample_id"],
+                    "spec_id": crep.spec_id,
+                    "vector": np.asarray(s["embedding"]).tolist(),
+                    "loss": None,
+                    "n_tokens": s["embedding_tokens"],
+                    "truncated": s["embedding_truncated"],
+                    "created_at": now,
+                }
+                for s in accepted
+            ]
+        store.merge("gradients", pa.Table.from_pylist(vector_rows))
         store.merge(
             "samples",
             pa.Table.from_pylist(
@@ -450,6 +459,77 @@ def run_round(store: TableStore, settings: Settings, rnd: int, generator, task, 
     report.gvendi_after, report.pool_after = _gvendi(store, spec.spec_id, rnd)
     report.seconds["total"] = round(time.perf_counter() - t0, 2)
     return candidates, clusters
+
+
+def _filter_by_gradient(survivors: list[Candidate], centroids: np.ndarray, sparse_ids: set[int], scorer) -> None:
+    """Score each candidate's samples (projected gradients), keep those whose nearest centroid is sparse."""
+    from prismatic.cluster import assign
+
+    for c in survivors:
+        scored = scorer.score([(s["prompt"], s["completion"]) for s in c.samples])
+        good = [(s, r) for s, r in zip(c.samples, scored, strict=True) if r.error is None]
+        if not good:
+            c.reject("score_failed", "; ".join(r.error or "" for r in scored))
+            continue
+        labels, _ = assign(np.stack([r.vector for _, r in good]), centroids)
+        kept = [(s, r, int(lab)) for (s, r), lab in zip(good, labels, strict=True) if int(lab) in sparse_ids]
+        c.cluster_id = int(labels[0])
+        if not kept:
+            c.reject("dense_cluster", f"nearest cluster {int(labels[0])} is not sparse")
+            continue
+        c.status, c.reason = "accepted", "accepted"
+        c.samples = [_with_gradient(s, r, lab) for s, r, lab in kept]
+
+
+def _filter_by_embedding(
+    survivors: list[Candidate], centroids: np.ndarray, sparse_ids: set[int], scorer, settings: Settings
+) -> None:
+    """Embed every survivor's samples at once, keep those whose nearest (embedding) centroid is sparse, then score
+    the kept ones: their gradient vectors go to ``gradients`` so the pool's G-Vendi stays comparable."""
+    from prismatic.cluster import assign
+    from prismatic.embeddings import embed_samples
+
+    flat = [(c, s) for c in survivors for s in c.samples]
+    if not flat:
+        return
+    dcfg = settings.diversity
+    vecs, n_tok, trunc = embed_samples(
+        [s["prompt"] for _, s in flat], [s["completion"] for _, s in flat], dcfg.embedding_model,
+        dcfg.embedding_device, dcfg.embedding_batch_size, dcfg.embedding_max_tokens,
+    )
+    labels, _ = assign(vecs, centroids)
+    per_candidate: dict[str, list[tuple[dict, int]]] = {}
+    for (c, s), v, nt, tr, lab in zip(flat, vecs, n_tok, trunc, labels, strict=True):
+        s.update(embedding=v, embedding_tokens=int(nt), embedding_truncated=bool(tr))
+        per_candidate.setdefault(c.candidate_id, []).append((s, int(lab)))
+    for c in survivors:
+        mine = per_candidate.get(c.candidate_id, [])
+        if not mine:  # a candidate without samples cannot pass the filter
+            c.reject("score_failed", "no samples to embed")
+            continue
+        c.cluster_id = mine[0][1]
+        kept = [(s, lab) for s, lab in mine if lab in sparse_ids]
+        if not kept:
+            c.reject("dense_cluster", f"nearest cluster {c.cluster_id} (embedding space) is not sparse")
+            continue
+        scored = scorer.score([(s["prompt"], s["completion"]) for s, _ in kept])
+        good = [(s, r, lab) for (s, lab), r in zip(kept, scored, strict=True) if r.error is None]
+        if not good:
+            c.reject("score_failed", "; ".join(r.error or "" for r in scored))
+            continue
+        c.status, c.reason = "accepted", "accepted"
+        c.samples = [_with_gradient(s, r, lab) for s, r, lab in good]
+
+
+def _with_gradient(sample: dict, result, cluster_id: int) -> dict:
+    return {
+        **sample,
+        "vector": result.vector,
+        "loss": result.loss,
+        "n_tokens": result.n_tokens,
+        "truncated": result.truncated,
+        "cluster_id": cluster_id,
+    }
 
 
 # ---- the loop ---------------------------------------------------------------------------------------------
@@ -595,7 +675,9 @@ def _log_round(
             "k": len(clusters),
             "tau": cfg.tau,
             "n_solutions": cfg.n_solutions,
-            "spec_id": store.read_arrow("projection_specs").column("spec_id")[-1].as_py(),
+            "spec_id": report.spec_id,
+            "feature_space": report.feature_space,
+            "cluster_spec_id": report.cluster_spec_id,
         }
     )
     metrics = {
@@ -618,7 +700,8 @@ def _log_round(
     sizes = sorted((c["size"] for c in clusters), reverse=True)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(range(len(sizes)), sizes, color=["#d62728" if s < np.median(sizes) else "#1f77b4" for s in sizes])
-    ax.set(title=f"round {report.round}: cluster sizes (red = sparse)", xlabel="cluster (by size)", ylabel="samples")
+    ax.set(title=f"round {report.round}: {report.feature_space} cluster sizes (red = sparse)",
+           xlabel="cluster (by size)", ylabel="samples")
     mlflow.log_figure(fig, "cluster_sizes.png")
     plt.close(fig)
     hist = [r for r in store.read_arrow("rounds").to_pylist() if r["gvendi_after"] is not None]
