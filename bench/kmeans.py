@@ -8,12 +8,20 @@ Methods, all with the same k, iterations and seed, scored by ONE objective: the 
 cosine to the nearest unit-normalized centroid, computed by ``prismatic.cluster.objective`` on the driver:
 
 * ours (files / cache) - ``prismatic.cluster.spherical_kmeans`` on local[*]: staging pass, seeded k-means++ on a
-  driver sample, 20 Lloyd steps of one Spark job each (tol=None: no early stop), final sizes pass. The time
-  includes reading the parquet table; "steps" is the Lloyd loop plus the final pass alone.
-* faiss - ``faiss.Kmeans(d, k, niter, spherical=True, seed)`` on the vectors in memory. With its defaults it
-  trains on a subsample of 256 * k points (51 200 for k = 200): "faiss (default)". "faiss (all points)" sets
-  ``max_points_per_centroid`` so it uses every point, the same work as ours.
-* numpy (1 process) - ``prismatic.cluster.lloyd``: our Lloyd steps without Spark (BLAS on all cores).
+  driver sample, Lloyd steps of one Spark job each, final sizes pass. The time includes reading the parquet
+  table; "steps s" is the Lloyd loop plus the final pass alone. "ours (files)" is the default: rows whose
+  label provably cannot change (bounds kept between steps) skip the k-wide product, with the same labels as
+  full products; "ours (files, no pruning)" (``prune=False``) and "ours (cache)" do every product, the same
+  work as faiss. The note gives the share of row-steps that needed the product.
+  "ours (files, 1 partition)" runs every step as one task (``num_partitions=1``): against "ours (files)" it shows
+  what a second task slot buys, the local stand-in for adding executors.
+* faiss (all points) - ``faiss.Kmeans(d, k, niter, spherical=True, seed)`` on the vectors in memory with every
+  point and no early stop (``max_points_per_centroid`` large, ``early_stop_threshold=-1``): exactly the work of
+  ours with ``tol=None``, the reference of the ratios. It is timed before and again after ours.
+* faiss (default call) - the same call with faiss's defaults: it trains on 256 * k sampled points (51 200 for
+  k = 200) and stops once the objective stops changing; shown next to "ours (files, early stop)" (``tol=0``,
+  stops once a step leaves the centroids unchanged).
+* numpy lloyd (1 process) - ``prismatic.cluster.lloyd``: our Lloyd steps without Spark (BLAS on all cores).
 * mllib - ``pyspark.ml.clustering.KMeans(distanceMeasure="cosine", seed)``. It compares points to centres one
   by one, so it runs at ``--mllib-n`` points (ours and faiss are rerun at that size for its objective) and its
   time is extrapolated linearly to N (cost per iteration is proportional to N k d).
@@ -26,8 +34,8 @@ Usage::
 
 Prints a table and writes the same text to ``--out`` (default bench/results/kmeans.txt). Each method gets its
 wall-clock seconds and the CPU seconds of this process tree (driver, JVM, Python workers: read from /proc, Linux
-only). On a shared machine other jobs stretch wall time, so the load average is recorded next to every
-measurement and faiss is timed again after ours; CPU seconds are the steadier measure of work done.
+only). On a shared machine other jobs stretch wall time (and CPU time too, through cache and memory
+contention), so the load average is recorded next to every measurement and faiss is timed again right after ours.
 """
 
 from __future__ import annotations
@@ -136,6 +144,7 @@ class Row:
     wall: float  # seconds
     cpu: float  # CPU seconds of the whole process tree (driver, JVM, Python workers)
     steps: float | None  # ours: Lloyd loop + final pass; mllib: fit
+    iterations: int
     objective: float
     note: str
 
@@ -151,12 +160,18 @@ def timed(fn, label: str | None = None):
 
 
 def run_faiss(x: np.ndarray, k: int, iterations: int, seed: int, all_points: bool):
+    """faiss spherical k-means; returns (centroids, seconds, iterations run).
+
+    ``all_points``: no subsampling and no early stop (``early_stop_threshold=-1``), i.e. exactly ``iterations``
+    Lloyd steps over every point, the same work as ours with tol=None. Otherwise the plain call, whose defaults
+    train on 256 * k sampled points and stop when the objective stops changing.
+    """
     import faiss
 
-    kw = {"max_points_per_centroid": int(np.ceil(len(x) / k)) + 1} if all_points else {}
+    kw = {"max_points_per_centroid": int(np.ceil(len(x) / k)) + 1, "early_stop_threshold": -1.0} if all_points else {}
     km = faiss.Kmeans(x.shape[1], k, niter=iterations, spherical=True, seed=seed, verbose=False, **kw)
     _, secs = timed(lambda: km.train(x), "faiss")
-    return km.centroids.copy(), secs
+    return km.centroids.copy(), secs, len(km.iteration_stats)
 
 
 def load_avg() -> str:
@@ -179,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mllib-n", type=parse_size, default=10_000, help="points for MLlib (0 skips it)")
     ap.add_argument("--storages", default="files,cache", help="ours: comma list of files, cache")
     ap.add_argument("--skip-numpy", action="store_true", help="skip the single-process numpy Lloyd run")
+    ap.add_argument("--skip-no-prune", action="store_true", help="skip ours (files) with prune=False")
+    ap.add_argument("--no-scaling", dest="scaling", action="store_false", help="skip ours (files) with one partition")
     ap.add_argument("--master", default="local[*]")
     ap.add_argument("--driver-memory", default="8g")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "kmeans.txt")
@@ -236,33 +253,46 @@ def main(argv: list[str] | None = None) -> int:
         df = spark.read.parquet(str(tmp / "vectors"))
 
         def faiss_row(name: str, xs: np.ndarray, all_points: bool, note: str) -> Row:
-            c, secs = run_faiss(xs, k, it, args.seed, all_points)
+            c, secs, iters = run_faiss(xs, k, it, args.seed, all_points)
             say(f"{name} at {len(xs):,}: {secs:.2f} s")
-            return Row(name, len(xs), secs, CPU["faiss"], None, cl.objective(xs, c), f"{note}load {load_avg()}")
+            obj = cl.objective(xs, c)
+            return Row(name, len(xs), secs, CPU["faiss"], None, iters, obj, f"{note}load {load_avg()}")
 
-        rows.append(faiss_row("faiss (default)", x, False, f"trains on {min(n, 256 * k):,} sampled points; "))
-        rows.append(faiss_row("faiss (all points)", x, True, "trains on every point; "))
+        def ours_row(name: str, frame, xs: np.ndarray, storage: str, tol: float | None, **kw) -> Row:
+            r, secs = timed(
+                lambda: cl.spherical_kmeans(frame, k, it, seed=args.seed, tol=tol, storage=storage, **kw), "ours"
+            )
+            obj = cl.objective(xs, r.centroids)
+            assert abs(obj - r.objective) <= 1e-5 * obj, (obj, r.objective)
+            phases = ", ".join(f"{p} {v:.1f}" for p, v in r.seconds.items())
+            say(f"{name} at {len(xs):,}: {secs:.2f} s ({phases})")
+            results.setdefault(storage, r)
+            steps = r.seconds["steps"] + r.seconds["final"]
+            share = sum(r.gemm_rows) / max(1, len(r.gemm_rows) * r.n) * 100
+            note = f"{r.partitions} partitions; k-wide product on {share:.0f} % of row-steps; {phases}; "
+            note += f"load {load_avg()}"
+            return Row(name, len(xs), secs, CPU["ours"], steps, r.iterations, obj, note)
 
+        rows.append(faiss_row("faiss (all points)", x, True, "every point, no early stop; "))
         if not args.skip_numpy:
             r, secs = timed(lambda: cl.lloyd(x, k, it, seed=args.seed, tol=None), "numpy")
             obj = cl.objective(x, r.centroids)
-            rows.append(Row("numpy lloyd (1 process)", n, secs, CPU["numpy"], None, obj, f"load {load_avg()}"))
+            note = f"no Spark, BLAS on all cores; load {load_avg()}"
+            rows.append(Row("numpy lloyd (1 process)", n, secs, CPU["numpy"], None, r.iterations, obj, note))
             say(f"numpy lloyd: {secs:.2f} s")
-
         for storage in storages:
-            r, secs = timed(
-                lambda s=storage: cl.spherical_kmeans(df, k, it, seed=args.seed, tol=None, storage=s), "ours"
-            )
-            obj = cl.objective(x, r.centroids)
-            assert abs(obj - r.objective) <= 1e-5 * obj, (obj, r.objective)
-            phases = ", ".join(f"{p} {v:.1f}" for p, v in r.seconds.items())
-            steps = r.seconds["steps"] + r.seconds["final"]
-            note = f"{r.partitions} partitions; {phases}; load {load_avg()}"
-            rows.append(Row(f"ours ({storage})", n, secs, CPU["ours"], steps, obj, note))
-            results[storage] = r
-            say(f"ours ({storage}): {secs:.2f} s ({phases})")
-        # faiss again after ours: on a shared machine the load drifts, so both timings are reported
+            rows.append(ours_row(f"ours ({storage})", df, x, storage, None))
+            if storage == "files" and not args.skip_no_prune:
+                rows.append(ours_row("ours (files, no pruning)", df, x, "files", None, prune=False))
+        # faiss again right after ours: on a shared machine the load drifts, so both timings are reported
         rows.append(faiss_row("faiss (all points), again", x, True, "rerun after ours; "))
+        sub = f"{min(n, 256 * k):,}"
+        note = f"plain Kmeans(d, k, niter, spherical, seed): trains on {sub} sampled points, early stop; "
+        rows.append(faiss_row("faiss (default call)", x, False, note))
+        rows.append(ours_row("ours (files, early stop)", df, x, "files", 0.0))
+        if args.scaling and "files" in storages:
+            # one task per step instead of one per core: what the second core (task slot) buys
+            rows.append(ours_row("ours (files, 1 partition)", df, x, "files", None, num_partitions=1))
         if results:
             r = next(iter(results.values()))
             out = tmp / "assignments"
@@ -275,16 +305,12 @@ def main(argv: list[str] | None = None) -> int:
             small = df.where(f"sample_id < {m}")
             res, secs = timed(lambda: cl.spherical_kmeans(small, k, it, seed=args.seed, method="mllib"), "mllib")
             fit = res.seconds["fit"]
-            note = (
-                f"{res.iterations} iterations; fit extrapolated to N = {n:,}: {fit * n / m:.0f} s; load {load_avg()}"
-            )
-            mllib_rows.append(Row("mllib (cosine)", m, secs, CPU["mllib"], fit, cl.objective(xs, res.centroids), note))
+            note = f"fit {fit:.1f} s, extrapolated to N = {n:,}: {fit * n / m:.0f} s; load {load_avg()}"
+            obj = cl.objective(xs, res.centroids)
+            mllib_rows.append(Row("mllib (cosine)", m, secs, CPU["mllib"], fit, res.iterations, obj, note))
             say(f"mllib at {m:,}: {secs:.2f} s (fit {fit:.2f})")
             mllib_rows.append(faiss_row("faiss (all points)", xs, True, ""))
-            r2, secs = timed(lambda: cl.spherical_kmeans(small, k, it, seed=args.seed, tol=None), "ours")
-            steps = r2.seconds["steps"] + r2.seconds["final"]
-            obj = cl.objective(xs, r2.centroids)
-            mllib_rows.append(Row("ours (files)", m, secs, CPU["ours"], steps, obj, f"load {load_avg()}"))
+            mllib_rows.append(ours_row("ours (files)", small, xs, "files", None))
         spark.stop()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -294,15 +320,15 @@ def main(argv: list[str] | None = None) -> int:
         say()
         say(title)
         say(
-            f"{'method':<27}{'N':>9}{'wall s':>9}{'x ref':>7}{'cpu s':>9}{'x ref':>7}{'steps s':>9}"
+            f"{'method':<27}{'N':>9}{'iters':>6}{'wall s':>9}{'x ref':>7}{'cpu s':>9}{'x ref':>7}{'steps s':>9}"
             f"{'objective':>13}{'vs ref':>9}  note"
         )
         for e in entries:
             st = f"{e.steps:.1f}" if e.steps is not None else "-"
             rel = (e.objective - ref.objective) / ref.objective * 100
             say(
-                f"{e.method:<27}{e.n:>9,}{e.wall:>9.1f}{e.wall / ref.wall:>7.2f}{e.cpu:>9.1f}{e.cpu / ref.cpu:>7.2f}"
-                f"{st:>9}{e.objective:>13.1f}{rel:>+8.2f}%  {e.note}"
+                f"{e.method:<27}{e.n:>9,}{e.iterations:>6}{e.wall:>9.1f}{e.wall / ref.wall:>7.2f}{e.cpu:>9.1f}"
+                f"{e.cpu / ref.cpu:>7.2f}{st:>9}{e.objective:>13.1f}{rel:>+8.2f}%  {e.note}"
             )
 
     table(f"## N = {n:,} (x ref and vs ref: against faiss using every point)", rows, "faiss (all points)")
@@ -330,8 +356,16 @@ def main(argv: list[str] | None = None) -> int:
             "workers every step"
         )
         say(
-            "compute per step is N x k x d multiply-adds split over the P tasks, so steps scale with cores until "
-            "the per-step fixed cost (job scheduling + P x partials) dominates: keep P near the core count"
+            f"pruning state: each storage=files task writes its rows' label and two cosine bounds (12 bytes a row, "
+            f"{n * 12 / 2**20:.1f} MiB for all N) next to its staged file and reads them back the next step; the "
+            "driver ships the k centroid shifts. A task that finds no state (another executor, a lost file) does "
+            "full products, so pruning never changes the result, only the work"
+        )
+        say(
+            "compute per step is at most N x k x d multiply-adds split over the P tasks (less once pruning skips "
+            "rows), so steps scale with cores until the per-step fixed cost (job scheduling + P x partials) "
+            "dominates: keep P near the core count. A Lloyd step needs all partials before the next broadcast, "
+            "so steps stay sequential: more executors shorten each step, not the number of steps"
         )
     say(f"load avg (1 min) at end {load_avg()}")
 

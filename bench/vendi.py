@@ -2,13 +2,22 @@
 
 For each N (random unit vectors, d = 1024, float32, written once as a Delta table with delta-rs):
 
-* ours     - ``prismatic.diversity.gradient_diversity`` on ``spark.read.parquet(<the table's current files>)``:
-             per-partition float64 ``Xᵀ X`` in mapInArrow, per-group combine and eigvalsh on an executor.
-* baseline - one process: pyarrow reads the same files batch by batch, numpy accumulates float64 ``G.T @ G``
-             (BLAS on all cores), then eigvalsh on the driver. No Spark.
+* baseline  - one process: pyarrow reads the table's files batch by batch, numpy accumulates float64 ``G.T @ G``
+              (BLAS syrk on all cores), then eigvalsh. No Spark.
+* ours      - ``prismatic.diversity.gradient_diversity`` on ``spark.read.parquet(<the table's current files>)``, as
+              ``prismatic.tables`` reads a delta-rs table. That DataFrame is a plain scan of local parquet files, so
+              the default path distributes the file list: ``spark.range(tasks)``, each task reads its row-range
+              slices of the files with pyarrow and accumulates float64 ``Xᵀ X`` of the unit-normalized rows; the
+              driver sums the per-task partials and runs eigvalsh.
+* ours, DataFrame path - the same call with ``direct_read=False``: the path any other DataFrame (joins, filters,
+              Databricks / native Delta) takes. Spark's JVM reads the files and ships the rows to Python workers as
+              Arrow batches (``mapInArrow``), which then do the same sums.
 * vendi-score - the ``vendi-score`` package's ``score_X`` (N × N kernel, O(N³) eigvalsh) on the vectors in memory,
-             at N ≤ --vs-max only; compared with our in-memory d × d path (``prismatic.vendi.score_dual``) and with
-             the Spark path. Values must agree to 1e-6.
+              at N ≤ --vs-max only; compared with our in-memory d × d path (``prismatic.vendi.score_dual``) and with
+              the Spark path. Values must agree to 1e-6.
+
+Timings are of the call alone: the Spark session is started and warmed up (JVM, Python workers, code path) on a
+small table first, as in a pipeline run where it is already up. Repeats are interleaved and the best is kept.
 
 Usage::
 
@@ -23,6 +32,7 @@ Timings are wall-clock on whatever machine runs this; the header records cores, 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import shutil
@@ -125,6 +135,17 @@ def table_files(root: Path) -> list[str]:
     return DeltaTable(str(root)).file_uris()
 
 
+def table_rows(root: Path) -> int | None:
+    """Rows in the current snapshot of the Delta table at root (from file statistics), None if there is none."""
+    from deltalake import DeltaTable
+
+    try:
+        adds = DeltaTable(str(root)).get_add_actions(flatten=True)
+    except Exception:  # noqa: BLE001 - no table there yet
+        return None
+    return int(sum(adds.column("num_records").to_pylist()))
+
+
 def baseline(files: list[str], batch_rows: int = 16_384) -> tuple[float, int, float]:
     """pyarrow read + numpy float64 G.T @ G + eigvalsh. Returns (G-Vendi, n, seconds)."""
     t0 = time.perf_counter()
@@ -146,21 +167,45 @@ def read_matrix(files: list[str]) -> np.ndarray:
     return vectors_from_arrow(table.column(0))
 
 
-def ours(spark, files: list[str], root: Path) -> tuple[float, int, float, int]:
-    """Spark path end to end (plan, read, sums, eigvalsh, collect). Returns (G-Vendi, n, seconds, partitions)."""
-    t0 = time.perf_counter()
+class _PathLog(logging.Handler):
+    """Keeps the 'covariance sums' lines prismatic.diversity logs (which path ran, with how many tasks / threads)."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        if msg.startswith("covariance sums:"):
+            self.lines.append(msg.removeprefix("covariance sums: "))
+
+    def take(self) -> str:
+        text, self.lines = "; ".join(self.lines), []
+        return text
+
+
+PATH_LOG = _PathLog()
+
+
+def ours(spark, files: list[str], root: Path, direct_read: bool = True) -> tuple[float, int]:
+    """Spark path end to end (plan, read, sums, eigvalsh, collect). Returns (G-Vendi, n)."""
     df = spark.read.option("basePath", str(root)).parquet(*files)
-    res = gradient_diversity(df)
+    res = gradient_diversity(df, direct_read=direct_read)
     row = res.rows[res.rows["metric"] == "g_vendi"].iloc[0]
-    elapsed = time.perf_counter() - t0
-    return float(row["value"]), int(row["n"]), elapsed, df.rdd.getNumPartitions()
+    return float(row["value"]), int(row["n"])
 
 
-def timed(fn, *args):
-    """Run fn(*args) → (result, wall seconds, CPU seconds of this process tree incl. the Spark JVM and workers)."""
-    c0, t0 = tree_cpu_seconds(), time.perf_counter()
+def timed(fn, *args, spark_cpu: bool = False):
+    """Run fn(*args) → (result, wall seconds, CPU seconds).
+
+    CPU is this process's (all threads) for single-process paths, and this process tree's (driver, Spark JVM,
+    Python workers) with ``spark_cpu``. Idle Spark processes exit and take their CPU count with them, so the tree
+    count is only taken around Spark work.
+    """
+    cpu = tree_cpu_seconds if spark_cpu else time.process_time
+    c0, t0 = cpu(), time.perf_counter()
     result = fn(*args)
-    return result, time.perf_counter() - t0, tree_cpu_seconds() - c0
+    return result, time.perf_counter() - t0, cpu() - c0
 
 
 def fmt_runs(runs: list[tuple[float, float]]) -> str:
@@ -193,9 +238,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--driver-memory", default="4g")
     ap.add_argument("--data-dir", default=None, help="where the tables go (default: a temp folder, removed after)")
-    ap.add_argument("--keep-data", action="store_true")
+    ap.add_argument(
+        "--keep-data", action="store_true", help="keep the tables (with --data-dir: reuse a kept table of the same N)"
+    )
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--repeat", type=int, default=2, help="interleaved runs of baseline and ours; the best is kept")
+    ap.add_argument("--repeat", type=int, default=2, help="interleaved runs of each path; the best is kept")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "vendi.txt"))
     args = ap.parse_args(argv)
 
@@ -230,42 +277,70 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.master}; d = {d}; float32 vectors, float64 sums"
     )
     say(f"load average at start {os.getloadavg()[0]:.2f} (other work on the machine inflates every timing)")
-    say("cpu = user + sys seconds of this process and its descendants (Spark JVM, Python workers), from /proc")
+    say("cpu = user + sys seconds: of this process for baseline / numpy / vendi-score; of this process and its")
+    say("      descendants (Spark JVM, Python workers; from /proc) for the Spark path")
     say()
 
+    say("paths: baseline = pyarrow + numpy G.T @ G in this process; direct = ours, Spark tasks read the table's")
+    say("       files with pyarrow (the default for a plain local parquet scan); dataframe = ours with")
+    say("       direct_read=False (JVM reads, rows go to Python workers as Arrow: joins, filters, Databricks)")
+    say()
+
+    logging.getLogger("prismatic.diversity").addHandler(PATH_LOG)
+    logging.getLogger("prismatic.diversity").setLevel(logging.DEBUG)
     base_dir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="prism-bench-vendi-"))
     base_dir.mkdir(parents=True, exist_ok=True)
     results = []
     try:
-        # warm-up: JVM, Python workers and the code path, on a small table (not timed)
+        # warm-up: JVM, Python workers and both code paths, on a small table (not timed)
         warm = base_dir / "warmup"
         write_table(warm, 2_000, d, seed=args.seed + 99)
         ours(spark, table_files(warm), warm)
+        ours(spark, table_files(warm), warm, False)
 
         for n in sizes:
             root = base_dir / f"vectors_{n}"
-            wt = write_table(root, n, d, seed=args.seed)
+            if args.keep_data and table_rows(root) == n:
+                wt = None  # same seed, same rows: reuse the table a kept run wrote
+            else:
+                wt = write_table(root, n, d, seed=args.seed)
             files = table_files(root)
             size_mb = sum(Path(f.removeprefix("file://")).stat().st_size for f in files) / 1e6
-            say(f"N = {n:,}: table written in {wt:.1f} s ({len(files)} file(s), {size_mb:,.0f} MB)")
+            written = "reused" if wt is None else f"written in {wt:.1f} s"
+            say(f"N = {n:,}: table {written} ({len(files)} file(s), {size_mb:,.0f} MB); load {os.getloadavg()[0]:.2f}")
             # interleaved repeats, best of each: robust to other work on a shared machine
-            runs_b, runs_o = [], []
+            runs: dict[str, list[tuple[float, float]]] = {"base": [], "direct": [], "frame": []}
+            vals: dict[str, tuple[float, int]] = {}
+            plans: dict[str, str] = {}
             for _ in range(args.repeat):
-                (v_base, n_base, _), t, c = timed(baseline, files)
-                runs_b.append((t, c))
-                (v_ours, n_ours, _, parts), t, c = timed(ours, spark, files, root)
-                runs_o.append((t, c))
-            if n_base != n or n_ours != n:
-                raise SystemExit(f"row counts differ: baseline {n_base}, ours {n_ours}, written {n}")
-            t_base, c_base = min(r[0] for r in runs_b), min(r[1] for r in runs_b)
-            t_ours, c_ours = min(r[0] for r in runs_o), min(r[1] for r in runs_o)
-            say(f"  baseline  pyarrow + numpy G.T @ G : {fmt_runs(runs_b)}   G-Vendi {v_base:.9f}")
-            say(f"  ours      Spark, {parts:3d} partitions   : {fmt_runs(runs_o)}   G-Vendi {v_ours:.9f}")
-            say(
-                f"  ours / baseline: wall {t_ours / t_base:.2f}x, cpu {c_ours / c_base:.2f}x (best runs)   "
-                f"|G-Vendi diff| = {abs(v_ours - v_base):.2e}"
-            )
-            rec = {"n": n, "t_base": t_base, "t_ours": t_ours, "c_base": c_base, "c_ours": c_ours}
+                (v, m, _), t, c = timed(baseline, files)
+                runs["base"].append((t, c))
+                vals["base"] = (v, m)
+                for name, direct in (("direct", True), ("frame", False)):
+                    PATH_LOG.take()
+                    (v, m), t, c = timed(ours, spark, files, root, direct, spark_cpu=True)
+                    runs[name].append((t, c))
+                    vals[name] = (v, m)
+                    plans[name] = PATH_LOG.take()
+            bad = {k: m for k, (_, m) in vals.items() if m != n}
+            if bad:
+                raise SystemExit(f"row counts differ from the {n} written: {bad}")
+            best = {k: (min(r[0] for r in v), min(r[1] for r in v)) for k, v in runs.items()}
+            v_base = vals["base"][0]
+            say(f"  baseline  pyarrow + numpy G.T @ G : {fmt_runs(runs['base'])}   G-Vendi {v_base:.9f}")
+            for name, label in (
+                ("direct", "ours      Spark, direct read    "),
+                ("frame", "ours      Spark, DataFrame path "),
+            ):
+                say(f"  {label}: {fmt_runs(runs[name])}   G-Vendi {vals[name][0]:.9f}")
+                say(f"            ({plans[name]})")
+            for name in ("direct", "frame"):
+                say(
+                    f"  {name:9s} / baseline: wall {best[name][0] / best['base'][0]:.2f}x, "
+                    f"cpu {best[name][1] / best['base'][1]:.2f}x (best runs)   "
+                    f"|G-Vendi diff| = {abs(vals[name][0] - v_base):.2e}"
+                )
+            rec = {"n": n, **{f"t_{k}": b[0] for k, b in best.items()}, **{f"c_{k}": b[1] for k, b in best.items()}}
             if n <= args.vs_max:
                 from vendi_score import vendi as vs
 
@@ -281,12 +356,15 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"  ours      numpy d x d in memory  : {fmt_runs(runs_d)}   G-Vendi {v_dual:.9f}")
                 say(f"  vendi-score score_X (N x N)      : {fmt_runs([(t_vs, c_vs)])}   Vendi   {v_vs:.9f}")
                 say(
-                    f"  vendi-score / ours numpy d x d = {t_vs / t_dual:.0f}x   "
-                    f"vendi-score / ours Spark = {t_vs / t_ours:.0f}x   "
-                    f"|diff| = {abs(v_dual - v_vs):.2e} (numpy), {abs(v_ours - v_vs):.2e} (Spark)"
+                    f"  vendi-score / ours: numpy d x d {t_vs / t_dual:.0f}x, "
+                    f"Spark direct {t_vs / best['direct'][0]:.0f}x, DataFrame path {t_vs / best['frame'][0]:.0f}x"
                 )
-                ok = abs(v_dual - v_vs) <= 1e-6 and abs(v_ours - v_vs) <= 1e-6
-                say(f"  values equal to 1e-6: {'yes' if ok else 'NO'}")
+                diffs = [abs(v_dual - v_vs), abs(vals["direct"][0] - v_vs), abs(vals["frame"][0] - v_vs)]
+                say(
+                    f"  |diff| to vendi-score: numpy {diffs[0]:.2e}, direct {diffs[1]:.2e}, "
+                    f"DataFrame path {diffs[2]:.2e}"
+                )
+                say(f"  values equal to 1e-6: {'yes' if max(diffs) <= 1e-6 else 'NO'}")
                 rec.update(t_vs=t_vs, t_dual=t_dual)
             results.append(rec)
             if not args.keep_data:
@@ -297,20 +375,23 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(base_dir, ignore_errors=True)
         spark.stop()
 
-    say(f"summary (best of {args.repeat} runs; wall and CPU seconds; ratio > 1 means ours is slower)")
+    say(f"summary (best of {args.repeat} runs, seconds; ratio = ours / baseline, > 1 means ours is slower)")
     say(
-        f"{'N':>10} {'base wall':>10} {'ours wall':>10} {'ratio':>6} {'base cpu':>9} {'ours cpu':>9} {'ratio':>6}"
-        f" {'vendi-score':>12} {'vs/numpy':>9} {'vs/spark':>9}"
+        f"{'N':>10} {'base wall':>10} {'direct':>8} {'ratio':>6} {'frame':>8} {'ratio':>6}"
+        f" {'base cpu':>9} {'direct':>8} {'ratio':>6} {'frame':>8} {'ratio':>6}"
+        f" {'vendi-score':>12} {'vs/numpy':>9} {'vs/direct':>10}"
     )
     for r in results:
         has_vs = "t_vs" in r
         say(
-            f"{r['n']:>10,} {r['t_base']:10.2f} {r['t_ours']:10.2f} {r['t_ours'] / r['t_base']:6.2f}"
-            f" {r['c_base']:9.2f} {r['c_ours']:9.2f} {r['c_ours'] / r['c_base']:6.2f}"
+            f"{r['n']:>10,} {r['t_base']:10.2f} {r['t_direct']:8.2f} {r['t_direct'] / r['t_base']:6.2f}"
+            f" {r['t_frame']:8.2f} {r['t_frame'] / r['t_base']:6.2f}"
+            f" {r['c_base']:9.2f} {r['c_direct']:8.2f} {r['c_direct'] / r['c_base']:6.2f}"
+            f" {r['c_frame']:8.2f} {r['c_frame'] / r['c_base']:6.2f}"
             + (
-                f" {r['t_vs']:12.1f} {r['t_vs'] / r['t_dual']:9.0f} {r['t_vs'] / r['t_ours']:9.0f}"
+                f" {r['t_vs']:12.1f} {r['t_vs'] / r['t_dual']:9.0f} {r['t_vs'] / r['t_direct']:10.0f}"
                 if has_vs
-                else f" {'-':>12} {'-':>9} {'-':>9}"
+                else f" {'-':>12} {'-':>9} {'-':>10}"
             )
         )
     say(f"load average at end {os.getloadavg()[0]:.2f}")

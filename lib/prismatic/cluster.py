@@ -12,8 +12,11 @@ than the median cluster size. This module holds:
   Each step is ONE Spark job: the centroids travel inside the task closure (PySpark ships a pickled
   command over 1 MB as a broadcast variable), every partition assigns its vectors with a blocked float32
   matrix product and returns one small row (per-cluster float64 sums, counts, objective partial and its
-  re-seed candidates); the driver adds the rows and renormalizes. ``method="mllib"`` runs
-  ``pyspark.ml.clustering.KMeans(distanceMeasure="cosine")`` instead, as a reference.
+  re-seed candidates); the driver adds the rows and renormalizes. With storage="files" each task also keeps
+  its rows' labels and cosine bounds on disk between steps and skips the k-wide product for rows whose label
+  provably cannot change (``prune``; same labels, less work once centroids settle), and steps run as RDD
+  jobs where a SparkContext exists (less fixed cost per step than a DataFrame job).
+  ``method="mllib"`` runs ``pyspark.ml.clustering.KMeans(distanceMeasure="cosine")`` instead, as a reference.
 
 Objective everywhere: sum over points of the cosine to the nearest (unit-normalized) centroid; higher is
 better, at most N.
@@ -67,6 +70,7 @@ DEFAULT_RESEED_POOL = 64
 PACK_ROWS = 1024  # vectors per cached row in storage="cache"
 DRIVER_REDUCE_LIMIT_BYTES = 512 << 20  # partials above this go through a shuffle (reduce="auto")
 SHUFFLE_BLOCK_CLUSTERS = 256  # clusters per partial row when reduce="shuffle"
+PRUNE_MARGIN = 1e-4  # a kept row's bound gap must exceed this (float32 dot products err by ~1e-6 at d = 1024)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -121,6 +125,14 @@ def assign_blocked(
     Returns:
         ``(labels, cosines)``: int32 cluster ids (n,) and float32 cosines to them (n,).
     """
+    labels, cosines, _ = _assign_top2(vectors, centroids, block_rows, second=False)
+    return labels, cosines
+
+
+def _assign_top2(
+    vectors: np.ndarray, centroids: np.ndarray, block_rows: int | None, second: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`assign_blocked` plus, when ``second``, the best cosine to any OTHER centroid (-inf when k = 1)."""
     x = np.asarray(vectors, dtype=np.float32)
     c = np.asarray(centroids, dtype=np.float32)
     if x.ndim != 2 or c.ndim != 2 or x.shape[1] != c.shape[1]:
@@ -132,12 +144,20 @@ def assign_blocked(
     b = _block_rows(c.shape[0], block_rows)
     labels = np.empty(n, dtype=np.int32)
     cosines = np.empty(n, dtype=np.float32)
+    others = np.empty(n, dtype=np.float32) if second else None
     for s in range(0, n, b):
         scores = x[s : s + b] @ ct
         lab = scores.argmax(axis=1)
         labels[s : s + b] = lab
-        cosines[s : s + b] = np.take_along_axis(scores, lab[:, None], axis=1)[:, 0]
-    return labels, cosines
+        top = np.take_along_axis(scores, lab[:, None], axis=1)[:, 0]
+        cosines[s : s + b] = top
+        if others is not None:
+            if c.shape[0] == 1:
+                others[s : s + b] = -np.inf
+            else:
+                np.put_along_axis(scores, lab[:, None], -np.inf, axis=1)
+                others[s : s + b] = scores.max(axis=1)
+    return labels, cosines, others
 
 
 def cluster_sums(vectors: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +174,18 @@ def cluster_sums(vectors: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.nd
     Returns:
         ``(sums, counts)``: float64 (k, d) and int64 (k,).
     """
+    sums, counts, _ = _cluster_sums(vectors, labels, k)
+    return sums, counts
+
+
+def _cluster_sums(
+    vectors: np.ndarray, labels: np.ndarray, k: int, centroids: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`cluster_sums`; with ``centroids`` also each row's float32 dot product with its own centroid.
+
+    The dot products come from the same gathered chunks as the sums (one matrix-vector product per chunk),
+    so they cost one pass over the rows, not a k-wide matrix product.
+    """
     x = np.asarray(vectors)
     lab = np.asarray(labels)
     if x.ndim != 2 or lab.shape != (x.shape[0],):
@@ -164,14 +196,18 @@ def cluster_sums(vectors: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.nd
     if lab.size and (lab.min() < 0 or lab.max() >= k):
         raise ValueError(f"labels must lie in [0, {k}), got range [{lab.min()}, {lab.max()}]")
     counts = np.bincount(lab, minlength=k).astype(np.int64)
+    dots = np.empty(x.shape[0], dtype=np.float32) if centroids is not None else None
     order = np.argsort(lab, kind="stable")
     bounds = np.concatenate([[0], np.cumsum(counts)])
     for j in np.flatnonzero(counts):
         idx = order[bounds[j] : bounds[j + 1]]
         acc = sums[j]
         for s in range(0, len(idx), SUM_CHUNK_ROWS):
-            acc += np.add.reduce(x[idx[s : s + SUM_CHUNK_ROWS]], axis=0, dtype=np.float64)
-    return sums, counts
+            chunk = x[idx[s : s + SUM_CHUNK_ROWS]]
+            acc += np.add.reduce(chunk, axis=0, dtype=np.float64)
+            if dots is not None:
+                dots[idx[s : s + SUM_CHUNK_ROWS]] = chunk @ centroids[j]
+    return sums, counts, dots
 
 
 def lowest_cosine(cosines: np.ndarray, r: int, ids: np.ndarray | None = None) -> np.ndarray:
@@ -545,9 +581,24 @@ def lloyd(
 
 
 class _Partial:
-    """One partition's statistics for one Lloyd step: sums, counts, objective and re-seed candidates."""
+    """One partition's statistics for one Lloyd step: sums, counts, objective and re-seed candidates.
 
-    def __init__(self, centroids: np.ndarray, reseed_pool: int, with_sums: bool, block_rows: int | None):
+    With ``bounds`` (the partition's state after the previous step: labels, cosine to the own centroid and an
+    upper bound on the cosine to any other centroid) and ``drift`` (how far each centroid moved since then),
+    rows whose label provably cannot change skip the k-wide matrix product (see :func:`_prune_rows`). With
+    ``track``, the state after this step is kept in :attr:`state` for the next one.
+    """
+
+    def __init__(
+        self,
+        centroids: np.ndarray,
+        reseed_pool: int,
+        with_sums: bool,
+        block_rows: int | None,
+        bounds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        drift: np.ndarray | None = None,
+        track: bool = False,
+    ):
         self.c = centroids
         self.k, self.d = centroids.shape
         self.r = reseed_pool
@@ -556,23 +607,114 @@ class _Partial:
         self.counts = np.zeros(self.k, dtype=np.int64)
         self.obj = 0.0
         self.n = 0
+        self.gemm_rows = 0
         self.cand = (np.empty(0), np.empty(0, dtype=object), np.empty((0, self.d), dtype=np.float32))
+        self.bounds = bounds if drift is not None else None
+        self.drift = drift
+        self.track = track or self.bounds is not None
+        self._state: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def add(self, ids: np.ndarray, x: np.ndarray) -> None:
-        if not len(x):
+        m = len(x)
+        if not m:
             return
-        labels, cos = assign_blocked(x, self.c, self.block_rows)
-        self.n += len(x)
-        self.obj += float(cos.sum(dtype=np.float64))
-        if self.sums is not None:
-            s, cnt = cluster_sums(x, labels, self.k)
-            self.sums += s
+        lo, hi = self.n, self.n + m
+        keep = None
+        if self.bounds is not None and hi <= len(self.bounds[0]):
+            labels, upper, keep = _prune_rows(*(b[lo:hi] for b in self.bounds), self.drift)
+            need = np.flatnonzero(~keep)
+            if need.size:
+                lab_n, cos_n, up_n = _assign_top2(x[need], self.c, self.block_rows)
+                labels[need], upper[need] = lab_n, up_n
+            if not keep.any():
+                keep = None
+                cos = np.empty(m, dtype=np.float32)
+                cos[need] = cos_n
+        else:
+            labels, cos, upper = _assign_top2(x, self.c, self.block_rows, second=self.track)
+            need = slice(None)
+        self.gemm_rows += m if keep is None else int(m - keep.sum())
+        self.n = hi
+        if self.sums is not None or keep is not None:
+            s, cnt, dots = _cluster_sums(x, labels, self.k, self.c if keep is not None else None)
+            if self.sums is not None:
+                self.sums += s
             self.counts += cnt
+            if keep is not None:  # kept rows: cosine to their (unchanged) centroid from the summing pass
+                cos = dots
+                if need.size:
+                    cos[need] = cos_n
         else:
             self.counts += np.bincount(labels, minlength=self.k)
+        self.obj += float(cos.sum(dtype=np.float64))
+        if self.track:
+            self._state.append((labels.astype(np.int32, copy=False), cos, upper))
         if self.r:
             pos = lowest_cosine(cos, self.r, ids)
             self.cand = _merge_candidates([self.cand, (cos[pos].astype(np.float64), ids[pos], x[pos])], self.r)
+
+    @property
+    def state(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(labels int32, cosine to the own centroid float32, bound on any other centroid float32) of every row."""
+        if not self._state:
+            return np.empty(0, np.int32), np.empty(0, np.float32), np.empty(0, np.float32)
+        return tuple(np.concatenate(parts) for parts in zip(*self._state, strict=True))  # type: ignore[return-value]
+
+
+def _prune_rows(
+    labels: np.ndarray, own: np.ndarray, other: np.ndarray, drift: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows whose nearest centroid cannot have changed since the previous step (Hamerly-style bounds).
+
+    For unit x and centroids that moved by ``drift[j] = ||c'_j - c_j||``, ``|x·c'_j - x·c_j| <= drift[j]``. So
+    the cosine to the own centroid a is at least ``own - drift[a]`` and to any other at most
+    ``other + max_{j != a} drift[j]``; when the first exceeds the second by ``PRUNE_MARGIN`` (far above float32
+    rounding of a d-long dot product) the argmax is still a, exactly as the full product would find it.
+
+    Args:
+        labels, own, other: the previous step's labels, cosine to the own centroid, and an upper bound on the
+            cosine to any other centroid.
+        drift: (k,) movement of every centroid since those were computed.
+
+    Returns:
+        ``(labels, updated other-bound, keep mask)``; rows outside the mask need the full product.
+    """
+    drift = np.asarray(drift, dtype=np.float32)
+    j1 = int(np.argmax(drift))
+    d1 = drift[j1]
+    d2 = np.float32(np.max(np.delete(drift, j1))) if len(drift) > 1 else np.float32(0.0)
+    low = own - drift[labels]
+    up = other + np.where(labels == j1, d2, d1)
+    keep = low > up + np.float32(PRUNE_MARGIN)
+    return labels.astype(np.int32, copy=True), up.astype(np.float32, copy=False), keep
+
+
+def _state_path(base: str, step: int) -> str:
+    return f"{base}.bounds-{step}.npz"
+
+
+def _load_bounds(base: str, step: int):
+    """A partition's saved state after ``step``, or None when there is none (then the step does full products)."""
+    try:
+        with np.load(_state_path(base, step)) as z:
+            return z["labels"], z["own"], z["other"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _save_bounds(base: str, step: int, state) -> None:
+    """Write the state after ``step`` atomically (a retried or speculative task writes the same content) and
+    remove the state of ``step - 2``: step ``step + 1`` reads ``step`` only, and a retry of ``step`` still finds
+    ``step - 1``."""
+    labels, own, other = state
+    tmp = f"{_state_path(base, step)}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "wb") as f:
+        np.savez(f, labels=labels, own=own, other=other)
+    os.replace(tmp, _state_path(base, step))
+    try:
+        os.remove(_state_path(base, step - 2))
+    except OSError:
+        pass
 
 
 def _merge_candidates(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], r: int):
@@ -748,15 +890,38 @@ class _FileStore:
         self.partitions = len(self.paths)
 
     def partials(self, fn, schema):
-        """DataFrame of ``fn(blocks)`` over each staged file, one task per file."""
+        """DataFrame of ``fn(blocks, path)`` over each staged file, one task per file (``path`` also names the
+        file's per-step state, see :func:`_save_bounds`)."""
         paths = list(self.paths)
 
         def task(batches):
             for batch in batches:
                 for i in batch.column(0).to_pylist():
-                    yield from fn(_read_ipc_blocks(paths[i]))
+                    yield from fn(_read_ipc_blocks(paths[i]), paths[i])
 
         return self.spark.range(0, len(paths), numPartitions=max(1, len(paths))).mapInArrow(task, schema)
+
+    def collect(self, fn, schema):
+        """``fn(blocks, path)`` over each staged file, collected as one Arrow table.
+
+        With a SparkContext (classic Spark) this is an RDD job that returns the pickled record batches: about
+        half the fixed cost of a DataFrame job (no SQL planning, no Arrow <-> row conversion on the way back),
+        which is most of a Lloyd step once the rows are pruned. Spark Connect falls back to :meth:`partials`.
+        """
+        import pyarrow as pa
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        sc = _spark_context(self.spark)
+        if sc is None:
+            return self.partials(fn, schema).toArrow()
+        paths = list(self.paths)
+
+        def task(indexes):
+            for i in indexes:
+                yield from fn(_read_ipc_blocks(paths[i]), paths[i])
+
+        batches = sc.parallelize(range(len(paths)), max(1, len(paths))).mapPartitions(task).collect()
+        return pa.Table.from_batches(batches, schema=to_arrow_schema(schema))
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -835,7 +1000,7 @@ class _CacheStore:
         self.partitions = _num_partitions(self.packed) or 0
 
     def partials(self, fn, schema):
-        """DataFrame of ``fn(blocks)`` over each cached partition."""
+        """DataFrame of ``fn(blocks, None)`` over each cached partition (no per-step state: tasks may move)."""
 
         def task(batches):
             def blocks():
@@ -848,9 +1013,13 @@ class _CacheStore:
                             x = np.frombuffer(x_col[i].as_buffer(), dtype=np.float32).reshape(int(ns[i]), int(ds[i]))
                             yield _ids_numpy(ids_col[i].values), x, np.frombuffer(h_col[i].as_buffer(), np.int64)
 
-            yield from fn(blocks())
+            yield from fn(blocks(), None)
 
         return self.packed.select("ids", "n", "d", "x", "h").mapInArrow(task, schema)
+
+    def collect(self, fn, schema):
+        """:meth:`partials` collected as one Arrow table."""
+        return self.partials(fn, schema).toArrow()
 
     def close(self) -> None:
         self.packed.unpersist()
@@ -903,6 +1072,7 @@ def _partial_schema(id_type):
             StructField("sums", BinaryType()),  # float64, row-major (clusters in the block, d)
             StructField("obj", DoubleType()),
             StructField("n", LongType()),
+            StructField("gemm", LongType()),  # rows that needed the k-wide product (the rest were pruned)
             StructField("cand_cos", ArrayType(DoubleType())),
             StructField("cand_ids", ArrayType(id_type)),
             StructField("cand_vecs", BinaryType()),  # float32 (candidates, d)
@@ -910,10 +1080,10 @@ def _partial_schema(id_type):
     )
 
 
-def _head_row(part: int, obj: float, n: int, cand, counts: bytes = b"", sums: bytes = b"") -> dict:
+def _head_row(part: int, obj: float, n: int, gemm: int, cand, counts: bytes = b"", sums: bytes = b"") -> dict:
     cos, ids, vecs = cand
     return {
-        "block": -1, "part": part, "counts": counts, "sums": sums, "obj": obj, "n": n,
+        "block": -1, "part": part, "counts": counts, "sums": sums, "obj": obj, "n": n, "gemm": gemm,
         "cand_cos": cos.tolist(), "cand_ids": list(ids.tolist()),
         "cand_vecs": np.ascontiguousarray(vecs, dtype=np.float32).tobytes(),
     }  # fmt: skip
@@ -922,7 +1092,7 @@ def _head_row(part: int, obj: float, n: int, cand, counts: bytes = b"", sums: by
 def _block_row(block: int, part: int, counts: np.ndarray, sums: np.ndarray | None) -> dict:
     return {
         "block": block, "part": part, "counts": counts.tobytes(), "sums": b"" if sums is None else sums.tobytes(),
-        "obj": 0.0, "n": 0, "cand_cos": [], "cand_ids": [], "cand_vecs": b"",
+        "obj": 0.0, "n": 0, "gemm": 0, "cand_cos": [], "cand_ids": [], "cand_vecs": b"",
     }  # fmt: skip
 
 
@@ -932,9 +1102,9 @@ def _partial_batch(p: _Partial, part: int, block_clusters: int | None, arrow_sch
 
     if block_clusters is None:
         sums = p.sums.tobytes() if p.sums is not None else b""
-        rows = [_head_row(part, p.obj, p.n, p.cand, p.counts.tobytes(), sums)]
+        rows = [_head_row(part, p.obj, p.n, p.gemm_rows, p.cand, p.counts.tobytes(), sums)]
     else:
-        rows = [_head_row(part, p.obj, p.n, p.cand)]
+        rows = [_head_row(part, p.obj, p.n, p.gemm_rows, p.cand)]
         for b, lo in enumerate(range(0, p.k, block_clusters)):
             cnt = p.counts[lo : lo + block_clusters]
             if cnt.any():  # blocks without points send nothing
@@ -954,18 +1124,20 @@ def _reduce_partials(table, k: int, d: int, r: int, with_sums: bool, block_clust
     """Driver side: add the partial rows, in (block, partition) order so the float64 sums are deterministic.
 
     Returns:
-        ``(counts, sums or None, objective, n, (cand cosines, cand ids, cand vectors))``.
+        ``(counts, sums or None, objective, n, (cand cosines, cand ids, cand vectors), rows through the k-wide
+        product)``.
     """
     rows = table.to_pydict()
     counts = np.zeros(k, dtype=np.int64)
     sums = np.zeros((k, d), dtype=np.float64) if with_sums else None
-    obj, n = 0.0, 0
+    obj, n, gemm = 0.0, 0, 0
     cands = [(np.empty(0), np.empty(0, dtype=object), np.empty((0, d), dtype=np.float32))]
     for i in sorted(range(table.num_rows), key=lambda i: (rows["block"][i], rows["part"][i])):
         block = rows["block"][i]
         if block < 0:
             obj += rows["obj"][i]
             n += rows["n"][i]
+            gemm += rows["gemm"][i] or 0
             cands.append(_candidates_of(rows, i, d))
             lo, hi = 0, k
         else:
@@ -974,7 +1146,7 @@ def _reduce_partials(table, k: int, d: int, r: int, with_sums: bool, block_clust
             counts[lo:hi] += np.frombuffer(rows["counts"][i], dtype=np.int64)
         if with_sums and rows["sums"][i]:
             sums[lo:hi] += np.frombuffer(rows["sums"][i], dtype=np.float64).reshape(hi - lo, d)
-    return counts, sums, obj, n, _merge_candidates(cands, r)
+    return counts, sums, obj, n, _merge_candidates(cands, r), gemm
 
 
 def _shuffle_combiner(block_clusters: int, k: int, d: int, r: int, arrow_schema):
@@ -990,7 +1162,8 @@ def _shuffle_combiner(block_clusters: int, k: int, d: int, r: int, arrow_schema)
             cands = [_candidates_of(rows, i, d) for i in order]
             obj = sum(rows["obj"][i] for i in order)
             n = sum(rows["n"][i] for i in order)
-            out = _head_row(0, obj, n, _merge_candidates(cands, r))
+            gemm = sum(rows["gemm"][i] for i in order)
+            out = _head_row(0, obj, n, gemm, _merge_candidates(cands, r))
         else:
             width = min(k, (block + 1) * block_clusters) - block * block_clusters
             counts = np.zeros(width, dtype=np.int64)
@@ -1007,9 +1180,17 @@ def _shuffle_combiner(block_clusters: int, k: int, d: int, r: int, arrow_schema)
 
 
 class _Runner:
-    """Runs one Lloyd step as one Spark job over a store, with the chosen reduce."""
+    """Runs one Lloyd step as one Spark job over a store, with the chosen reduce.
 
-    def __init__(self, store, k: int, d: int, id_type, reseed_pool: int, block_rows: int | None, reduce: str):
+    With ``prune`` and a store that keeps per-partition state (storage="files"), every step saves each row's
+    label and cosine bounds next to the staged file, and the next step skips the k-wide product for rows
+    whose bounds prove the label unchanged (:func:`_prune_rows`): the same labels as full products, less work
+    once centroids settle. ``gemm_rows`` counts the rows that needed the product in the last step.
+    """
+
+    def __init__(
+        self, store, k: int, d: int, id_type, reseed_pool: int, block_rows: int | None, reduce: str, prune: bool
+    ):
         from pyspark.sql.pandas.types import to_arrow_schema
 
         self.store, self.k, self.d, self.r = store, k, d, reseed_pool
@@ -1018,26 +1199,43 @@ class _Runner:
         self.schema = _partial_schema(id_type)
         self.arrow_schema = to_arrow_schema(self.schema)
         self.block_clusters = SHUFFLE_BLOCK_CLUSTERS if reduce == "shuffle" else None
+        self.prune = bool(prune) and store.kind == "files"
+        self.steps_run = 0
+        self.prev: np.ndarray | None = None  # centroids of the last step (its state is on disk)
+        self.gemm_rows = 0
 
     def step(self, centroids: np.ndarray, with_sums: bool = True):
         """Partials of every partition under ``centroids``, reduced: see :func:`_reduce_partials`."""
         c = np.ascontiguousarray(centroids, dtype=np.float32)  # shipped in the closure (broadcast when > 1 MB)
         r, block_rows, block_clusters, arrow_schema = self.r, self.block_rows, self.block_clusters, self.arrow_schema
+        step, prune = self.steps_run, self.prune
+        drift = None
+        if prune and self.prev is not None:
+            diff = c.astype(np.float64) - self.prev.astype(np.float64)
+            drift = np.sqrt(np.einsum("ij,ij->i", diff, diff)).astype(np.float32)
 
-        def fn(blocks):
+        def fn(blocks, path):
             from pyspark import TaskContext
 
             ctx = TaskContext.get()
-            p = _Partial(c, r, with_sums, block_rows)
+            track = prune and path is not None
+            bounds = _load_bounds(path, step - 1) if track and drift is not None else None
+            p = _Partial(c, r, with_sums, block_rows, bounds, drift, track)
             for ids, x, _ in blocks:
                 p.add(ids, x)
+            if track:
+                _save_bounds(path, step, p.state)
             yield _partial_batch(p, ctx.partitionId() if ctx else 0, block_clusters, arrow_schema)
 
-        df = self.store.partials(fn, self.schema)
         if block_clusters is not None:
             combine = _shuffle_combiner(block_clusters, self.k, self.d, self.r, self.arrow_schema)
-            df = df.groupBy("block").applyInArrow(combine, self.schema)
-        return _reduce_partials(df.toArrow(), self.k, self.d, self.r, with_sums, block_clusters)
+            table = self.store.partials(fn, self.schema).groupBy("block").applyInArrow(combine, self.schema).toArrow()
+        else:
+            table = self.store.collect(fn, self.schema)
+        *out, self.gemm_rows = _reduce_partials(table, self.k, self.d, self.r, with_sums, block_clusters)
+        self.steps_run += 1
+        self.prev = c
+        return tuple(out)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1064,6 +1262,7 @@ class KMeansResult:
         seconds: wall time per phase (prepare, init, steps, final, total; fit for MLlib).
         storage: ``files`` / ``cache`` (``mllib`` for MLlib). reduce: ``driver`` / ``shuffle``.
         partitions: tasks per step.
+        gemm_rows: per Lloyd step, rows that went through the k-wide product (n without pruning).
         bytes_per_step: ``broadcast`` (k·d·4), ``partials_per_partition`` and ``partials_to_driver``.
     """
 
@@ -1087,6 +1286,7 @@ class KMeansResult:
     partitions: int = 0
     bytes_per_step: dict[str, int] = field(default_factory=dict)
     spark: Any = field(default=None, repr=False)
+    gemm_rows: list[int] = field(default_factory=list)
 
     def clusters_arrow(self):
         """``clusters`` rows as a pyarrow Table: cluster_id int32, centroid list<float32>, size int64."""
@@ -1116,6 +1316,14 @@ class KMeansResult:
 
 def _spark_master(spark) -> str:
     return _conf_get(spark, "spark.master") or ""
+
+
+def _spark_context(spark):
+    """The session's SparkContext, or None on Spark Connect (no RDD API there)."""
+    try:
+        return spark.sparkContext
+    except Exception:  # noqa: BLE001 - Spark Connect raises here
+        return None
 
 
 def _default_parallelism(spark) -> int | None:
@@ -1213,7 +1421,7 @@ def _sample_from_store(store, m: int, id_type) -> np.ndarray:
     )
     arrow_schema = to_arrow_schema(schema)
 
-    def fn(blocks):
+    def fn(blocks, _path):
         ids_out, h_out, x_out, d = [], [], [], 0
         for ids, x, h in blocks:
             sel = np.flatnonzero(h <= t)
@@ -1225,7 +1433,7 @@ def _sample_from_store(store, m: int, id_type) -> np.ndarray:
         data = np.concatenate(x_out).tobytes() if x_out else b""
         yield pa.RecordBatch.from_pylist([{"ids": ids_out, "h": h_out, "d": d, "x": data}], schema=arrow_schema)
 
-    rows = store.partials(fn, schema).toArrow().to_pylist()
+    rows = store.collect(fn, schema).to_pylist()
     keys, vecs = [], []
     for row in rows:
         if row["ids"]:
@@ -1292,6 +1500,7 @@ def spherical_kmeans(
     num_partitions: int | None = None,
     reseed_pool: int = DEFAULT_RESEED_POOL,
     block_rows: int | None = None,
+    prune: bool = True,
 ) -> KMeansResult:
     """Distributed spherical k-means over a DataFrame of vectors.
 
@@ -1339,6 +1548,10 @@ def spherical_kmeans(
         reseed_pool: re-seed candidates kept per partition and step (at most this many clusters re-seeded per
             step).
         block_rows: rows per matrix product (see :func:`assign_blocked`).
+        prune: storage="files" only: keep each row's label and cosine bounds between steps and skip the k-wide
+            product for rows whose bounds prove the label unchanged (Hamerly-style, see :func:`_prune_rows`).
+            The labels, and so the centroids, are those of full products; once centroids settle a step costs
+            one pass over the rows instead of N·k·d multiply-adds. ``KMeansResult.gemm_rows`` shows the effect.
 
     Returns:
         A :class:`KMeansResult`.
@@ -1438,20 +1651,25 @@ def spherical_kmeans(
 
         # ---- Lloyd steps, one Spark job each
         t0 = time.perf_counter()
-        runner = _Runner(store, k, d, id_type, reseed_pool, block_rows, reduce)
+        runner = _Runner(store, k, d, id_type, reseed_pool, block_rows, reduce, prune)
         history: list[float] = []
+        gemm_rows: list[int] = []
         reseeded, steps, converged = 0, 0, False
         for _ in range(iterations):
             counts, sums, obj, seen, (_, _, cand_vecs) = runner.step(c)
             if seen != n:
                 raise RuntimeError(f"a k-means step saw {seen} rows, expected {n}: the staged vectors changed")
             history.append(obj)
+            gemm_rows.append(runner.gemm_rows)
             new, re = renormalize(sums, counts, c, cand_vecs)
             reseeded += len(re)
             steps += 1
             moved = _shift(new, c)
             c = new
-            log.info("k-means step %d: objective %.6f, %d re-seeded, max shift %.3g", steps, obj, len(re), moved)
+            log.info(
+                "k-means step %d: objective %.6f, %d re-seeded, max shift %.3g, %d of %d rows through the k-wide "
+                "product", steps, obj, len(re), moved, runner.gemm_rows, n,
+            )  # fmt: skip
             if tol is not None and moved <= tol:
                 converged = True
                 break
@@ -1479,6 +1697,7 @@ def spherical_kmeans(
         reseeded=reseeded,
         init_centroids=start,
         assignments=assign_spark(df, c, vector_col, id_col),
+        gemm_rows=gemm_rows,
         seconds=seconds,
         storage=storage,
         reduce=reduce,

@@ -142,6 +142,22 @@ def test_empty_clusters_reseeded_across_partitions_like_numpy(spark, data):
     np.testing.assert_array_equal(a["cluster_id"].to_numpy(), ref.labels)
 
 
+def test_pruned_steps_skip_rows_and_match_full_products(df, data):
+    raw, _, _ = data
+    runs = {
+        name: cl.spherical_kmeans(df, K, 8, seed=2, tol=None, storage=storage, prune=prune, num_partitions=2)
+        for name, storage, prune in [("pruned", "files", True), ("full", "files", False), ("cache", "cache", True)]
+    }
+    ref = cl.lloyd(cl.normalize_rows(raw), initial=runs["full"].init_centroids, iterations=8, tol=None)
+    for r in runs.values():
+        np.testing.assert_allclose(r.centroids, ref.centroids, atol=1e-5)
+        np.testing.assert_array_equal(r.sizes, ref.sizes)
+        assert r.objective == pytest.approx(ref.objective, rel=1e-6) and len(r.gemm_rows) == 8
+    assert runs["full"].gemm_rows == [N] * 8 and runs["cache"].gemm_rows == [N] * 8  # cache keeps no state
+    pruned = runs["pruned"].gemm_rows
+    assert pruned[0] == N and pruned[-1] < N // 2
+
+
 def test_early_stop_records_iterations(df, data):
     raw, _, _ = data
     r = cl.spherical_kmeans(df, K, iterations=30, seed=3, tol=0.0)

@@ -187,6 +187,117 @@ def test_double_vectors_and_bad_input(spark):
         gradient_diversity(df, vector_col="spec_id")
 
 
+# --------------------------------------------------------------------------------------------------------------------
+# direct read: tasks read a plain parquet scan's files with pyarrow (a delta-rs table's current files)
+
+
+@pytest.fixture(scope="module")
+def delta_root(tmp_path_factory, data):
+    """The same rows as ``vectors`` in a delta-rs table of 3 files with row groups of 16 rows."""
+    import pyarrow as pa
+    from deltalake import WriterProperties, write_deltalake
+
+    rows, _, _ = data
+    root = tmp_path_factory.mktemp("vectors_delta")
+    schema = pa.schema(
+        [("source", pa.string()), ("round", pa.int32()), ("spec_id", pa.string()), ("vector", pa.list_(pa.float32()))]
+    )
+    for i, part in enumerate([rows[:50], rows[50:51], rows[51:]]):  # a one-row file too
+        table = pa.Table.from_pylist([dict(zip(schema.names, r, strict=True)) for r in part], schema=schema)
+        props = WriterProperties(max_row_group_size=16)
+        write_deltalake(str(root), table, mode="overwrite" if i == 0 else "append", writer_properties=props)
+    return root
+
+
+@pytest.fixture(scope="module")
+def delta_vectors(spark, delta_root):
+    from deltalake import DeltaTable
+
+    uris = DeltaTable(str(delta_root)).file_uris()
+    assert len(uris) == 3
+    return spark.read.option("basePath", str(delta_root)).parquet(*uris)
+
+
+def test_direct_read_only_for_plain_local_parquet_scans(spark, delta_vectors, vectors):
+    from pyspark.sql import functions as F
+
+    from prismatic.diversity import _parquet_scan
+
+    need = ["vector", "spec_id"]
+    scan = _parquet_scan(delta_vectors, need)
+    assert scan is not None and len(scan.files) == 3 and all(size > 0 for _, size in scan.files)
+    assert scan.columns == {"vector": "vector", "spec_id": "spec_id"}
+    assert _parquet_scan(delta_vectors.select("spec_id", "vector"), need) is not None
+    # Spark resolves names case-insensitively; the files keep theirs
+    upper = _parquet_scan(delta_vectors.select("VECTOR", "spec_id"), ["VECTOR", "spec_id"])
+    assert upper is not None and upper.columns == {"VECTOR": "vector", "spec_id": "spec_id"}
+    # renaming back and forth is optimized away: still the files' own columns
+    renamed = delta_vectors.select(F.col("vector").alias("v"), "spec_id").withColumnRenamed("v", "vector")
+    assert _parquet_scan(renamed, need) is not None
+    for other in [
+        delta_vectors.where("round = 1"),
+        delta_vectors.limit(10),
+        delta_vectors.select(F.col("vector"), F.lit("x").alias("spec_id")),
+        delta_vectors.select(F.transform("vector", lambda x: -x).alias("vector"), "spec_id"),
+        delta_vectors.unionByName(delta_vectors),
+        vectors,
+    ]:
+        assert _parquet_scan(other, need) is None
+    cached = delta_vectors.select("*").cache()  # Spark would read the cache, so the files are not the data
+    try:
+        assert _parquet_scan(cached, need) is None
+    finally:
+        cached.unpersist()
+    assert _parquet_scan(delta_vectors, need) is not None
+
+
+@pytest.mark.parametrize("group_cols", [None, "source", ["source", "round"]])
+def test_direct_read_equals_dataframe_path(delta_vectors, data, group_cols, caplog):
+    """Same rows, sums and values (to 1e-10) as the mapInArrow path, for any number of reading tasks / tree levels."""
+    import logging
+
+    from prismatic.diversity import gradient_diversity
+
+    _, X, _ = data
+    ref = gradient_diversity(delta_vectors, group_cols, q=2, keep_sums=True, direct_read=False)
+    assert ref.rows["n"].max() <= len(X)
+    for read_tasks, fanout in [(None, 32), (1, 32), (7, 2)]:  # 7 tasks of fanout 2: two tree levels
+        with caplog.at_level(logging.INFO, logger="prismatic.diversity"):
+            caplog.clear()
+            got = gradient_diversity(
+                delta_vectors, group_cols, q=2, keep_sums=True, read_tasks=read_tasks, fanout=fanout
+            )
+        assert "direct parquet read of 3 file(s)" in caplog.text
+        if read_tasks:
+            assert f"in {read_tasks} task(s)" in caplog.text
+        pd.testing.assert_frame_equal(got.rows.drop(columns="value"), ref.rows.drop(columns="value"))
+        np.testing.assert_allclose(got.rows["value"], ref.rows["value"], rtol=1e-10, atol=1e-12)
+        assert got.sums.keys() == ref.sums.keys() and got.spec_ids == ref.spec_ids
+        for key, s in got.sums.items():
+            assert s.n == ref.sums[key].n
+            np.testing.assert_allclose(s.cov_sum, ref.sums[key].cov_sum, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(s.vector_sum, ref.sums[key].vector_sum, rtol=1e-10, atol=1e-12)
+    if group_cols is None:  # and both equal the N x N kernel form
+        assert metric(ref.rows, "all", "g_vendi")[0] == pytest.approx(vendi.score_X(X), rel=1e-9)
+        assert metric(got.rows, "all", "g_vendi")[0] == pytest.approx(vendi.score_X(X), rel=1e-9)
+
+
+def test_direct_read_renamed_columns_and_bad_vectors(spark, delta_vectors, data, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from prismatic.diversity import gradient_diversity
+
+    _, X, _ = data
+    upper = gradient_diversity(delta_vectors.select("VECTOR", "spec_id"), vector_col="VECTOR").rows
+    assert metric(upper, "all", "g_vendi")[:2] == (pytest.approx(vendi.score_dual(X), rel=1e-9), len(X))
+    bad = tmp_path / "bad.parquet"
+    vecs = pa.array([[1.0, 0.0], [0.0, 0.0]], type=pa.list_(pa.float32()))
+    pq.write_table(pa.table({"spec_id": ["s", "s"], "vector": vecs}), bad)
+    with pytest.raises(Exception, match="norm 0"):
+        gradient_diversity(spark.read.parquet(str(bad)))
+
+
 def test_text_baselines_equal_pure_functions(spark):
     from prismatic.diversity import text_diversity
 

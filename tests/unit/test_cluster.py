@@ -207,6 +207,59 @@ def test_early_stop_gives_the_same_result_as_running_on():
     np.testing.assert_array_equal(stop.labels, full.labels)
 
 
+def partial_steps(x, c0, steps, prune, batch=97, reseed_pool=4, tmp=None):
+    """Run ``steps`` Lloyd steps through the per-partition code (one partition, batches of ``batch`` rows)."""
+    ids = np.arange(len(x))
+    c, prev, state, out = c0, None, None, []
+    for _ in range(steps):
+        drift = None if prev is None or not prune else np.linalg.norm(c.astype(np.float64) - prev, axis=1)
+        p = cl._Partial(c, reseed_pool, True, 50, state if prune else None, drift, track=prune)
+        for s in range(0, len(x), batch):
+            p.add(ids[s : s + batch], x[s : s + batch])
+        out.append(p)
+        state, prev = p.state, c.astype(np.float64)
+        c, _ = cl.renormalize(p.sums, p.counts, c, p.cand[2])
+    return c, out
+
+
+def test_pruned_steps_equal_full_products_and_skip_rows():
+    x, _, _ = separated(3000, 12, 20, noise=0.25, seed=11)
+    c0 = cl.init_centroids(x, 16, seed=0, method="sample")  # 16 > 12 groups: some clusters keep moving
+    c_full, full = partial_steps(x, c0, 8, prune=False)
+    c_pruned, pruned = partial_steps(x, c0, 8, prune=True)
+    np.testing.assert_array_equal(c_full, c_pruned)
+    for a, b in zip(full, pruned, strict=True):
+        np.testing.assert_array_equal(a.counts, b.counts)
+        np.testing.assert_array_equal(a.sums, b.sums)
+        assert a.obj == pytest.approx(b.obj, rel=1e-6)
+        np.testing.assert_array_equal(a.cand[1].astype(int), b.cand[1].astype(int))
+        assert a.gemm_rows == len(x)
+    assert pruned[0].gemm_rows == len(x) and pruned[-1].gemm_rows < len(x) // 2
+    # the kept state is the true nearest centroid and its cosine, and a valid bound on every other centroid
+    labels, own, other = pruned[-1].state
+    ref = cl.lloyd(x, initial=c0, iterations=7, tol=None)
+    scores = x @ ref.centroids.T
+    np.testing.assert_array_equal(labels, scores.argmax(axis=1))
+    np.testing.assert_allclose(own, scores.max(axis=1), atol=1e-6)
+    np.put_along_axis(scores, labels[:, None].astype(np.int64), -np.inf, axis=1)
+    assert (scores.max(axis=1) <= other + 1e-6).all()
+
+
+def test_prune_rows_keeps_only_provable_labels():
+    labels = np.array([0, 1, 1, 2], dtype=np.int32)
+    own = np.array([0.9, 0.8, 0.5, 0.7], dtype=np.float32)
+    other = np.array([0.5, 0.79, 0.1, 0.2], dtype=np.float32)
+    drift = np.array([0.3, 0.0, 0.1], dtype=np.float32)
+    lab, up, keep = cl._prune_rows(labels, own, other, drift)
+    # row 0: own 0.9 - 0.3 is not above other 0.5 + 0.1 (its largest other drift); row 1: 0.8 vs 0.79 + 0.3;
+    # row 2: 0.5 - 0 > 0.1 + 0.3; row 3: 0.7 - 0.1 > 0.2 + 0.3
+    np.testing.assert_array_equal(keep, [False, False, True, True])
+    np.testing.assert_allclose(up, [0.6, 1.09, 0.4, 0.5], atol=1e-7)
+    np.testing.assert_array_equal(lab, labels)
+    k1 = cl._prune_rows(np.zeros(2, np.int32), own[:2], np.full(2, -np.inf, np.float32), np.ones(1, np.float32))
+    assert k1[2].all()  # one cluster: nothing to switch to
+
+
 def test_kmeans_plus_plus_distinct_seeded_and_spread():
     x, truth, _ = separated(3000, 10, 24, noise=0.03, seed=8)
     idx = cl.kmeans_plus_plus(x, 10, seed=0)

@@ -10,7 +10,17 @@ import pyarrow as pa
 import pytest
 
 from prismatic import vendi
-from prismatic.diversity import _split_groups, group_name, scope_name, vectors_from_arrow, vendi_metric
+from prismatic.diversity import (
+    _partial_batches,
+    _plan_slices,
+    _read_slices,
+    _slice_row_groups,
+    _split_groups,
+    group_name,
+    scope_name,
+    vectors_from_arrow,
+    vendi_metric,
+)
 from prismatic.vendi import CovarianceSums
 
 QS = [0.0, 0.5, 1.0, 2.0, 3.5, math.inf]
@@ -305,6 +315,89 @@ def test_split_groups_with_nulls_and_two_columns():
     assert [k for k, _, r in _split_groups(batch, [])] == [()]
     one = pa.RecordBatch.from_pydict({"a": ["z", "z"]})
     assert [(k, r) for k, _, r in _split_groups(one, ["a"])] == [(("z",), None)]
+
+
+def test_slices_cover_every_row_once():
+    rows = [4, 0, 4, 3, 1]  # an empty row group too
+    for k in range(1, 15):
+        got = []
+        for j in range(k):
+            groups, first, lo, hi = _slice_row_groups(rows, j, k)
+            assert hi - lo in (12 // k, 12 // k + 1)
+            if groups:
+                starts = np.concatenate([[0], np.cumsum(rows)])
+                assert first == starts[groups[0]] <= lo and hi <= starts[groups[-1] + 1]
+                assert all(rows[g] for g in groups)
+            got += range(lo, hi)
+        assert got == list(range(12))
+
+
+def test_plan_slices_balances_bytes():
+    files = [("a", 100), ("b", 10), ("c", 10)]
+    plan = _plan_slices(files, 2)
+    assert len(plan) == 2
+    assert sorted(u for t in plan for u in t) == [("a", 0, 2), ("a", 1, 2), ("b", 0, 1), ("c", 0, 1)]
+    assert sorted(len(t) for t in plan) == [2, 2]  # 50 + 10 bytes each
+    assert _plan_slices([("one", 40)], 4) == [[("one", j, 4)] for j in range(4)]  # one file still fills 4 tasks
+    many = _plan_slices([(f"f{i}", 7) for i in range(40)], 3)
+    assert sorted(len(t) for t in many) == [13, 13, 14]
+    assert _plan_slices([("x", 5)], 1) == [[("x", 0, 1)]]
+
+
+def _parquet(path, n=23, d=5, row_group=4, seed=0, with_spec=True):
+    import pyarrow.parquet as pq
+
+    X = rand(n, d, seed=seed).astype(np.float32)
+    cols = {
+        "Vec": pa.array(list(X), type=pa.list_(pa.float32())),
+        "src": pa.array([f"s{i % 3}" for i in range(n)]),
+        "round": pa.array(np.arange(n) % 2, type=pa.int32()),
+    }
+    if with_spec:
+        cols["spec_id"] = pa.array(["A"] * n)
+    pq.write_table(pa.table(cols), path, row_group_size=row_group)
+    return X
+
+
+def test_read_slices_returns_each_row_once_with_dataframe_names_and_types(tmp_path):
+    X1 = _parquet(tmp_path / "a.parquet", n=23, seed=1)
+    X2 = _parquet(tmp_path / "b.parquet", n=9, seed=2, with_spec=False)  # spec column missing: read as nulls
+    columns = {"vector": "Vec", "source": "src", "round": "round", "spec_id": "spec_id"}
+    types = {"source": pa.string(), "round": pa.int64(), "spec_id": pa.string()}
+    for k in (1, 2, 5, 30):
+        units = [(str(tmp_path / f), j, k) for f in ("a.parquet", "b.parquet") for j in range(k)]
+        batches = list(_read_slices(units, columns, types, batch_bytes=64))  # tiny batches: many per row group
+        table = pa.Table.from_batches(batches)
+        assert table.schema.names == ["vector", "source", "round", "spec_id"]
+        assert table.schema.field("round").type == pa.int64()
+        np.testing.assert_array_equal(vectors_from_arrow(table["vector"]), np.concatenate([X1, X2]))
+        assert table["round"].to_pylist() == [i % 2 for i in range(23)] + [i % 2 for i in range(9)]
+        assert table["spec_id"].to_pylist() == ["A"] * 23 + [None] * 9
+
+
+def test_partials_of_file_slices_equal_the_sums_of_all_rows(tmp_path):
+    X = _parquet(tmp_path / "a.parquet", n=40, seed=3, row_group=7)
+    columns = {"vector": "Vec", "src": "src", "spec_id": "spec_id"}
+    types = {"src": pa.string(), "spec_id": pa.string()}
+    total = {}
+    for j in range(3):
+        rows = _read_slices([(str(tmp_path / "a.parquet"), j, 3)], columns, types)
+        for b in _partial_batches(rows, "vector", ["src"], "spec_id", True, 1, part=j):
+            rec = b.to_pylist()[0]
+            s = CovarianceSums.from_record(
+                {
+                    "n": rec["__prism_n"],
+                    "d": rec["__prism_d"],
+                    "vector_sum": rec["__prism_vsum"],
+                    "cov_upper": rec["__prism_cov"],
+                }
+            )
+            assert rec["__prism_specs"] == ["A"] and rec["__prism_part"] == j
+            total[rec["src"]] = total[rec["src"]] + s if rec["src"] in total else s
+    for g in range(3):
+        ref = CovarianceSums.from_vectors(X[np.arange(40) % 3 == g])
+        assert total[f"s{g}"].n == ref.n
+        np.testing.assert_allclose(total[f"s{g}"].cov_sum, ref.cov_sum, rtol=1e-12, atol=1e-14)
 
 
 def test_names():
