@@ -41,6 +41,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -251,6 +252,38 @@ def simulated_dense(kernel: np.ndarray, d: int, seed: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- main
 
 
+def exact_kernels(args, model, layout, sets, encs_by_set, scratch: Path):
+    """Exact (d = inf) kernel of each of the first ``--exact-sets`` sets from per-sample loop gradients.
+
+    Returns (loop seconds, loop samples, [ExactResult], {set: [dense projections per seed]}).
+    """
+    loop_time, loop_n = 0.0, 0
+    exact, dense_real = [], {}
+    for si in range(min(args.exact_sets, len(sets))):
+        encs = encs_by_set[si]
+        t_set = time.perf_counter()
+        with GradientStore(layout, len(encs), scratch, max_ram_bytes=0, dtype=args.store_dtype) as store:
+            it = per_sample_gradients(model, encs)
+            for i in range(len(encs)):
+                t0 = time.perf_counter()
+                g = next(it)
+                loop_time += time.perf_counter() - t0
+                loop_n += 1
+                store.write(i, g)
+                del g
+            ex = exact_from_store(store)
+            if si < args.dense_sets:
+                t0 = time.perf_counter()
+                dense_real[si] = [
+                    DenseRademacherProjector(layout, args.d, s).project(store.blocks()).numpy()
+                    for s in range(args.seeds)
+                ]
+                say(f"  dense projections of set {si}: {time.perf_counter() - t0:.0f} s for {args.seeds} seeds")
+        exact.append(ex)
+        say(f"set {sets[si][0]:15s} exact G-Vendi {ex.gvendi:8.3f}   ({time.perf_counter() - t_set:.0f} s)")
+    return loop_time, loop_n, exact, dense_real
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set-size", type=int, default=64)
@@ -263,7 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--exact-sets", type=int, default=4, help="sets with an exact (d = inf) kernel")
     ap.add_argument("--dense-sets", type=int, default=0, help="sets with a real dense projection (slow)")
-    ap.add_argument("--dense-params", type=int, default=8_000_000, help="rows timed for the dense projection")
+    ap.add_argument(
+        "--dense-params", type=int, default=8_000_000, help="rows timed for the dense projection (0: skip)"
+    )
+    ap.add_argument("--loop-samples", type=int, default=8, help="loop samples timed when --exact-sets is 0")
     ap.add_argument("--store-dtype", choices=["float32", "float16"], default="float16")
     ap.add_argument("--scratch", default=None, help="folder for the gradient store (default: a temp folder)")
     ap.add_argument("--no-train", action="store_true", help="skip the training-style fwd+bwd timing")
@@ -317,49 +353,62 @@ def main(argv: list[str] | None = None) -> int:
     # ---- exact oracle (also times the per-sample loop)
     say("")
     say(f"## exact kernels (d = inf): per-sample loop, {args.store_dtype} store, Gram block by block")
-    scratch = Path(args.scratch) if args.scratch else Path(tempfile.mkdtemp(prefix="prism-bench-"))
+    own_scratch = args.scratch is None
+    scratch = Path(tempfile.mkdtemp(prefix="prism-bench-")) if own_scratch else Path(args.scratch)
     scratch.mkdir(parents=True, exist_ok=True)
-    loop_time, loop_n = 0.0, 0
-    exact, dense_real = [], {}
+    try:
+        loop_time, loop_n, exact, dense_real = exact_kernels(args, model, layout, sets, encs_by_set, scratch)
+    finally:  # the store's memmap is N x |theta| values (about 17 GB for 64 samples in float16): never leave it
+        if own_scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        else:
+            (scratch / f"gradients.{args.store_dtype}").unlink(missing_ok=True)
     offsets = np.cumsum([0] + [len(e) for e in encs_by_set])
-    for si in range(min(args.exact_sets, len(sets))):
-        encs = encs_by_set[si]
-        t_set = time.perf_counter()
-        with GradientStore(layout, len(encs), scratch, max_ram_bytes=0, dtype=args.store_dtype) as store:
-            it = per_sample_gradients(model, encs)
-            for i in range(len(encs)):
-                t0 = time.perf_counter()
-                g = next(it)
-                loop_time += time.perf_counter() - t0
-                loop_n += 1
-                store.write(i, g)
-                del g
-            ex = exact_from_store(store)
-            if si < args.dense_sets:
-                t0 = time.perf_counter()
-                dense_real[si] = [
-                    DenseRademacherProjector(layout, args.d, s).project(store.blocks()).numpy()
-                    for s in range(args.seeds)
-                ]
-                say(f"  dense projections of set {si}: {time.perf_counter() - t0:.0f} s for {args.seeds} seeds")
-        exact.append(ex)
-        say(f"set {sets[si][0]:15s} exact G-Vendi {ex.gvendi:8.3f}   ({time.perf_counter() - t_set:.0f} s)")
+    if not loop_n:  # no exact sets: time the loop on a few samples
+        it = per_sample_gradients(model, all_encs[: args.loop_samples])
+        for _ in range(min(args.loop_samples, n_all)):
+            t0 = time.perf_counter()
+            next(it)
+            loop_time += time.perf_counter() - t0
+            loop_n += 1
     loop_rate = loop_n / loop_time if loop_time else float("nan")
     say(f"per-sample loop fwd+bwd (all weight gradients): {loop_rate:.2f} samples/s over {loop_n} samples")
 
     # ---- dense reference timing
-    dt = dense_timing(layout, args.d, args.dense_params, 0)
-    dense_b16 = dt["sec_per_row_b16"] * n_params / 16 + 1 / loop_rate
-    dense_b1 = dt["sec_per_row_b1"] * n_params + 1 / loop_rate
-    say("")
-    say("## dense reference (paper's method): timed on a slice, extrapolated to all parameters")
-    say(f"projection timed on {dt['rows']:,} of {n_params:,} rows ({n_params * args.d / 1e9:.0f} G matrix entries"
-        f" per gradient); generator {dt['gen_entries_per_s'] / 1e9:.2f} G entries/s "
-        f"(torch bernoulli_: {dt['bernoulli_entries_per_s'] / 1e9:.3f} G entries/s)")  # fmt: skip
-    say(f"dense, batches of 16 gradients: {dense_b16:.1f} s/sample (extrapolated: loop + projection)")
-    say(f"dense, one gradient at a time:  {dense_b1:.1f} s/sample (extrapolated: loop + projection)")
+    dense_b16 = dense_b1 = float("nan")
+    if args.dense_params > 0:
+        dt = dense_timing(layout, args.d, args.dense_params, 0)
+        dense_b16 = dt["sec_per_row_b16"] * n_params / 16 + 1 / loop_rate
+        dense_b1 = dt["sec_per_row_b1"] * n_params + 1 / loop_rate
+        say("")
+        say("## dense reference (paper's method): timed on a slice, extrapolated to all parameters")
+        say(f"projection timed on {dt['rows']:,} of {n_params:,} rows ({n_params * args.d / 1e9:.0f} G matrix "
+            f"entries per gradient); generator {dt['gen_entries_per_s'] / 1e9:.2f} G entries/s "
+            f"(torch bernoulli_: {dt['bernoulli_entries_per_s'] / 1e9:.3f} G entries/s)")  # fmt: skip
+        say(f"dense, batches of 16 gradients: {dense_b16:.1f} s/sample (extrapolated: loop + projection)")
+        say(f"dense, one gradient at a time:  {dense_b1:.1f} s/sample (extrapolated: loop + projection)")
 
-    # ---- quality
+    if exact:
+        report_quality(args, model, sets, exact, encs_by_set, offsets, fast_vectors, dense_real)
+
+    # ---- ratios
+    say("")
+    say("## ratios")
+    say(f"fast / floor (same frozen-weight fwd+bwd):   {rate['fast'] / rate['floor']:.2f}x throughput (target >= 0.8)")
+    if "train" in rate:
+        say(f"fast / train-style fwd+bwd:                   {rate['fast'] / rate['train']:.2f}x")
+    say(f"fast / per-sample loop fwd+bwd:               {rate['fast'] / loop_rate:.2f}x")
+    if args.dense_params > 0:
+        say(f"fast / dense reference (batches of 16):       {rate['fast'] * dense_b16:,.0f}x (extrapolated)")
+        say(f"fast / dense reference (one at a time):       {rate['fast'] * dense_b1:,.0f}x (extrapolated)")
+    say(f"# total {time.time() - t_start:.0f} s; load avg after={os.getloadavg()[0]:.1f}")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text("\n".join(LINES) + "\n")
+    return 0
+
+
+def report_quality(args, model, sets, exact, encs_by_set, offsets, fast_vectors, dense_real) -> None:
+    """G-Vendi error and cosine correlation of fast (several seeds) and dense projections against exact."""
     say("")
     say(f"## quality vs exact (G-Vendi relative error; Pearson r of off-diagonal cosines), seeds 0..{args.seeds - 1}")
     fast_seeds: list[list[np.ndarray]] = []
@@ -410,20 +459,6 @@ def main(argv: list[str] | None = None) -> int:
         f"sets as exact for {sum(rank_ok)}/{len(rank_ok)} seeds")  # fmt: skip
     say(f"dense JL (simulated from the exact Gram): worst |error| {worst_dense:.1%}, mean Pearson r "
         f"{np.mean(rs_dense):.3f}")  # fmt: skip
-
-    # ---- ratios
-    say("")
-    say("## ratios")
-    say(f"fast / floor (same frozen-weight fwd+bwd):   {rate['fast'] / rate['floor']:.2f}x throughput (target >= 0.8)")
-    if "train" in rate:
-        say(f"fast / train-style fwd+bwd:                   {rate['fast'] / rate['train']:.2f}x")
-    say(f"fast / per-sample loop fwd+bwd:               {rate['fast'] / loop_rate:.2f}x")
-    say(f"fast / dense reference (batches of 16):       {rate['fast'] * dense_b16:,.0f}x (extrapolated)")
-    say(f"fast / dense reference (one at a time):       {rate['fast'] * dense_b1:,.0f}x (extrapolated)")
-    say(f"# total {time.time() - t_start:.0f} s; load avg after={os.getloadavg()[0]:.1f}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text("\n".join(LINES) + "\n")
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from prismatic.gradients.exact import cosine_kernel, dense_from_store, exact_from_store, gvendi_from_vectors
-from prismatic.gradients.kronecker import KroneckerProjector, finish
+from prismatic.gradients.kronecker import KroneckerProjector, finish, normalized
 from prismatic.gradients.model import collate, encode
 from prismatic.gradients.persample import fill_store, per_sample_gradients
 from prismatic.gradients.tiny import tiny_llama, tiny_tokenizer, tiny_words
@@ -172,6 +172,26 @@ def test_a_sample_alone_and_in_a_padded_batch_give_the_same_vector(tok, model):
     assert np.allclose(np.linalg.norm(batch.vectors, axis=1), 1, atol=1e-6)
     pad_other = kp.project(*_batch([encs[short], encs[0]], pad_id=7))  # the pad token id does not matter either
     assert np.allclose(pad_other.vectors[0], alone.vectors[0], atol=2e-6)
+
+
+def test_normalized_input_matches_the_transformers_norm_layers():
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 7, 16) * 4
+    rms = LlamaRMSNorm(16, eps=1e-5)  # weight = 1: its output is n_t itself, rounded to the input dtype
+    for dtype in (torch.float32, torch.bfloat16):
+        xd = x.to(dtype)
+        got = normalized(xd, "rms", 1e-5)
+        assert got.dtype == torch.float32
+        assert torch.allclose(got, rms.to(dtype)(xd).float(), rtol=1e-6, atol=1e-6), dtype
+    xf = x.float()  # the fused float32 path equals the written-out formula
+    formula = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5)
+    assert torch.allclose(normalized(x, "rms", 1e-5), formula, rtol=1e-6, atol=1e-6)
+    ln = torch.nn.LayerNorm(16, eps=1e-5)  # weight 1, bias 0
+    assert torch.allclose(normalized(x, "layer", 1e-5), ln(x), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown norm"):
+        normalized(x, "batch", 1e-5)
 
 
 def test_unusable_rows_are_flagged_not_raised(tok, model):
