@@ -83,7 +83,7 @@ def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
     # the study table: per subset design / diversity / accuracy rows, per metric two correlation rows
     rows = [r for r in store.read_arrow("study").to_pylist() if r["study_id"] == report.study_id]
     corr = {r["metric"]: r for r in rows if r["kind"] == "correlation"}
-    assert set(corr) == {f"{p}.{m}" for p in ("rho", "rho_id") for m in metrics}
+    assert set(corr) == {f"{p}.{m}" for p in ("rho", "rho_id", "rho_bal") for m in metrics}
     assert {r["subset_id"] for r in rows if r["kind"] == "diversity"} == {s["subset_id"] for s in report.subsets}
     assert len([r for r in rows if r["kind"] == "diversity"]) == 4 * len(metrics)
 
@@ -101,6 +101,13 @@ def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
     for c in children:
         accs = [c.data.metrics["ood_three_accuracy"], c.data.metrics["ood_two_accuracy"]]
         assert c.data.metrics["ood_accuracy"] == pytest.approx(np.mean(accs))
+        bal = [c.data.metrics["ood_three_balanced_accuracy"], c.data.metrics["ood_two_balanced_accuracy"]]
+        assert c.data.metrics["ood_balanced_accuracy"] == pytest.approx(np.mean(bal))
+    # the chance-corrected target, recomputed from the children's logged values
+    bal_mean = [c.data.metrics["ood_balanced_accuracy"] for c in children]
+    if np.ptp(bal_mean) > 0 and np.ptp([c.data.metrics["g_vendi"] for c in children]) > 0:
+        assert corr["rho_bal.g_vendi"]["value"] == pytest.approx(
+            spearmanr([c.data.metrics["g_vendi"] for c in children], bal_mean).statistic)
     for m in metrics:
         xs = [c.data.metrics.get(m, math.nan) for c in children]
         if np.ptp(xs) == 0 or np.ptp(ood_mean) == 0:
@@ -122,7 +129,8 @@ def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
     vecs = vectors_from_arrow(grads["vector"].take([pos[s] for s in ids]))
     assert child.data.metrics["g_vendi"] == pytest.approx(g_vendi(vecs), rel=1e-6)
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
-    assert {"rho_by_metric.png", "ranked_metrics.json", "ranked_metrics.md", "subsets.json", "scatter"} <= arts
+    assert {"rho_by_metric.png", "rho_by_metric_balanced.png", "ranked_metrics.json", "ranked_metrics.md",
+            "subsets.json", "scatter", "scatter_balanced"} <= arts
     scatters = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "scatter")}
     assert {f"scatter/{m}.png" for m in metrics} <= scatters
 
@@ -135,3 +143,4 @@ def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
     assert again.reused and again.study_id == report.study_id
     for c in report.correlations:
         assert again.rho(c["metric"], c["target"]) == pytest.approx(c["rho"], nan_ok=True)
+    assert len(again.correlations) == len(report.correlations) == 3 * len(metrics)

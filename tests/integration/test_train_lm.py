@@ -167,3 +167,41 @@ def test_torch_distributor_local_mode(tmp_path, spark, tiny_model):
     res = train_lm(store, settings, None, tmp_path / "ckpt")
     assert res.steps == 2 and res.losses[1] < res.losses[0] and res.samples == 16
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_torch_distributor_streams_staged_rows_without_delta_rs(tmp_path, spark, tiny_model, monkeypatch):
+    """Engines whose workers cannot read the table (delta-spark): the driver stages the rows as Parquet under the
+    data root, the torchrun worker streams exactly those rows, and the staging folder is removed afterwards."""
+    import pyarrow.dataset as ds
+
+    from prismatic.tables import open_store
+    from prismatic.train import lm
+
+    settings = lm_settings(tmp_path / "lake", tiny_model, "train.distributor=local", "train.num_processes=1",
+                           "train.use_gpu=false")
+    pool(tmp_path, settings)
+    store = open_store(settings, spark)
+    monkeypatch.setattr(store, "engine", "delta-spark")  # the delta-spark path, on a store this machine can open
+    staged = []
+    real = lm._stage_rows
+
+    def spy(st, ids, task, path):
+        real(st, ids, task, path)
+        staged.append((path, ds.dataset(str(path), format="parquet").to_table().to_pylist()))
+
+    monkeypatch.setattr(lm, "_stage_rows", spy)
+    res = lm.train_lm(store, settings, None, tmp_path / "ckpt")
+    (path, rows), = staged
+    assert path.parent == settings.root / "_staging" and not path.exists()
+    assert sorted((r["prompt"], r["completion"]) for r in rows) == sorted(
+        (r["prompt"], r["completion"]) for r in MATH_ROWS)
+    # step 1 is one batch of all 8 staged rows under the untouched weights: the base model's loss on MATH_ROWS
+    assert res.steps == 2 and res.losses[0] == pytest.approx(reference_loss(tiny_model, MATH_ROWS), rel=1e-4)
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+
+    ids = sorted(r["sample_id"] for r in store.read_arrow("samples").to_pylist())[:3]
+    lm.train_lm(store, settings, ids, tmp_path / "ckpt3")
+    want = {(r["prompt"], r["completion"]) for r in store.read_arrow("samples").to_pylist() if r["sample_id"] in ids}
+    assert {(r["prompt"], r["completion"]) for r in staged[1][1]} == want and len(staged[1][1]) == 3

@@ -66,6 +66,23 @@ def test_two_way_benchmark_folds_three_way_predictions():
     assert res.predictions == ["entailment", "non-entailment", "non-entailment", "entailment"]
 
 
+
+def test_balanced_accuracy_is_the_mean_recall_per_gold_label():
+    rows = [{"premise": "p", "hypothesis": "h", "label": lab} for lab in
+            ["entailment", "non-entailment", "non-entailment", "non-entailment"]]
+    b = Benchmark("two", "nli", "ood", rows, NLI2)
+    # a constant majority answer: accuracy 3/4, but recall 0 on entailment and 1 on non-entailment -> 1/2
+    const = score_nli(["contradiction"] * 4, b)
+    assert const.accuracy == 0.75 and const.balanced_accuracy == 0.5
+    # recall 1 on entailment, 2/3 on non-entailment (one unparsed answer counts as wrong)
+    res = score_nli(["entailment", "neutral", None, "contradiction"], b)
+    assert res.balanced_accuracy == pytest.approx((1 + 2 / 3) / 2)
+    three = score_nli(["entailment", "neutral", "neutral", "entailment", "entailment"],
+                      Benchmark("t", "nli", "id", [dict(r) for r in NLI_ROWS], NLI3))
+    assert three.balanced_accuracy == pytest.approx((1.0 + 0.0 + 1.0) / 3)  # entailment, contradiction, neutral
+    assert np.isnan(score_math(["1"], Benchmark("m", "math", "ood", [{"problem": "?", "answer": "1"}]))
+                    .balanced_accuracy)
+
 def test_math_verify_scoring():
     assert math_correct("The answer is \\boxed{9}.", "9") is True
     assert math_correct("So x = 1/2", "0.5") is True

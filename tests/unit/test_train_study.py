@@ -87,3 +87,18 @@ def test_subset_metrics():
     assert m["label_entropy"] == pytest.approx(math.log(2))
     assert label_entropy(["x"] * 4) == 0.0
     assert "emb_vendi" not in subset_metrics(vecs, None, texts, None)
+
+
+def test_study_config_is_a_complete_study():
+    """conf/study.yaml (README.study.md) validates and asks for what issue #6 needs: K >= 24 probe students, NLI."""
+    from pathlib import Path
+
+    from prismatic.config import load_config
+
+    path = Path(__file__).resolve().parents[2] / "conf" / "study.yaml"
+    s = load_config(path)
+    assert s.study.subsets >= 24 and s.study.student == "probe" and s.study.task == "nli"
+    assert s.ingest.sources["snli"].premise == "sentence1" and s.ingest.sources["snli"].label == "gold_label"
+    plans = plan_subsets(clustered(n_per=200, k=s.study.clusters), s.study.subset_size, s.study.clusters,
+                         s.study.subsets, random_fraction=s.study.random_fraction, seed=s.study.seed)
+    assert len(plans) == s.study.subsets and sorted({p.n_clusters for p in plans}) == [0, 1, 2, 4, 8, 16]

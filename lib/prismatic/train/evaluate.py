@@ -88,9 +88,27 @@ class EvalResult:
     fingerprint: str = ""
     predictions: list = field(default_factory=list, repr=False)
 
+    gold: list = field(default_factory=list, repr=False)
+
     @property
     def accuracy(self) -> float:
         return self.correct / self.n if self.n else float("nan")
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """NLI: the mean over gold labels of the recall of that label (NaN for math, or without predictions).
+
+        Chance-corrected by construction: any constant answer scores 1 / (number of gold labels), whatever the
+        label balance of the benchmark, while plain accuracy rewards a constant answer that happens to be the
+        benchmark's majority label (``epistemic_reasoning`` is 63 % non-entailment).
+        """
+        if self.task != "nli" or not self.gold or len(self.gold) != len(self.predictions):
+            return float("nan")
+        recalls = []
+        for lab in sorted(set(self.gold)):
+            idx = [i for i, g in enumerate(self.gold) if g == lab]
+            recalls.append(sum(1 for i in idx if self.predictions[i] == lab) / len(idx))
+        return sum(recalls) / len(recalls)
 
 
 def score_nli(predicted: Sequence[str | None], bench: Benchmark) -> EvalResult:
@@ -101,7 +119,7 @@ def score_nli(predicted: Sequence[str | None], bench: Benchmark) -> EvalResult:
     correct = sum(1 for p, e in zip(folded, bench.examples, strict=True) if p is not None and p == e["label"])
     unparsed = sum(1 for p in folded if p is None)
     return EvalResult(bench.name, bench.split, "nli", len(folded), correct, unparsed, bench.labels,
-                      bench.fingerprint(), folded)
+                      bench.fingerprint(), folded, [e["label"] for e in bench.examples])
 
 
 def score_math(answers: Sequence[str | None], bench: Benchmark) -> EvalResult:

@@ -13,7 +13,9 @@
   Delta snapshot (not the stale files a plain Parquet read of the folder would see).
 * **Distributed**: ``train.distributor=local|cluster`` runs the same function under
   ``pyspark.ml.torch.distributor.TorchDistributor`` (``torchrun`` processes; DDP with gloo on CPU, nccl on GPU);
-  every rank streams the same batches and keeps every ``world``-th micro-batch; rank 0 saves.
+  every rank streams the same batches and keeps every ``world``-th micro-batch; rank 0 saves. With delta-rs the
+  ranks read the Delta snapshot themselves; with delta-spark (Databricks) the driver first writes the training
+  rows as Parquet under ``<data_root>/_staging`` (use a Unity Catalog volume as the data root) for them.
 * **Checkpoint**: ``model.safetensors`` + config + tokenizer (``save_pretrained``), no pickle.
 """
 
@@ -23,7 +25,9 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -299,10 +303,16 @@ def run_training(payload: dict) -> dict:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(model)
-        store = _local_store(settings)
+        staged = payload.get("staged")
+        store = None if staged else _local_store(settings)
         ids = payload.get("sample_ids")
 
         def data() -> Iterable[pa.RecordBatch]:
+            if staged:  # a Parquet snapshot the driver wrote for the workers (delta-spark engine)
+                import pyarrow.dataset as ds
+
+                return ds.dataset(staged, format="parquet").to_batches(columns=["prompt", "completion"],
+                                                                       batch_size=cfg.arrow_batch_rows)
             return _iter_batches(store, ids, cfg, settings)
 
         res = sft(model, loaded.tokenizer, data, cfg, rank=rank, world=world)
@@ -322,6 +332,16 @@ def _iter_batches(store, ids, cfg: TrainConfig, settings: Settings) -> Iterable[
 
     return iter_sample_batches(store, ids, ("prompt", "completion"), cfg.arrow_batch_rows,
                                task=None if ids is not None else cfg.task)
+
+
+def _stage_rows(store, sample_ids: list[str] | None, task: str, path: Path) -> None:
+    from pyspark.sql import functions as F
+
+    df = store.pool().where(F.col("task") == task) if sample_ids is None else store.read("samples")
+    if sample_ids is not None:
+        ids = store.spark.createDataFrame([(s,) for s in sample_ids], "sample_id string")
+        df = df.join(ids, "sample_id")
+    df.select("prompt", "completion").write.mode("overwrite").parquet(str(path))
 
 
 def train_lm(
@@ -358,7 +378,18 @@ def train_lm(
     use_gpu = torch.cuda.is_available() if cfg.use_gpu is None else cfg.use_gpu
     dist = TorchDistributor(num_processes=cfg.num_processes, local_mode=cfg.distributor == "local", use_gpu=use_gpu)
     payload = {"settings": settings.model_dump(mode="json"), "sample_ids": sample_ids, "folder": str(folder)}
-    out = dist.run(run_training, payload)
+    staged = None
+    if getattr(store, "engine", "") != "delta-rs":
+        # workers cannot open a Spark session: the driver snapshots the training rows as Parquet under the data
+        # root (on Databricks a Unity Catalog volume every worker reads), and the workers stream that
+        staged = settings.root / "_staging" / f"train-{uuid.uuid4().hex}"
+        _stage_rows(store, sample_ids, cfg.task, staged)
+        payload["staged"] = str(staged)
+    try:
+        out = dist.run(run_training, payload)
+    finally:
+        if staged is not None:
+            shutil.rmtree(staged, ignore_errors=True)
     if not isinstance(out, dict):
         raise PrismError(f"TorchDistributor returned {type(out).__name__}, expected the rank-0 result")
     res = LMTrainResult(**out)

@@ -18,14 +18,21 @@ This module runs that experiment on a user's own pool:
 4. **Students**: one per subset (``probe`` by default, ``lm`` at small K), evaluated on the ID benchmark
    (``study.id_benchmark``, sampled to ``id_size``) and the OOD benchmarks (BIG-bench NLI tasks when that asset is
    fetched, plus ``ood_files``). The target is the unweighted mean OOD accuracy.
-5. **Correlations**: Spearman ρ (scipy) of each metric against mean OOD accuracy (and against ID accuracy),
-   with a percentile bootstrap interval over the K subsets and the two-sided p-value.
+   For NLI every accuracy also has a *balanced* twin (mean recall per gold label,
+   :attr:`~prismatic.train.evaluate.EvalResult.balanced_accuracy`): a constant answer scores 1 / labels on it
+   whatever the benchmark's label balance, while plain accuracy rewards a constant answer that happens to be a
+   benchmark's majority label — on the BIG-bench NLI tasks that alone beats a weak probe.
+5. **Correlations**: Spearman ρ (scipy) of each metric against mean OOD accuracy (and against ID accuracy and,
+   for NLI, mean OOD balanced accuracy), with a percentile bootstrap interval over the K subsets and the
+   two-sided p-value.
 
 Outputs: ``study`` rows (design, metric and accuracy rows per subset — ``<benchmark>_accuracy``, ``id_accuracy``,
-``ood_accuracy`` (the target), ``train_accuracy``; one ``rho.<metric>`` /
-``rho_id.<metric>`` row per metric with ``subset_id = '*'``), ``eval_results`` rows of every subset's student,
+``ood_accuracy`` (the target), ``train_accuracy``, for NLI ``<benchmark>_balanced_accuracy``,
+``id_balanced_accuracy``, ``ood_balanced_accuracy``; one ``rho.<metric>`` / ``rho_id.<metric>`` /
+``rho_bal.<metric>`` row per metric with ``subset_id = '*'``), ``eval_results`` rows of every subset's student,
 and MLflow: a parent run ``study`` with one child run ``study-subset-<id>`` per subset, a scatter plot per metric
-(``scatter/<metric>.png``), ``rho_by_metric.png`` and the ranked table (``ranked_metrics.json`` / ``.md``).
+(``scatter/<metric>.png``; ``scatter_balanced/`` against the balanced target), ``rho_by_metric.png`` (and
+``rho_by_metric_balanced.png``) and the ranked table (``ranked_metrics.json`` / ``.md``).
 
 ``study_id`` hashes the study and student settings, the spec and the table versions: running the same study
 again returns the recorded result (``force=True`` recomputes); students are reused by id either way.
@@ -57,6 +64,10 @@ log = logging.getLogger(__name__)
 ALL_SUBSETS = "*"
 TARGET = "ood_accuracy"  # the names the notebooks and sql/study_correlations.sql read
 ID_TARGET = "id_accuracy"
+BAL_TARGET = "ood_balanced_accuracy"  # NLI: mean over the OOD benchmarks of the mean recall per gold label
+ID_BAL = "id_balanced_accuracy"
+SUMMARY_KEYS = (TARGET, ID_TARGET, BAL_TARGET, ID_BAL, "train_accuracy")
+PREFIX = {TARGET: "rho", ID_TARGET: "rho_id", BAL_TARGET: "rho_bal"}  # correlation rows: <prefix>.<metric>
 Progress = Callable[[int, int], None]
 
 
@@ -369,13 +380,24 @@ class StudyReport:
     def summary(self) -> str:
         head = (f"study {self.study_id}: {len(self.subsets)} subsets of the {self.pool_size}-row pool, {self.student}"
                 f" students{' (recorded result)' if self.reused else ''}")
-        lines = [head, f"{'metric':<20} {'rho vs OOD':>10} {'95% CI':>17} {'p':>8} {'rho vs ID':>10}"]
+        bal = any(c["target"] == BAL_TARGET for c in self.correlations)
+        ci = "95% CI"
+        lines = [head, f"{'metric':<16}{'rho OOD':>7} {ci:^13} {'p':>7} {'rho ID':>7}"
+                       + (f" {'rho bal':>7} {ci:^13}" if bal else ""),
+                 "(rho bal: vs mean OOD balanced accuracy, the chance-corrected target)" if bal else ""]
+        lines = [x for x in lines if x]
         for c in self.ranked():
-            rid = next((d["rho"] for d in self.correlations
-                        if d["metric"] == c["metric"] and d["target"] == ID_TARGET), math.nan)
-            lines.append(f"{c['metric']:<20} {c['rho']:>10.3f} [{c['ci_low']:>6.3f}, {c['ci_high']:>6.3f}]"
-                         f" {c['p_value']:>8.3g} {rid:>10.3f}")
+            line = (f"{c['metric']:<16}{c['rho']:>7.3f} [{c['ci_low']:>5.2f},{c['ci_high']:>5.2f}]"
+                    f" {c['p_value']:>7.2g} {self._get(c['metric'], ID_TARGET).get('rho', math.nan):>7.3f}")
+            if bal:
+                b = self._get(c["metric"], BAL_TARGET)
+                line += (f" {b.get('rho', math.nan):>7.3f} [{b.get('ci_low', math.nan):>5.2f},"
+                         f"{b.get('ci_high', math.nan):>5.2f}]")
+            lines.append(line)
         return "\n".join(lines)
+
+    def _get(self, metric: str, target: str) -> dict:
+        return next((d for d in self.correlations if d["metric"] == metric and d["target"] == target), {})
 
 
 def study_id_for(settings: Settings, spec_id: str, versions: dict, kind: str, k: int) -> str:
@@ -397,7 +419,13 @@ def _metric_key(name: str) -> str:
 def bench_key(name: str) -> str:
     """The study metric of one benchmark's accuracy: ``<name>_accuracy`` (never one of the summary names)."""
     key = f"{name}_accuracy"
-    return f"{name}_bench_accuracy" if key in (TARGET, ID_TARGET, "train_accuracy") else key
+    return f"{name}_bench_accuracy" if key in SUMMARY_KEYS else key
+
+
+def bench_bal_key(name: str) -> str:
+    """The study metric of one NLI benchmark's balanced accuracy: ``<name>_balanced_accuracy``."""
+    key = f"{name}_balanced_accuracy"
+    return f"{name}_bench_balanced_accuracy" if key in SUMMARY_KEYS else key
 
 
 def _report_from_table(store: TableStore, study_id: str) -> StudyReport | None:
@@ -419,8 +447,10 @@ def _report_from_table(store: TableStore, study_id: str) -> StudyReport | None:
         d[r["metric"]] = r["value"]
     correlations = []
     for r in corr:
-        target, metric = (ID_TARGET, r["metric"][len("rho_id."):]) if r["metric"].startswith("rho_id.") else (
-            TARGET, r["metric"][len("rho."):])
+        prefix, metric = r["metric"].split(".", 1)
+        target = {p: t for t, p in PREFIX.items()}.get(prefix)
+        if target is None:
+            continue
         correlations.append({"metric": metric, "target": target, "rho": r["value"], "ci_low": r["ci_low"],
                              "ci_high": r["ci_high"], "p_value": r["p_value"], "n": r["n"]})
     return StudyReport(study_id, corr[0]["spec_id"] or "", detail0.get("student", ""), detail0.get("pool_size", 0),
@@ -447,7 +477,8 @@ def _scatter(report: StudyReport, metric: str, target: str = TARGET):
     if report.subsets:
         fig.colorbar(sc, ax=ax, label="clusters drawn from (0 = random)")
     ax.set_xlabel(metric)
-    ax.set_ylabel("mean OOD accuracy" if target == TARGET else "ID accuracy")
+    ax.set_ylabel({TARGET: "mean OOD accuracy", ID_TARGET: "ID accuracy",
+                   BAL_TARGET: "mean OOD balanced accuracy"}.get(target, target))
     ax.set_title(f"{metric}: Spearman ρ = {c['rho']:.3f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]", fontsize=9)
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
@@ -455,13 +486,13 @@ def _scatter(report: StudyReport, metric: str, target: str = TARGET):
     return fig
 
 
-def _rho_bars(report: StudyReport):
+def _rho_bars(report: StudyReport, target: str = TARGET):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ranked = report.ranked()
+    ranked = report.ranked(target)
     fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(ranked) + 1.2), dpi=110)
     names = [c["metric"] for c in ranked][::-1]
     rho = np.array([c["rho"] for c in ranked][::-1])
@@ -472,7 +503,8 @@ def _rho_bars(report: StudyReport):
             capsize=3)
     ax.axvline(0, color="black", linewidth=0.6)
     ax.set_xlim(-1.05, 1.05)
-    ax.set_xlabel("Spearman ρ vs mean OOD accuracy (bootstrap CI)")
+    what = "mean OOD balanced accuracy" if target == BAL_TARGET else "mean OOD accuracy"
+    ax.set_xlabel(f"Spearman ρ vs {what} (bootstrap CI)")
     fig.tight_layout()
     return fig
 
@@ -484,20 +516,32 @@ def _log_outputs(report: StudyReport) -> None:
 
     for c in report.correlations:
         key = _metric_key(c["metric"])
-        prefix = "rho" if c["target"] == TARGET else "rho_id"
+        prefix = PREFIX[c["target"]]
         vals = {f"{prefix}.{key}": c["rho"], f"{prefix}_ci_low.{key}": c["ci_low"],
                 f"{prefix}_ci_high.{key}": c["ci_high"]}
         mlflow.log_metrics({k: v for k, v in vals.items() if np.isfinite(v)})
+    bal = any(c["target"] == BAL_TARGET for c in report.correlations)
     for m in report.metrics:
         fig = _scatter(report, m)
         mlflow.log_figure(fig, f"scatter/{_metric_key(m)}.png")
         plt.close(fig)
+        if bal:
+            fig = _scatter(report, m, BAL_TARGET)
+            mlflow.log_figure(fig, f"scatter_balanced/{_metric_key(m)}.png")
+            plt.close(fig)
     fig = _rho_bars(report)
     mlflow.log_figure(fig, "rho_by_metric.png")
     plt.close(fig)
+    if bal:
+        fig = _rho_bars(report, BAL_TARGET)
+        mlflow.log_figure(fig, "rho_by_metric_balanced.png")
+        plt.close(fig)
     ranked = pd.DataFrame([
         {"rank": i + 1, "metric": c["metric"], "rho": c["rho"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
-         "p_value": c["p_value"], "rho_id": report.rho(c["metric"], ID_TARGET), "n": c["n"]}
+         "p_value": c["p_value"], "rho_id": report.rho(c["metric"], ID_TARGET),
+         "rho_bal": report._get(c["metric"], BAL_TARGET).get("rho", math.nan),
+         "rho_bal_ci_low": report._get(c["metric"], BAL_TARGET).get("ci_low", math.nan),
+         "rho_bal_ci_high": report._get(c["metric"], BAL_TARGET).get("ci_high", math.nan), "n": c["n"]}
         for i, c in enumerate(report.ranked())
     ])  # fmt: skip
     mlflow.log_table(ranked, artifact_file="ranked_metrics.json")
@@ -616,10 +660,12 @@ def study_stage(
                 rep = train_stage(store, settings, kind, ids, subset_id=plan.subset_id, study_id=sid, track=False,
                                   pairs=subset_pairs(pool.pairs, ids) if kind == "probe" else None)
                 stud = load_student(rep.path, settings)
-                accs = {}
+                accs, bal = {}, {}
                 for b in benches:
                     res = evaluate_student(stud, b, settings, embed=embed if kind == "probe" else None)
                     accs[b.name] = res.accuracy
+                    if b.task == "nli":
+                        bal[b.name] = res.balanced_accuracy
                     eval_rows.append({
                         "run_id": rep.student_id, "benchmark": b.name, "model": rep.path, "split": b.split,
                         "accuracy": res.accuracy, "n": res.n, "student_kind": kind, "task": b.task,
@@ -629,10 +675,14 @@ def study_stage(
                         "lineage": json.dumps({**rep.lineage, "benchmark_sha": res.fingerprint}, default=str),
                     })  # fmt: skip
                 ood_mean = float(np.mean([accs[b.name] for b in ood]))
+                balanced = {}
+                if len(bal) == len(benches):  # NLI benchmarks only
+                    balanced = {**{bench_bal_key(n): a for n, a in bal.items()}, ID_BAL: bal[idb.name],
+                                BAL_TARGET: float(np.mean([bal[b.name] for b in ood]))}
                 row = {"subset_id": plan.subset_id, "strategy": plan.strategy, "n_clusters": plan.n_clusters,
                        "clusters": plan.clusters, "size": len(ids), "student_id": rep.student_id, **design,
                        **metrics, **{bench_key(n): a for n, a in accs.items()}, ID_TARGET: accs[idb.name],
-                       TARGET: ood_mean, "train_accuracy": rep.metrics.get("train_accuracy", math.nan)}
+                       TARGET: ood_mean, "train_accuracy": rep.metrics.get("train_accuracy", math.nan), **balanced}
                 report.subsets.append(row)
                 if child is not None:
                     import mlflow
@@ -640,14 +690,16 @@ def study_stage(
                     mlflow.set_tag("student_id", rep.student_id)
                     mlflow.log_dict({"subset_id": plan.subset_id, "sample_ids": ids}, "subset_ids.json")
                     vals = {**metrics, **design, **{_metric_key(bench_key(n)): a for n, a in accs.items()},
-                            ID_TARGET: accs[idb.name], TARGET: ood_mean}
+                            ID_TARGET: accs[idb.name], TARGET: ood_mean,
+                            **{_metric_key(kk): v for kk, v in balanced.items()}}
                     mlflow.log_metrics({_metric_key(kk): float(v) for kk, v in vals.items() if np.isfinite(v)})
             if progress is not None:
                 progress(i + 1, len(plans))
             log.info("subset %s (%d/%d): g_vendi %.2f, ood %.4f, id %.4f", plan.subset_id, i + 1, len(plans),
                      metrics["g_vendi"], ood_mean, accs[idb.name])
         seconds["train_and_eval"] = time.perf_counter() - t3
-        for target in (TARGET, ID_TARGET):
+        targets = [TARGET, ID_TARGET] + ([BAL_TARGET] if all(BAL_TARGET in s for s in report.subsets) else [])
+        for target in targets:
             y = [s[target] for s in report.subsets]
             for m in report.metrics:
                 rho, lo, hi, p = spearman_ci([s[m] for s in report.subsets], y, cfg.bootstrap, cfg.ci, cfg.seed)
@@ -678,13 +730,15 @@ def _write_tables(store: TableStore, report: StudyReport, eval_rows: list[dict])
         for m in report.metrics:
             rows.append({**base, "subset_id": s["subset_id"], "metric": m, "value": s[m], "kind": "diversity",
                          "n": s["size"]})
-        for key in [bench_key(b) for b in report.benchmarks] + [ID_TARGET, TARGET, "train_accuracy"]:
+        keys = [bench_key(b) for b in report.benchmarks] + [ID_TARGET, TARGET, "train_accuracy"]
+        keys += [k for k in [bench_bal_key(b) for b in report.benchmarks] + [ID_BAL, BAL_TARGET] if k in s]
+        for key in keys:
             rows.append({**base, "subset_id": s["subset_id"], "metric": key, "value": s[key], "kind": "accuracy",
                          "n": s["size"]})
     detail = json.dumps({"student": report.student, "pool_size": report.pool_size, "metrics": report.metrics,
                          "benchmarks": report.benchmarks, "dropped": report.dropped, "seconds": report.seconds})
     for c in report.correlations:
-        prefix = "rho" if c["target"] == TARGET else "rho_id"
+        prefix = PREFIX[c["target"]]
         rows.append({**base, "subset_id": ALL_SUBSETS, "metric": f"{prefix}.{c['metric']}", "value": c["rho"],
                      "kind": "correlation", "n": c["n"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
                      "p_value": c["p_value"], "detail": detail})
