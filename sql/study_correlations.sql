@@ -17,6 +17,12 @@ pairs AS (
   JOIN ood o ON o.study_id = m.study_id AND o.subset_id = m.subset_id
   WHERE m.metric NOT LIKE '%accuracy' AND m.value IS NOT NULL AND o.ood_accuracy IS NOT NULL
 ),
+varied AS (  -- a constant column (a design value such as the subset size) has no correlation: leave it out
+  SELECT study_id, metric
+  FROM pairs
+  GROUP BY study_id, metric
+  HAVING min(value) < max(value) AND min(ood_accuracy) < max(ood_accuracy)
+),
 ranked AS (
   SELECT
     study_id,
@@ -27,7 +33,7 @@ ranked AS (
       + (count(*) OVER (PARTITION BY study_id, metric, value) - 1) / 2.0 AS value_rank,
     rank() OVER (PARTITION BY study_id, metric ORDER BY ood_accuracy)
       + (count(*) OVER (PARTITION BY study_id, metric, ood_accuracy) - 1) / 2.0 AS ood_rank
-  FROM pairs
+  FROM pairs JOIN varied USING (study_id, metric)
 )
 SELECT
   study_id,
