@@ -362,11 +362,16 @@ def make_embed_fn(
     device: str = "auto",
     batch_size: int = 64,
     max_tokens: int | None = None,
+    slots: int | None = None,
 ) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """A ``mapInPandas`` function: ``sample_id, prompt, completion`` batches → rows of :data:`EMBED_SCHEMA`
-    (``gradients`` rows under ``spec_id``, loss null). The encoder loads once per Python worker."""
+    (``gradients`` rows under ``spec_id``, loss null). The encoder loads once per Python worker; ``slots`` as in
+    :func:`prismatic.gradients.udf.make_score_fn`."""
 
     def run(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from prismatic.gradients.udf import limit_cpu_threads
+
+        limit_cpu_threads(slots)
         for pdf in batches:
             if len(pdf):
                 vecs, n_tok, trunc = embed_samples(

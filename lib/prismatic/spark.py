@@ -57,6 +57,35 @@ def get_spark(cfg: SparkConfig | None = None):
     return spark
 
 
+def task_slots(spark) -> int:
+    """How many tasks one executor (the local JVM in local mode) runs at once: each is one Python worker.
+
+    ``spark.executor.cores / spark.task.cpus`` on a cluster; the local master's thread count (``local[4]``;
+    ``local[*]`` = the default parallelism) in local mode.
+    """
+    conf = spark.sparkContext.getConf()
+    task_cpus = max(1, int(conf.get("spark.task.cpus", "1")))
+    master = spark.sparkContext.master or ""
+    if master.startswith("local"):
+        inside = master[master.find("[") + 1 : master.find("]")] if "[" in master else "1"
+        cores = int(inside.split(",")[0]) if inside.split(",")[0].isdigit() else spark.sparkContext.defaultParallelism
+    else:
+        cores = int(conf.get("spark.executor.cores", "0") or 0) or (os.cpu_count() or 1)
+    return max(1, cores // task_cpus)
+
+
+def worker_cpu_threads(slots: int) -> int:
+    """Intra-op threads for torch in one of ``slots`` Python workers sharing this machine's cores.
+
+    Each concurrent task's worker would otherwise start one OpenMP thread per core, oversubscribing the
+    cores ``slots`` times over. ``PRISM_TORCH_THREADS`` overrides.
+    """
+    env = os.environ.get("PRISM_TORCH_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return max(1, (os.cpu_count() or 1) // max(1, slots))
+
+
 def session_has_delta(spark) -> bool:
     """True when the session can read and write ``format('delta')`` natively (Databricks, delta-spark jars)."""
     if on_databricks():

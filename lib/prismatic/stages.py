@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from prismatic.config import Settings
 from prismatic.errors import ConservationError, PrismError
+from prismatic.spark import task_slots
 from prismatic.tables import TableStore
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,7 @@ def embed_stage(
     report = EmbedReport(spec.spec_id, todo=sum(counts.values()))
     report.skipped = total - report.todo
     fn = make_embed_fn(spec.spec_id, dcfg.embedding_model, dcfg.embedding_device, dcfg.embedding_batch_size,
-                       dcfg.embedding_max_tokens)
+                       dcfg.embedding_max_tokens, slots=task_slots(spark))
     parallelism = max(1, spark.sparkContext.defaultParallelism)
     stage_root = settings.root / "_staging" / f"embed-{uuid.uuid4().hex}"
     try:
@@ -241,7 +242,7 @@ def score_stage(
     counts = {r["bucket"]: r["n"] for r in todo.groupBy("bucket").agg(F.count("*").alias("n")).collect()}
     report = ScoreReport(spec.spec_id, todo=sum(counts.values()))
     report.skipped = total - report.todo if limit is None else 0
-    fn = make_score_fn(settings.scoring)
+    fn = make_score_fn(settings.scoring, slots=task_slots(spark))
     parallelism = max(1, spark.sparkContext.defaultParallelism)
     stage_root = settings.root / "_staging" / f"score-{uuid.uuid4().hex}"
     try:

@@ -137,10 +137,44 @@ def test_score_fn_in_spark_map_in_pandas(spark, cfg):
     pdf = pd.DataFrame({"sample_id": ["a", "b", "c"], "prompt": [p for p, _ in PAIRS[:3]],
                         "completion": [c for _, c in PAIRS[:3]], "task": ["math"] * 3})  # fmt: skip
     df = spark.createDataFrame(pdf).repartition(2)
-    rows = {r["sample_id"]: r for r in df.mapInPandas(udf.make_score_fn(cfg), udf.SCORE_SCHEMA).collect()}
+    fn = udf.make_score_fn(cfg, slots=2)
+    rows = {r["sample_id"]: r for r in df.mapInPandas(fn, udf.SCORE_SCHEMA).collect()}
     assert sorted(rows) == ["a", "b", "c"]
     direct = Scorer.from_config(cfg).score(PAIRS[:3])
     for sid, r in zip("abc", direct, strict=True):
         assert rows[sid]["error"] is None and rows[sid]["spec_id"] == udf.spec_for(cfg).spec_id
         assert np.allclose(np.array(rows[sid]["vector"], dtype=np.float32), r.vector, atol=3e-6)
         assert rows[sid]["n_tokens"] == r.n_tokens and rows[sid]["truncated"] is False
+
+
+def test_cpu_threads_are_shared_among_concurrent_workers(monkeypatch):
+    import torch
+
+    from prismatic.spark import worker_cpu_threads
+
+    monkeypatch.delenv("PRISM_TORCH_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    assert [worker_cpu_threads(s) for s in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    monkeypatch.setenv("PRISM_TORCH_THREADS", "3")
+    assert worker_cpu_threads(8) == 3
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        udf.limit_cpu_threads(4)
+        assert torch.get_num_threads() == 3
+        monkeypatch.delenv("PRISM_TORCH_THREADS")
+        udf.limit_cpu_threads(4)
+        assert torch.get_num_threads() == 2
+        udf.limit_cpu_threads(None)  # no slot count: left as it is
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.spark
+def test_task_slots_of_the_local_session(spark):
+    from prismatic.spark import task_slots
+
+    master = spark.sparkContext.master
+    want = spark.sparkContext.defaultParallelism if master == "local[*]" else int(master[6:-1].split(",")[0])
+    assert task_slots(spark) == want >= 1

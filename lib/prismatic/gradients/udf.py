@@ -78,15 +78,34 @@ def score_frame(scorer, pdf: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def make_score_fn(scoring_cfg: ScoringConfig | dict) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
+def limit_cpu_threads(slots: int | None) -> None:
+    """On a CPU-only worker, give torch its share of the cores when ``slots`` workers run side by side."""
+    if not slots:
+        return
+    import torch
+
+    from prismatic.spark import worker_cpu_threads
+
+    if not torch.cuda.is_available():
+        n = worker_cpu_threads(slots)
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
+def make_score_fn(
+    scoring_cfg: ScoringConfig | dict, slots: int | None = None
+) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
     """A ``mapInPandas`` function scoring batches under ``scoring_cfg`` (validated now, on the driver).
 
     The returned function only closes over a plain dict, so it pickles small; the model is loaded in each
     Python worker the first time it runs there and reused for every later batch and task in that worker.
+    ``slots``: how many such workers share one machine's cores (:func:`prismatic.spark.task_slots`); on CPU each
+    then runs ``cores // slots`` torch threads instead of one per core.
     """
     cfg_dict = _as_config(scoring_cfg).model_dump(mode="json")
 
     def score_batches(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        limit_cpu_threads(slots)
         scorer = get_scorer(cfg_dict)
         for pdf in batches:
             yield score_frame(scorer, pdf)
