@@ -70,6 +70,9 @@ def prism(args: list[str], env: dict) -> tuple[float, str]:
     return secs, done.stdout
 
 
+CONSERVATION = r"rows read (\d+) = new samples (\d+) \+ duplicates (\d+) \+ quarantined (\d+)"
+
+
 def numbers(pattern: str, text: str) -> tuple[int, ...]:
     m = re.search(pattern, text.replace(",", ""))
     if not m:
@@ -96,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="prism-scale-"))
     root = Path(args.keep) if args.keep else tmp / "lake"
-    env = dict(os.environ, COLUMNS="250", PRISM_DATA_ROOT=str(root), SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
+    env = dict(
+        os.environ, COLUMNS="250", PRISM_DATA_ROOT=str(root), SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable
+    )
     common = ["--set", f"spark.driver_memory={args.driver_memory}"]
     try:
         t0 = time.perf_counter()
@@ -111,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         for task, n in counts.items():
             secs, out = prism(common + ["ingest", str(tmp / "in" / task), "--source", f"scale_{task}",
                                         "--task", "generic"], env)
-            read, new, dup, q = numbers(r"rows read (\d+) = new samples (\d+) \+ duplicates (\d+) \+ quarantined (\d+)",
-                                        out)
+            read, new, dup, q = numbers(CONSERVATION, out)
             assert read == n and read == new + dup + q, (task, n, read, new, dup, q)
-            total_read, total_new, total_dup, total_q = total_read + read, total_new + new, total_dup + dup, total_q + q
+            total_read, total_new = total_read + read, total_new + new
+            total_dup, total_q = total_dup + dup, total_q + q
             timings.append((f"ingest {task}", secs, f"{read:,} read = {new:,} new + {dup:,} dup + {q:,} quarantined"))
         secs, out = prism(common + ["dedup"], env)
         samples, pool, dups = numbers(r"samples (\d+) = pool (\d+) \+ duplicates (\d+)", out)
@@ -130,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         for task, n in counts.items():
             secs, out = prism(common + ["ingest", str(tmp / "in" / task), "--source", f"scale_{task}",
                                         "--task", "generic"], env)
-            read, new, dup, q = numbers(r"rows read (\d+) = new samples (\d+) \+ duplicates (\d+) \+ quarantined (\d+)",
-                                        out)
+            read, new, dup, q = numbers(CONSERVATION, out)
             assert new == 0 and read == n, (task, read, new)
             timings.append((f"re-ingest {task}", secs, f"{new} new rows (idempotent)"))
         say(f"{'command':<30}{'seconds':>9}  result")

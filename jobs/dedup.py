@@ -4,7 +4,6 @@ Parameters: the base ones (see _common.py).
 """
 
 from _common import main, parser, settings_from, store_for
-
 from prismatic.stages import dedup_stage
 
 

@@ -8,7 +8,6 @@ Parameters: the base ones (see _common.py) plus
 """
 
 from _common import main, parser, settings_from, store_for
-
 from prismatic.ingest import ingest
 
 

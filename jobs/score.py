@@ -6,7 +6,6 @@ Parameters: the base ones (see _common.py) plus
 """
 
 from _common import main, parser, settings_from, store_for
-
 from prismatic.stages import score_stage
 
 

@@ -30,7 +30,9 @@ STATE: dict[str, Any] = {"debug": False, "config": None, "overrides": []}
 
 @app.callback()
 def _main(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML config (default conf/default.yaml)")] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="YAML config (default conf/default.yaml)")
+    ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set dedup.threshold=0.9")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks and debug logs")] = False,
 ) -> None:
@@ -120,8 +122,12 @@ def dedup() -> None:
 
 @app.command()
 def score(
-    where: Annotated[str | None, typer.Option("--where", help="SQL filter on the pool, e.g. \"source = 'snli'\"")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="score at most N samples (smallest sample_id first)")] = None,
+    where: Annotated[
+        str | None, typer.Option("--where", help="SQL filter on the pool, e.g. \"source = 'snli'\"")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="score at most N samples (smallest sample_id first)")
+    ] = None,
 ) -> None:
     """Projected per-sample gradients of the pool under the scoring spec -> `gradients`."""
     from prismatic.stages import score_stage
@@ -135,9 +141,13 @@ def score(
 
 @app.command()
 def diversity(
-    group_by: Annotated[str | None, typer.Option("--group-by", help="comma list of source, task, round, origin, cluster")] = None,
+    group_by: Annotated[
+        str | None, typer.Option("--group-by", help="comma list of source, task, round, origin, cluster")
+    ] = None,
     exact: Annotated[bool, typer.Option("--exact", help="also the exact (d = inf) G-Vendi; small pools only")] = False,
-    baselines: Annotated[bool, typer.Option("--baselines/--no-baselines", help="embedding Vendi, n-gram entropy, distinct-n")] = True,
+    baselines: Annotated[
+        bool, typer.Option("--baselines/--no-baselines", help="embedding Vendi, n-gram entropy, distinct-n")
+    ] = True,
 ) -> None:
     """G-Vendi of the scored pool (overall and per group) plus baselines -> `diversity`."""
     from prismatic.stages import diversity_stage
@@ -153,7 +163,11 @@ def diversity(
 def cluster(
     round: Annotated[int | None, typer.Option("--round", help="round to cluster for (default: the next one)")] = None,
 ) -> None:
-    """Spherical k-means of the pool's gradients -> `clusters`, `assignments`; marks the sparse clusters."""
+    """Spherical k-means of the pool -> `clusters`, `assignments`; marks the sparse clusters.
+
+    Clusters gradients (the scoring spec) by default, or MiniLM embeddings with
+    `--set cluster.feature_space=embedding` (the missing embeddings are computed first).
+    """
     from prismatic.stages import cluster_stage
 
     s = settings()
@@ -167,7 +181,9 @@ def cluster(
 def synthesize(
     rounds: Annotated[int | None, typer.Option("--rounds", help="rounds to have done (default synth.rounds)")] = None,
     target_pool_size: Annotated[int | None, typer.Option("--target-pool-size", help="stop at this pool size")] = None,
-    token_budget: Annotated[int | None, typer.Option("--token-budget", help="stop after this many generated tokens")] = None,
+    token_budget: Annotated[
+        int | None, typer.Option("--token-budget", help="stop after this many generated tokens")
+    ] = None,
 ) -> None:
     """Prismatic Synthesis rounds: cluster, generate, verify, keep sparse-cluster samples, merge; resumable."""
     from prismatic.synth.loop import synthesize as run_synth
@@ -197,7 +213,9 @@ def train(
 @app.command("eval")
 def eval_(
     model: Annotated[str | None, typer.Option("--model", help="student folder (default: the latest trained)")] = None,
-    benchmark: Annotated[list[str] | None, typer.Option("--benchmark", "-b", help="built-in name or JSONL file")] = None,
+    benchmark: Annotated[
+        list[str] | None, typer.Option("--benchmark", "-b", help="built-in name or JSONL file")
+    ] = None,
 ) -> None:
     """Accuracy of a student on benchmark files or built-in benchmarks -> `eval_results`."""
     from prismatic.train import eval_stage

@@ -392,7 +392,8 @@ def ingest_file(
                 if on_rows is not None and rep.rows_read % 10_000 == 0:
                     on_rows(10_000)
         except _read_errors() as e:
-            raise InputError(f"cannot read {path} ({fmt}) after {rep.rows_read} rows: {e}; nothing of it was written")
+            msg = f"cannot read {path} ({fmt}) after {rep.rows_read} rows: {e}; nothing of it was written"
+            raise InputError(msg) from e
         staged = stager.close()
         if on_rows is not None:
             on_rows(rep.rows_read % 10_000)

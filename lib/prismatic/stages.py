@@ -349,7 +349,7 @@ def diversity_stage(
     return out[["scope", "group_key", "metric", "value", "n", "spec_id"]]
 
 
-def exact_diversity(df, settings: Settings, spec) -> "pd.DataFrame":  # noqa: F821
+def exact_diversity(df, settings: Settings, spec) -> pd.DataFrame:  # noqa: F821
     """Exact G-Vendi (d = ∞: the N × N kernel of full per-sample gradients) for calibrating on small sets."""
     import pandas as pd
 

@@ -31,8 +31,10 @@ def tiny_model(tmp_path_factory):
 
 
 def seed_pool(tmp_path, n=40):
-    rows = [{"prompt": f"What is {a} plus {a + 3}?", "completion": f"{a} + {a + 3} = {2 * a + 3}. \\boxed{{{2 * a + 3}}}"}
-            for a in range(1, n + 1)]
+    rows = [
+        {"prompt": f"What is {a} plus {a + 3}?", "completion": f"{a} + {a + 3} = {2 * a + 3}. \\boxed{{{2 * a + 3}}}"}
+        for a in range(1, n + 1)
+    ]
     return write_jsonl(tmp_path / "seed.jsonl", rows)
 
 
