@@ -77,7 +77,9 @@ def _progress() -> Progress:
 
 @app.command()
 def ingest(
-    paths: Annotated[list[str], typer.Argument(help="files, folders or globs (.jsonl, .jsonl.gz, .parquet, .csv)")],
+    paths: Annotated[
+        list[str], typer.Argument(help="files, folders, globs (.jsonl, .jsonl.gz, .parquet, .csv) or asset:NAME/FILE")
+    ],
     source: Annotated[str, typer.Option("--source", "-s", help="name of this data source")],
     task: Annotated[str, typer.Option("--task", "-t", help="math | nli | generic")] = "generic",
     limit: Annotated[int | None, typer.Option("--limit", help="read at most N rows of each file")] = None,
@@ -85,8 +87,10 @@ def ingest(
     """Read candidate samples into candidates_bronze, samples and quarantine."""
     from prismatic.ingest import ingest as run_ingest
     from prismatic.ingest import resolve_inputs
+    from prismatic.pipeline import resolve_input_path
 
     s = settings()
+    paths = [resolve_input_path(p) if p.startswith("asset:") else p for p in paths]  # asset:NAME/FILE
     files = resolve_inputs(paths)  # fail on a bad path before Spark starts
     st = store()
     with _progress() as prog:

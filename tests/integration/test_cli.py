@@ -48,3 +48,16 @@ def test_errors_are_one_line_with_hint(root, tmp_path, capsys):
     assert prism(root, "sql", "SELEC 1") == 2
     assert "SQL failed" in capsys.readouterr().err
     assert prism(root, "ingest", str(tmp_path), "--source", "bad name!") == 2
+
+
+def test_ingest_reads_an_asset_path(root, tmp_path, monkeypatch, capsys):
+    assets = tmp_path / "assets"
+    data = assets / "snli" / "data"
+    rows = [{"sentence1": "A dog runs.", "sentence2": "An animal moves.", "gold_label": "entailment"},
+            {"sentence1": "A man sleeps.", "sentence2": "A man runs.", "gold_label": "contradiction"}]  # fmt: skip
+    data.mkdir(parents=True)
+    write_jsonl(data / "tiny.jsonl", rows)
+    (assets / "snli" / ".complete").write_text("test\n")  # as `prism assets fetch` leaves a verified asset
+    monkeypatch.setenv("PRISM_ASSETS", str(assets))
+    assert prism(root, "ingest", "asset:snli/tiny.jsonl", "--source", "snli", "--task", "nli") == 0
+    assert "conservation ok: rows read 2 = new samples 2 + duplicates 0 + quarantined 0" in capsys.readouterr().out
