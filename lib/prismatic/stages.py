@@ -175,14 +175,15 @@ def embed_stage(
     counts = {r["bucket"]: r["n"] for r in todo.groupBy("bucket").agg(F.count("*").alias("n")).collect()}
     report = EmbedReport(spec.spec_id, todo=sum(counts.values()))
     report.skipped = total - report.todo
-    fn = make_embed_fn(spec.spec_id, dcfg.embedding_model, dcfg.embedding_device, dcfg.embedding_batch_size,
-                       dcfg.embedding_max_tokens, slots=task_slots(spark))
-    parallelism = max(1, spark.sparkContext.defaultParallelism)
+    parallelism, slots = max(1, spark.sparkContext.defaultParallelism), task_slots(spark)
     stage_root = settings.root / "_staging" / f"embed-{uuid.uuid4().hex}"
     try:
         for chunk in _chunks_by_bucket(counts, rows_per_chunk):
             n = sum(counts[b] for b in chunk)
             parts = max(1, min(parallelism, n // max(1, dcfg.embedding_batch_size)))
+            # fewer tasks than slots (a small chunk): each worker may use more of the cores
+            fn = make_embed_fn(spec.spec_id, dcfg.embedding_model, dcfg.embedding_device, dcfg.embedding_batch_size,
+                               dcfg.embedding_max_tokens, slots=min(slots, parts))
             out_dir = stage_root / f"chunk-{chunk[0]}"
             (todo.where(F.col("bucket").isin(chunk)).drop("bucket").repartition(parts, "sample_id")
              .sortWithinPartitions("sample_id").mapInPandas(fn, EMBED_SCHEMA)
@@ -242,14 +243,15 @@ def score_stage(
     counts = {r["bucket"]: r["n"] for r in todo.groupBy("bucket").agg(F.count("*").alias("n")).collect()}
     report = ScoreReport(spec.spec_id, todo=sum(counts.values()))
     report.skipped = total - report.todo if limit is None else 0
-    fn = make_score_fn(settings.scoring, slots=task_slots(spark))
-    parallelism = max(1, spark.sparkContext.defaultParallelism)
+    parallelism, slots = max(1, spark.sparkContext.defaultParallelism), task_slots(spark)
     stage_root = settings.root / "_staging" / f"score-{uuid.uuid4().hex}"
     try:
         for chunk in _chunks_by_bucket(counts, rows_per_chunk):
             part = todo.where(F.col("bucket").isin(chunk))
             n = sum(counts[b] for b in chunk)
             parts = max(1, min(parallelism, n // max(1, settings.scoring.batch_size)))
+            # fewer tasks than slots (a small chunk): each worker may use more of the cores
+            fn = make_score_fn(settings.scoring, slots=min(slots, parts))
             out_dir = stage_root / f"chunk-{chunk[0]}"
             part.repartition(parts, "sample_id").sortWithinPartitions("sample_id").mapInPandas(
                 fn, SCORE_SCHEMA
