@@ -16,16 +16,17 @@ driver, both from the same :func:`feature_text`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from prismatic.spec_base import HashedSpec
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ def feature_text(prompt: str | None, completion: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class EmbeddingSpec:
+class EmbeddingSpec(HashedSpec):
     """Identity of a sentence-embedding vector space, stored in ``projection_specs`` next to the projection specs.
 
     Embedding vectors live in ``gradients`` under this spec's ``spec_id`` (loss null), so clustering, the
@@ -272,39 +273,6 @@ class EmbeddingSpec:
         for name in ("d", "max_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
-
-    def canonical_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-    @property
-    def spec_id(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
-
-    def to_row(self) -> dict:
-        """One row of ``projection_specs`` (less ``created_at``); ``seed`` is null (an encoder has none)."""
-        return {
-            "spec_id": self.spec_id,
-            "spec_json": self.canonical_json(),
-            "model_id": self.model_id,
-            "weights_sha256": self.weights_sha256,
-            "kind": self.kind,
-            "d": self.d,
-            "seed": None,
-        }
-
-    @classmethod
-    def from_row(cls, row: dict) -> EmbeddingSpec:
-        """Rebuild a spec from a ``projection_specs`` row of kind ``embedding`` and check its ``spec_id``."""
-        from prismatic.errors import SpecMismatchError
-
-        data = json.loads(row["spec_json"])
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"spec_json has unknown fields {sorted(unknown)}")
-        spec = cls(**data)
-        if "spec_id" in row and row["spec_id"] != spec.spec_id:
-            raise SpecMismatchError(f"row spec_id {row['spec_id']} does not match its fields (hash {spec.spec_id})")
-        return spec
 
 
 def _local_model_dir(model: str) -> Path:

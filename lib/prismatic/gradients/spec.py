@@ -8,14 +8,13 @@ canonical JSON (sorted keys, no whitespace); every row of ``gradients`` carries 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from prismatic.config import ScoringConfig
 from prismatic.errors import SpecMismatchError
 from prismatic.gradients.projectors import CHUNK_ROWS, GENERATOR, MICRO_BATCH
+from prismatic.spec_base import HashedSpec
 
 SPEC_VERSION = 1
 LOSS_DEFINITION = "mean NLL over completion tokens (prompt and padding labelled -100), per sample"
@@ -37,7 +36,7 @@ def projector_id(kind: str, block: int, embed_block: int) -> str:
 
 
 @dataclass(frozen=True)
-class ProjectionSpec:
+class ProjectionSpec(HashedSpec):
     """Identity of a gradient vector space.
 
     Attributes:
@@ -101,37 +100,6 @@ class ProjectionSpec:
             truncation_side=cfg.truncation_side,
             chat_template=cfg.chat_template,
         )
-
-    def canonical_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-    @property
-    def spec_id(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()[:16]
-
-    def to_row(self) -> dict:
-        """One row of ``projection_specs`` (less ``created_at``): the hashed JSON holds every field."""
-        return {
-            "spec_id": self.spec_id,
-            "spec_json": self.canonical_json(),
-            "model_id": self.model_id,
-            "weights_sha256": self.weights_sha256,
-            "kind": self.kind,
-            "d": self.d,
-            "seed": self.seed,
-        }
-
-    @classmethod
-    def from_row(cls, row: dict) -> ProjectionSpec:
-        """Rebuild a spec from a ``projection_specs`` row (its ``spec_json``) and check its ``spec_id``."""
-        data = json.loads(row["spec_json"])
-        unknown = set(data) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"spec_json has unknown fields {sorted(unknown)}")
-        spec = cls(**data)
-        if "spec_id" in row and row["spec_id"] != spec.spec_id:
-            raise SpecMismatchError(f"row spec_id {row['spec_id']} does not match its fields (hash {spec.spec_id})")
-        return spec
 
 
 def check_same_spec(spec_ids: Iterable[str | None]) -> str:
