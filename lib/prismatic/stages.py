@@ -143,6 +143,17 @@ class EmbedReport:
         return f"spec {self.spec_id}: {self.todo} to embed ({self.skipped} already done) -> {self.embedded} vectors"
 
 
+def _pool_where(store: TableStore, columns: list[str], where: str | None):
+    """``columns`` of the pool, filtered by a user's SQL ``where`` (``--where``); a bad filter is one PrismError."""
+    pool = store.pool().select(*columns)
+    if not where:
+        return pool
+    try:
+        return pool.where(where)
+    except Exception as e:  # noqa: BLE001 - a user's SQL filter
+        raise PrismError(f"--where {where!r} is not a valid filter on samples: {str(e).splitlines()[0]}") from None
+
+
 def embed_stage(
     store: TableStore,
     settings: Settings,
@@ -163,12 +174,7 @@ def embed_stage(
     spec = register_embedding_spec(store, settings)
     dcfg = settings.diversity
     spark = store.spark
-    pool = store.pool().select("sample_id", "prompt", "completion", "bucket")
-    if where:
-        try:
-            pool = pool.where(where)
-        except Exception as e:  # noqa: BLE001 - a user's SQL filter
-            raise PrismError(f"--where {where!r} is not a valid filter on samples: {str(e).splitlines()[0]}") from None
+    pool = _pool_where(store, ["sample_id", "prompt", "completion", "bucket"], where)
     total = pool.count()
     done = store.read("gradients").where(F.col("spec_id") == spec.spec_id).select("sample_id")
     todo = pool.join(done, "sample_id", "left_anti").localCheckpoint()
@@ -223,12 +229,7 @@ def score_stage(
 
     spec = register_spec(store, settings)
     spark = store.spark
-    pool = store.pool().select("sample_id", "prompt", "completion", "task", "bucket")
-    if where:
-        try:
-            pool = pool.where(where)
-        except Exception as e:  # noqa: BLE001 - a user's SQL filter
-            raise PrismError(f"--where {where!r} is not a valid filter on samples: {str(e).splitlines()[0]}") from None
+    pool = _pool_where(store, ["sample_id", "prompt", "completion", "task", "bucket"], where)
     total = pool.count()
     done = store.read("gradients").where(F.col("spec_id") == spec.spec_id).select("sample_id")
     failed = (

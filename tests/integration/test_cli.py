@@ -61,3 +61,18 @@ def test_ingest_reads_an_asset_path(root, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PRISM_ASSETS", str(assets))
     assert prism(root, "ingest", "asset:snli/tiny.jsonl", "--source", "snli", "--task", "nli") == 0
     assert "conservation ok: rows read 2 = new samples 2 + duplicates 0 + quarantined 0" in capsys.readouterr().out
+
+
+def test_a_bad_where_filter_is_one_clear_error(root, tmp_path, spark):
+    from prismatic.config import load_config
+    from prismatic.errors import PrismError
+    from prismatic.stages import _pool_where
+    from prismatic.tables import open_store
+
+    f = write_jsonl(tmp_path / "a.jsonl", good_rows(12))
+    assert prism(root, "ingest", str(f), "--source", "demo", "--task", "math") == 0
+    store = open_store(load_config(overrides=[f"data_root={root}"]), spark)
+    assert _pool_where(store, ["sample_id", "source"], "source = 'demo'").count() == 12
+    assert _pool_where(store, ["sample_id"], None).count() == 12
+    with pytest.raises(PrismError, match="--where 'no_such_col = 1' is not a valid filter on samples"):
+        _pool_where(store, ["sample_id"], "no_such_col = 1")
