@@ -41,6 +41,14 @@ def spark():
     session.stop()
 
 
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny randomly initialised llama checkpoint (safetensors + tokenizer) for loop / study / training tests."""
+    from prismatic.gradients.tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
+
+
 @pytest.fixture
 def fixtures_dir() -> Path:
     return FIXTURES

@@ -6,6 +6,8 @@ import random
 import re
 from pathlib import Path
 
+from helpers import write_jsonl
+
 from prismatic.synth.generators import FakeGenerator
 
 SOLVE_RE = re.compile(r"Problem: What is (\d+) plus (\d+)\?")
@@ -39,3 +41,12 @@ def tiny_overrides(root: Path, model_dir: Path) -> list[str]:
         "cluster.k_fraction=0.1", "cluster.iterations=5", "spark.master=local[1]", "spark.driver_memory=1g",
         "dedup.near=true",
     ]
+
+
+def seed_pool(tmp_path: Path, n: int = 40) -> Path:
+    """``n`` solved "What is a plus a+3?" problems as a JSONL seed file, in the scripted generator's style."""
+    rows = [
+        {"prompt": f"What is {a} plus {a + 3}?", "completion": f"{a} + {a + 3} = {2 * a + 3}. \\boxed{{{2 * a + 3}}}"}
+        for a in range(1, n + 1)
+    ]
+    return write_jsonl(tmp_path / "seed.jsonl", rows)

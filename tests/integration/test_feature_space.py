@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 from helpers import write_jsonl
-from synth_helpers import scripted_generator, tiny_overrides
+from synth_helpers import scripted_generator, seed_pool, tiny_overrides
 
 from prismatic.cluster import assign
 from prismatic.config import load_config
@@ -24,21 +24,6 @@ from prismatic.synth.loop import _gvendi, synthesize
 from prismatic.tables import open_store
 
 EMB = ["cluster.feature_space=embedding"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from prismatic.gradients.tiny import save_tiny
-
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
-
-
-def seed_pool(tmp_path, n=40):
-    rows = [
-        {"prompt": f"What is {a} plus {a + 3}?", "completion": f"{a} + {a + 3} = {2 * a + 3}. \\boxed{{{2 * a + 3}}}"}
-        for a in range(1, n + 1)
-    ]
-    return write_jsonl(tmp_path / "seed.jsonl", rows)
 
 
 def topics_pool(tmp_path):

@@ -38,13 +38,6 @@ def write_jsonl(path, rows):
     return path
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from prismatic.gradients.tiny import save_tiny
-
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
-
-
 @pytest.mark.timeout(1800)  # ~2 min on an idle 2-core machine; 13 min measured on a heavily shared one
 def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
     from prismatic.stages import score_stage

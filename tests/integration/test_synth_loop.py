@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-from helpers import snapshot, write_jsonl
-from synth_helpers import scripted_generator, tiny_overrides
+from helpers import snapshot
+from synth_helpers import scripted_generator, seed_pool, tiny_overrides
 
 from prismatic.config import load_config
 from prismatic.ingest import ingest
@@ -21,21 +21,6 @@ from prismatic.tables import open_store
 pytestmark = pytest.mark.spark
 REASONS = {"accepted", "no_consensus", "unparseable", "too_long", "dense_cluster", "duplicate", "contaminated",
            "generator_error", "score_failed"}
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from prismatic.gradients.tiny import save_tiny
-
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
-
-
-def seed_pool(tmp_path, n=40):
-    rows = [
-        {"prompt": f"What is {a} plus {a + 3}?", "completion": f"{a} + {a + 3} = {2 * a + 3}. \\boxed{{{2 * a + 3}}}"}
-        for a in range(1, n + 1)
-    ]
-    return write_jsonl(tmp_path / "seed.jsonl", rows)
 
 
 def test_two_rounds_tables_and_mlflow(tmp_path, spark, tiny_model):

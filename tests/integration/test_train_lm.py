@@ -14,13 +14,6 @@ MATH_ROWS = [{"prompt": f"what is {a} plus {b} ?", "completion": f"{a} plus {b} 
              for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (0, 7), (4, 4), (6, 3), (1, 1)]]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from prismatic.gradients.tiny import save_tiny
-
-    return save_tiny(tmp_path_factory.mktemp("tiny") / "model")
-
-
 def lm_settings(root, model, *extra):
     return load_config(overrides=[
         f"data_root={root}", "storage.engine=delta-rs", "train.student=lm", "train.task=math",
