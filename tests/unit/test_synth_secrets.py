@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import pickle
 
@@ -113,3 +114,28 @@ def test_logging_filter_masks_messages_args_and_tracebacks(caplog):
     assert KEY not in caplog.text
     assert caplog.text.count("***") >= 3
     assert install_redaction() is install_redaction()  # idempotent
+
+
+def test_json_formatted_logs_do_not_leak_the_exception_message():
+    import io
+
+    from pyspark.logger.logger import JSONFormatter
+
+    register_secret(KEY)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JSONFormatter())  # reads record.exc_info itself, not the redacted exc_text
+    handler.addFilter(RedactingFilter())
+    log = logging.getLogger("prismatic.test.secrets.json")
+    log.addHandler(handler)
+    try:
+        try:
+            raise RuntimeError(f"server said {KEY}")
+        except RuntimeError:
+            log.exception("failed")
+    finally:
+        log.removeHandler(handler)
+    entry = json.loads(stream.getvalue())
+    assert KEY not in stream.getvalue()
+    assert entry["exception"]["class"] == "RuntimeError" and entry["exception"]["msg"] == "server said ***"
+    assert entry["exception"]["stacktrace"], "the traceback frames are kept"

@@ -96,7 +96,17 @@ class RedactingFilter(logging.Filter):
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
             record.exc_text = redact(record.exc_text)
+        if record.exc_info and record.exc_info[1] is not None:
+            # structured formatters (JSON logs: PySpark's, Databricks') read the exception object, not exc_text
+            exc_type, exc, tb = record.exc_info
+            text = str(exc)
+            if redact(text) != text:
+                record.exc_info = (exc_type, _RedactedException(redact(text)), tb)
         return True
+
+
+class _RedactedException(Exception):
+    """Stands in for a logged exception whose message held a secret (its type and traceback are kept)."""
 
 
 _FILTER = RedactingFilter()
