@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
+	$(BIN)/prism assets fetch qwen-coder-0.5b
 	$(BIN)/prism run
 
 test: setup

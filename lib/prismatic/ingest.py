@@ -1,51 +1,84 @@
-"""Ingest: files (JSONL / JSONL.gz / Parquet / CSV; files, folders, globs) -> bronze, samples, quarantine.
+"""Ingest: files (JSON Lines, JSON, Parquet, CSV; gzip for the JSON kinds; files, folders, globs) -> bronze, samples,
+quarantine.
 
-Each file is parsed completely into a staging folder first; only a file that was read to its end is merged,
-so a file that cannot be read is one error and nothing of it is written. Merges are keyed (bronze on
-(source, file, line), samples on sample_id, quarantine on its key), so re-ingesting a file, or re-running
-after a crash, changes nothing. Conservation is checked per file:
-``rows read = new samples + duplicates (of the pool or within the file) + quarantined``.
+Two phases, so that **a run commits all of its files or none of them**:
+
+1. *Stage*: every input file is read to its end into its own staging folder. :mod:`prismatic.readers` turns each row
+   into a record or a per-row reason (bad bytes, depth, size, repeated keys, ...); :func:`validate_row` maps a record
+   to sample fields or a reason (missing or mistyped fields, NUL, lone surrogates, blank or invisible-only text, ...).
+   One bad row never costs another: it becomes a quarantine row with its own reason.
+2. *Commit*: only when every file was read to its end are they merged, consecutive files of up to
+   ``ingest.batch_rows`` rows in one MERGE per table (so a folder of a thousand small part files costs a few
+   commits, not thousands). A file that cannot be read at all
+   (truncated gzip, corrupt Parquet footer, a broken UTF-16 file) is named, with every other such file, in one
+   error, and nothing of the run is written. Merges are keyed (bronze on (source, file, line), samples on
+   sample_id, quarantine on its key), so re-ingesting, or re-running after a crash during the commit, changes
+   nothing.
+
+A file edited in place (same source and path, other bytes: its batch id is a hash of its content) is reported as
+changed; its rows in ``candidates_bronze`` and its ingest rows in ``quarantine`` are replaced by the new read (lines
+past the new end are removed); samples from the earlier version stay in the pool, which only grows.
+
+Conservation is checked per file: ``rows read = new samples + duplicates (of the pool, of an earlier file of the
+run, or within the file) + quarantined``; and for the run: the growth of ``samples`` = the rows the MERGE inserted
+= the files' new samples. Payloads are kept in ``candidates_bronze`` and ``quarantine`` up to ``ingest.payload_chars``
+characters; a longer one is cut and flagged (bronze ``payload_truncated``).
 """
 
 from __future__ import annotations
 
 import csv
-import glob
-import gzip
 import hashlib
 import json
 import logging
-import os
 import shutil
-import uuid
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from prismatic.assets import sha256_file
 from prismatic.config import ColumnMap, IngestConfig, NormalizeConfig, Settings
 from prismatic.errors import ConservationError, InputError
+from prismatic.normalize import has_visible_text
 from prismatic.normalize import sample_id as make_sample_id
+from prismatic.readers import (
+    FORMATS,
+    Bad,
+    RecordReader,
+    detect_format,
+    find_inputs,
+    has_surrogates,
+    inspect_json,
+    loads,
+)
 from prismatic.tables import TABLES, TableStore, conform
+from prismatic.upkeep import staging_dir
 
 log = logging.getLogger(__name__)
 
+__all__ = ["FORMATS", "TASKS", "Bad", "FileReport", "IngestReport", "detect_format", "ingest", "resolve_inputs",
+           "validate_row"]  # fmt: skip
+
 TASKS = ("math", "nli", "generic")
-FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
 # sample_id normalization is fixed (not the dedup settings) so that ids stay stable when dedup is re-tuned
 SAMPLE_ID_NORMALIZATION = NormalizeConfig(nfkc=True, lowercase=False, collapse_whitespace=True)
 CHAT_ROLES = {"system", "user", "assistant"}
 STAGING_ROWS = 50_000
+ROW_CALLBACK_EVERY = 10_000
 
 
 @dataclass
 class FileReport:
+    """One file's counts (``rows_read = new_samples + duplicates + quarantined``) and how it was read."""
+
     file: str
     format: str
     rows_read: int = 0
@@ -53,6 +86,12 @@ class FileReport:
     duplicates: int = 0
     quarantined: int = 0
     reasons: Counter = field(default_factory=Counter)
+    encoding: str = "utf-8"
+    layout: str = ""
+    blank_lines: int = 0
+    payloads_cut: int = 0
+    changed: bool = False
+    stale_rows: int = 0
 
     def check(self) -> None:
         if self.rows_read != self.new_samples + self.duplicates + self.quarantined:
@@ -61,12 +100,36 @@ class FileReport:
                 f" + quarantined {self.quarantined}"
             )
 
+    def notes(self) -> list[str]:
+        """Lines for the user about this file beyond its counts (empty, decoded, changed, payloads cut)."""
+        name, out = Path(self.file).name, []
+        if self.rows_read == 0:
+            blanks = f" ({self.blank_lines} blank lines)" if self.blank_lines else ""
+            out.append(f"{name}: empty, no rows{blanks}")
+        if self.encoding != "utf-8":
+            out.append(f"{name}: decoded from {self.encoding}")
+        if self.layout and self.layout != self.format:
+            out.append(f"{name}: read as {self.layout}")
+        if self.payloads_cut:
+            out.append(
+                f"{name}: {self.payloads_cut} payloads longer than ingest.payload_chars were cut in"
+                " candidates_bronze (payload_truncated = true)"
+            )
+        if self.changed:
+            out.append(
+                f"{name}: changed since it was last ingested; its candidates_bronze and quarantine rows were"
+                f" replaced ({self.stale_rows} lines past its new end removed); samples of the earlier version"
+                " stay in the pool"
+            )
+        return out
+
 
 @dataclass
 class IngestReport:
     source: str
     task: str
     files: list[FileReport] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): files in folders / globs not read
 
     def total(self, attr: str) -> int:
         return sum(getattr(f, attr) for f in self.files)
@@ -84,144 +147,44 @@ class IngestReport:
             f" + duplicates {self.total('duplicates')} + quarantined {self.total('quarantined')}"
         )
 
-
-class Bad(Exception):
-    """A row that cannot become a sample: reason code + detail."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-
-
-def detect_format(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-        if suffixes and FORMATS.get(suffixes[-1]) == "jsonl":
-            return "jsonl.gz"
-        raise InputError(f"{path}: only .jsonl.gz is supported among gzip files")
-    fmt = FORMATS.get(suffixes[-1]) if suffixes else None
-    if fmt is None:
-        raise InputError(f"{path}: unknown file type; expected one of .jsonl, .jsonl.gz, .parquet, .csv")
-    return fmt
+    def notes(self) -> list[str]:
+        """Everything the user should see besides the counts: skipped files, then each file's notes."""
+        out = []
+        hidden = [p for p, why in self.skipped if why.startswith("hidden")]
+        if hidden:
+            out.append(f"skipped {len(hidden)} hidden files (names starting with . or _)")
+        out += [f"skipped {p}: {why}" for p, why in self.skipped if not why.startswith("hidden")]
+        for f in self.files:
+            out += f.notes()
+        if self.files and self.total("rows_read") == 0:
+            out.append("no rows were read: every input is empty")
+        return out
 
 
 def resolve_inputs(paths: list[str]) -> list[tuple[Path, str]]:
-    """Expand files, folders (recursive) and globs into a sorted list of (file, format)."""
-    if not paths:
-        raise InputError("no input path given")
-    found: list[Path] = []
-    for p in paths:
-        if any(ch in p for ch in "*?["):
-            matches = sorted(Path(m) for m in glob.glob(p, recursive=True))
-            if not matches:
-                raise InputError(f"no file matches {p!r}")
-            found.extend(m for m in matches if m.is_file())
-        elif os.path.isdir(p):
-            inner = sorted(
-                q for q in Path(p).rglob("*") if q.is_file() and not q.name.startswith((".", "_")) and _known(q)
-            )
-            if not inner:
-                raise InputError(f"folder {p} holds no .jsonl, .jsonl.gz, .parquet or .csv file")
-            found.extend(inner)
-        elif os.path.isfile(p):
-            found.append(Path(p))
-        else:
-            raise InputError(f"no such file or folder: {p}")
-    seen: dict[Path, str] = {}
-    for f in found:
-        seen.setdefault(f.resolve(), detect_format(f))
-    return sorted(seen.items(), key=lambda kv: str(kv[0]))
+    """Expand files, folders (recursive) and globs into a sorted list of (file, format); see
+    :func:`prismatic.readers.find_inputs` (which also lists the files it skipped)."""
+    return find_inputs(paths).files
 
 
-def _known(p: Path) -> bool:
-    try:
-        detect_format(p)
-        return True
-    except InputError:
-        return False
+# ---- validation ----------------------------------------------------------------------------------------------
 
 
-# ---- raw records -----------------------------------------------------------------------------------------
-
-Record = tuple[int, str, Any, Bad | None]  # (line, payload text, parsed object, error)
-
-
-def _iter_jsonl(path: Path, gz: bool) -> Iterator[Record]:
-    opener = gzip.open if gz else open
-    with opener(path, "rb") as f:
-        for i, raw in enumerate(f, 1):
-            raw = raw.rstrip(b"\r\n")
-            if not raw.strip():
-                continue
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield i, raw.decode("utf-8", "backslashreplace"), None, Bad("not_utf8", str(e))
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield i, text, None, Bad("invalid_json", f"{e.msg} at column {e.colno}")
-                continue
-            if not isinstance(obj, dict):
-                yield i, text, None, Bad("wrong_type", f"row is a JSON {type(obj).__name__}, not an object")
-                continue
-            yield i, text, obj, None
+def _check_text(value: str, name: str) -> str:
+    if "\x00" in value:
+        raise Bad("nul_char", f"{name!r} holds a NUL character (U+0000)")
+    if has_surrogates(value):
+        raise Bad("lone_surrogate", f"{name!r} holds a lone surrogate (U+D800-U+DFFF), which is not a character")
+    return value
 
 
-def _iter_parquet(path: Path) -> Iterator[Record]:
-    pf = pq.ParquetFile(path)
-    i = 0
-    for batch in pf.iter_batches(batch_size=STAGING_ROWS):
-        for row in batch.to_pylist():
-            i += 1
-            yield i, json.dumps(row, ensure_ascii=False, default=str), row, None
-
-
-def _iter_csv(path: Path) -> Iterator[Record]:
-    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            return
-        for i, row in enumerate(reader, 1):
-            payload = json.dumps(row, ensure_ascii=False, default=str)
-            values = [v for v in row.values() if isinstance(v, str)]
-            if any(_has_surrogates(v) for v in values):
-                fixed = payload.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-                yield i, fixed, None, Bad("not_utf8", "field holds bytes that are not UTF-8")
-                continue
-            if None in row:
-                yield i, payload, None, Bad("bad_csv_row", f"{len(row[None])} more fields than the header")
-                continue
-            if any(v is None for v in row.values()):
-                yield i, payload, None, Bad("bad_csv_row", "fewer fields than the header")
-                continue
-            yield i, payload, row, None
-
-
-def _has_surrogates(s: str) -> bool:
-    try:
-        s.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
-
-
-def iter_records(path: Path, fmt: str) -> Iterator[Record]:
-    if fmt == "jsonl":
-        return _iter_jsonl(path, gz=False)
-    if fmt == "jsonl.gz":
-        return _iter_jsonl(path, gz=True)
-    if fmt == "parquet":
-        return _iter_parquet(path)
-    if fmt == "csv":
-        return _iter_csv(path)
-    raise InputError(f"unknown format {fmt!r}")
-
-
-# ---- validation ------------------------------------------------------------------------------------------
+def _check_visible(values: dict[str, str]) -> None:
+    for name, value in values.items():
+        if not value.strip():
+            raise Bad("empty_text", f"{name} is empty")
+    for name, value in values.items():
+        if not has_visible_text(value):
+            raise Bad("invisible_text", f"{name} holds only invisible characters (zero-width, format, control)")
 
 
 def _text_field(row: dict, col: str, name: str) -> str:
@@ -230,25 +193,33 @@ def _text_field(row: dict, col: str, name: str) -> str:
     v = row[col]
     if not isinstance(v, str):
         raise Bad("wrong_type", f"{name!r} (column {col!r}) is {type(v).__name__}, not a string")
-    return v
+    return _check_text(v, name)
 
 
-def _chat(row: dict, cols: ColumnMap) -> tuple[str, str, str]:
-    msgs = row[cols.messages]
+def _messages(raw: Any) -> list:
+    msgs = raw
     if isinstance(msgs, str):
         try:
-            msgs = json.loads(msgs)
-        except json.JSONDecodeError as e:
-            raise Bad("bad_messages", f"messages is a string but not JSON: {e.msg}") from None
+            msgs = loads(msgs)
+        except (ValueError, RecursionError) as e:
+            raise Bad("bad_messages", f"messages is a string but not JSON: {str(e)[:200]}") from None
+        bad = inspect_json(msgs)
+        if bad is not None:
+            raise bad
     if hasattr(msgs, "tolist"):
         msgs = msgs.tolist()
     if not isinstance(msgs, list) or not msgs:
         raise Bad("bad_messages", "messages must be a non-empty list of {role, content}")
+    return msgs
+
+
+def _chat(row: dict, cols: ColumnMap) -> tuple[str, str, str]:
     clean = []
-    for j, m in enumerate(msgs):
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in CHAT_ROLES:
+    for j, m in enumerate(_messages(row[cols.messages])):
+        role = m.get("role") if isinstance(m, dict) else None
+        if not isinstance(role, str) or role not in CHAT_ROLES or not isinstance(m.get("content"), str):
             raise Bad("bad_messages", f"message {j} needs role in {sorted(CHAT_ROLES)} and string content")
-        clean.append({"role": m["role"], "content": m["content"]})
+        clean.append({"role": role, "content": _check_text(m["content"], f"message {j} content")})
     if clean[-1]["role"] != "assistant":
         raise Bad("bad_messages", "the last message must be the assistant's (the completion)")
     context = clean[:-1]
@@ -262,7 +233,7 @@ def _chat(row: dict, cols: ColumnMap) -> tuple[str, str, str]:
 
 
 def validate_row(row: dict, task: str, cols: ColumnMap, cfg: IngestConfig) -> dict:
-    """Map one parsed row to sample fields, or raise ``Bad`` with a reason code."""
+    """Map one parsed row to sample fields, or raise ``Bad`` with a reason code (see the README's reason table)."""
     messages = label = None
     if task == "nli":
         premise = _text_field(row, cols.premise, "premise")
@@ -270,9 +241,8 @@ def validate_row(row: dict, task: str, cols: ColumnMap, cfg: IngestConfig) -> di
         raw_label = _text_field(row, cols.label, "label")
         label = raw_label.strip().lower()
         if label not in cfg.nli_labels:
-            raise Bad("bad_label", f"label {raw_label!r} is not one of {cfg.nli_labels}")
-        if not premise.strip() or not hypothesis.strip():
-            raise Bad("empty_text", "premise or hypothesis is empty")
+            raise Bad("bad_label", f"label {raw_label[:100]!r} is not one of {cfg.nli_labels}")
+        _check_visible({"premise": premise, "hypothesis": hypothesis})
         prompt = cfg.nli_prompt_template.format(premise=premise.strip(), hypothesis=hypothesis.strip())
         completion = label
     elif cols.messages in row and row[cols.messages] is not None:
@@ -280,8 +250,7 @@ def validate_row(row: dict, task: str, cols: ColumnMap, cfg: IngestConfig) -> di
     else:
         prompt = _text_field(row, cols.prompt, "prompt")
         completion = _text_field(row, cols.completion, "completion")
-    if not prompt.strip() or not completion.strip():
-        raise Bad("empty_text", "prompt or completion is empty")
+    _check_visible({"prompt": prompt, "completion": completion})
     if len(prompt) + len(completion) > cfg.max_chars:
         raise Bad("too_long", f"{len(prompt) + len(completion)} characters > ingest.max_chars = {cfg.max_chars}")
     return {"prompt": prompt, "completion": completion, "messages": messages, "label": label}
@@ -292,12 +261,12 @@ def bucket_of(sid: str, buckets: int) -> int:
 
 
 def batch_id_of(source: str, path: Path) -> str:
-    st = path.stat()
-    key = f"{source}\x1f{path}\x1f{st.st_size}\x1f{st.st_mtime_ns}"
+    """One version of one file under one source: sha256 of the source, the path and the file's bytes (16 hex)."""
+    key = f"{source}\x1f{path}\x1f{sha256_file(path)}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-# ---- staging and merge -----------------------------------------------------------------------------------
+# ---- stage ---------------------------------------------------------------------------------------------------
 
 
 class _Stager:
@@ -337,8 +306,62 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     return (OSError, EOFError, zlib.error, pa.ArrowException, csv.Error, UnicodeError)
 
 
-def ingest_file(
-    store: TableStore,
+@dataclass
+class Staged:
+    """A file read to its end: its report, its staged parquet files per table, and its batch id."""
+
+    report: FileReport
+    folder: Path
+    tables: dict[str, Path]
+    valid: int
+    batch: str
+
+
+class _FileRows:
+    """Turns one file's records into staged bronze / samples / quarantine rows and counts them."""
+
+    def __init__(self, stager: _Stager, rep: FileReport, source: str, task: str, settings: Settings, batch: str):
+        self.stager, self.rep, self.source, self.task, self.batch = stager, rep, source, task, batch
+        self.cfg = settings.ingest
+        self.cols = self.cfg.sources.get(source, self.cfg.columns)
+        self.now = datetime.now(UTC)
+        self.valid = 0
+
+    def add(self, line: int, payload: str, obj: Any, bad: Bad | None) -> None:
+        rep, cfg = self.rep, self.cfg
+        rep.rows_read += 1
+        fields: dict = {}
+        if bad is None:
+            try:
+                fields = validate_row(obj, self.task, self.cols, cfg)
+            except Bad as b:
+                bad = b
+            except Exception as e:  # noqa: BLE001 - a row the checks above did not foresee must not cost the file
+                bad = Bad("unreadable_row", f"{type(e).__name__}: {str(e)[:300]}")
+        cut = len(payload) > cfg.payload_chars
+        rep.payloads_cut += cut
+        common = {"source": self.source, "file": self.rep.file, "line": line, "batch_id": self.batch}
+        self.stager.add("candidates_bronze", {
+            **common, "format": rep.format, "payload": payload[: cfg.payload_chars], "payload_truncated": cut,
+            "status": "quarantined" if bad else "valid", "ingested_at": self.now,
+        })  # fmt: skip
+        if bad is not None:
+            rep.quarantined += 1
+            rep.reasons[bad.reason] += 1
+            self.stager.add("quarantine", {
+                **common, "stage": "ingest", "item_id": "", "reason": bad.reason, "detail": bad.detail[:500],
+                "payload": payload[: cfg.payload_chars], "created_at": self.now,
+            })  # fmt: skip
+            return
+        self.valid += 1
+        sid = make_sample_id(self.task, fields["prompt"], fields["completion"], SAMPLE_ID_NORMALIZATION)
+        self.stager.add("samples", {
+            **common, **fields, "sample_id": sid, "task": self.task, "origin": "seed", "round": 0,
+            "bucket": bucket_of(sid, cfg.buckets), "created_at": self.now,
+        })  # fmt: skip
+
+
+def stage_file(
     path: Path,
     fmt: str,
     source: str,
@@ -346,71 +369,166 @@ def ingest_file(
     settings: Settings,
     on_rows: Callable[[int], None] | None = None,
     limit: int | None = None,
-) -> FileReport:
-    """Parse one file fully into staging, then MERGE it; returns the file's conservation report."""
-    cfg = settings.ingest
-    cols = cfg.sources.get(source, cfg.columns)
-    now = datetime.now(UTC)
-    batch = batch_id_of(source, path)
+) -> Staged:
+    """Read one file to its end into a staging folder (nothing is written to the tables).
+
+    Raises:
+        InputError: the file cannot be read to its end (the message names it).
+    """
     rep = FileReport(file=str(path), format=fmt)
-    stage = settings.root / "_staging" / f"ingest-{uuid.uuid4().hex}"
+    stage = staging_dir(settings.root, "ingest")  # run-owned: a killed run's folder is removed by the next run
     stage.mkdir(parents=True, exist_ok=True)
     try:
+        batch = batch_id_of(source, path)
         stager = _Stager(stage)
-        valid = 0
+        rows = _FileRows(stager, rep, source, task, settings, batch)
+        reader = RecordReader(path, fmt, settings.ingest.max_row_chars)
         try:
-            for line, payload, obj, bad in iter_records(path, fmt):
+            for record in reader:
                 if limit is not None and rep.rows_read >= limit:
                     break
-                rep.rows_read += 1
-                if bad is None:
-                    try:
-                        fields = validate_row(obj, task, cols, cfg)
-                    except Bad as b:
-                        bad = b
-                status = "quarantined" if bad else "valid"
-                stager.add("candidates_bronze", {
-                    "source": source, "file": str(path), "line": line, "batch_id": batch, "format": fmt,
-                    "payload": payload, "status": status, "ingested_at": now,
-                })
-                if bad is not None:
-                    rep.quarantined += 1
-                    rep.reasons[bad.reason] += 1
-                    stager.add("quarantine", {
-                        "stage": "ingest", "source": source, "file": str(path), "line": line, "item_id": "",
-                        "reason": bad.reason, "detail": bad.detail[:500], "payload": payload[: cfg.payload_chars],
-                        "batch_id": batch, "created_at": now,
-                    })
-                else:
-                    valid += 1
-                    sid = make_sample_id(task, fields["prompt"], fields["completion"], SAMPLE_ID_NORMALIZATION)
-                    stager.add("samples", {
-                        "sample_id": sid, "task": task, "source": source, **fields, "origin": "seed", "round": 0,
-                        "bucket": bucket_of(sid, cfg.buckets), "file": str(path), "line": line,
-                        "batch_id": batch, "created_at": now,
-                    })
-                if on_rows is not None and rep.rows_read % 10_000 == 0:
-                    on_rows(10_000)
+                rows.add(*record)
+                if on_rows is not None and rep.rows_read % ROW_CALLBACK_EVERY == 0:
+                    on_rows(ROW_CALLBACK_EVERY)
         except _read_errors() as e:
-            msg = f"cannot read {path} ({fmt}) after {rep.rows_read} rows: {e}; nothing of it was written"
-            raise InputError(msg) from e
-        staged = stager.close()
+            raise InputError(f"cannot read {path} ({fmt}) after {rep.rows_read} rows: {e}") from e
+        rep.encoding, rep.layout, rep.blank_lines = reader.encoding, reader.layout, reader.blank_lines
+        tables = stager.close()
         if on_rows is not None:
-            on_rows(rep.rows_read % 10_000)
-        before = store.count("samples")
-        for table in ("quarantine", "samples", "candidates_bronze"):
-            if table in staged:
-                res = store.merge(table, pq.read_table(staged[table]))
-                if table == "samples":
-                    rep.new_samples = res.inserted
-        rep.duplicates = valid - rep.new_samples
-        after = store.count("samples")
-        if after - before != rep.new_samples:
-            raise ConservationError(f"samples grew by {after - before} but the merge reported {rep.new_samples}")
-        rep.check()
-        return rep
-    finally:
+            on_rows(rep.rows_read % ROW_CALLBACK_EVERY)
+        return Staged(rep, stage, tables, rows.valid, batch)
+    except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+# ---- commit --------------------------------------------------------------------------------------------------
+
+
+def _earlier_batches(store: TableStore, source: str, files: list[str]) -> dict[str, set[str]]:
+    """Batch ids already in ``candidates_bronze`` for each of ``files`` under ``source``."""
+    if not files or not store.exists("candidates_bronze"):
+        return {}
+    # cast: delta-rs may hand the columns over as string_view, and filters do not mix the two string types
+    flt = (pc.field("source").cast(pa.string()) == source) & pc.field("file").cast(pa.string()).isin(files)
+    if store.engine == "delta-rs":
+        from deltalake import DeltaTable
+
+        ds = DeltaTable(str(store.path("candidates_bronze"))).to_pyarrow_dataset()
+        t = ds.to_table(columns=["file", "batch_id"], filter=flt)
+    else:
+        from pyspark.sql import functions as F
+
+        df = store.read("candidates_bronze").where((F.col("source") == source) & F.col("file").isin(files))
+        t = pa.Table.from_pandas(df.select("file", "batch_id").distinct().toPandas(), preserve_index=False)
+    out: dict[str, set[str]] = {}
+    for row in t.group_by(["file", "batch_id"]).aggregate([]).to_pylist():
+        out.setdefault(row["file"], set()).add(row["batch_id"])
+    return out
+
+
+def _drop_batches(store: TableStore, table: str, batches: set[str], extra: str = "") -> int:
+    """Delete the rows of earlier versions of a file (batch ids are hex, so the predicate needs no quoting)."""
+    ids = ", ".join(f"'{b}'" for b in sorted(batches) if all(c in "0123456789abcdef" for c in b))
+    return store.delete(table, f"batch_id IN ({ids}){extra}") if ids else 0
+
+
+def _present_ids(store: TableStore, ids: pa.Array) -> set[str]:
+    """The ``ids`` already in ``samples``."""
+    if len(ids) == 0 or not store.exists("samples"):
+        return set()
+    if store.engine == "delta-rs":
+        from deltalake import DeltaTable
+
+        ds = DeltaTable(str(store.path("samples"))).to_pyarrow_dataset()
+        t = ds.to_table(columns=["sample_id"], filter=pc.field("sample_id").cast(pa.string()).isin(ids))
+        return set(t.column("sample_id").to_pylist())
+    wanted = store.spark.createDataFrame(pa.table({"sample_id": ids}).to_pandas())
+    return {r[0] for r in store.read("samples").select("sample_id").join(wanted, "sample_id").distinct().collect()}
+
+
+def _new_per_file(store: TableStore, staged: list[Staged]) -> list[int]:
+    """New samples of each file: ids neither in the pool nor in an earlier file of the run (the MERGE keeps the
+    first row of a key, in file order)."""
+    ids = [
+        pq.read_table(s.tables["samples"], columns=["sample_id"]).column("sample_id").combine_chunks()
+        if "samples" in s.tables else pa.array([], pa.string())
+        for s in staged
+    ]  # fmt: skip
+    seen = _present_ids(store, pc.unique(pa.concat_arrays(ids)) if ids else pa.array([], pa.string()))
+    out = []
+    for a in ids:
+        mine = set(a.to_pylist()) - seen
+        out.append(len(mine))
+        seen |= mine
+    return out
+
+
+def _chunks(staged: list[Staged], rows: int) -> list[list[int]]:
+    """Indexes of consecutive staged files, grouped so that a group holds at most ``rows`` rows read (a bigger file
+    is a group of its own): what one commit holds in memory."""
+    out: list[list[int]] = []
+    size = 0
+    for i, s in enumerate(staged):
+        if not out or size + s.report.rows_read > rows:
+            out.append([])
+            size = 0
+        out[-1].append(i)
+        size += s.report.rows_read
+    return out
+
+
+def commit(
+    store: TableStore, staged: list[Staged], earlier: dict[str, set[str]], batch_rows: int = 200_000
+) -> list[FileReport]:
+    """MERGE the staged files of a run into quarantine, samples and candidates_bronze: consecutive files up to
+    ``batch_rows`` rows (``ingest.batch_rows``) in one MERGE per table (and one more where files changed), so a folder
+    of many small files costs a few commits, not a few per file; check conservation per file and for the run.
+
+    ``earlier``: each file's batch ids already in bronze; any other than the file's own means the file changed, and
+    the rows of those versions are replaced.
+    """
+    old = [earlier.get(s.report.file, set()) - {s.batch} for s in staged]
+    for s, o in zip(staged, old, strict=True):
+        s.report.changed = bool(o)
+    stale = set().union(*old) if old else set()
+    new = _new_per_file(store, staged)
+    before = store.count("samples")
+    if stale:
+        _drop_batches(store, "quarantine", stale, " AND stage = 'ingest'")
+    inserted = 0
+    for chunk in _chunks(staged, batch_rows):
+        for table in ("quarantine", "samples", "candidates_bronze"):
+            groups = {False: chunk} if table == "samples" else {
+                changed: [i for i in chunk if bool(old[i]) == changed] for changed in (False, True)
+            }  # fmt: skip
+            for changed, group in groups.items():
+                parts = [pq.read_table(staged[i].tables[table]) for i in group if table in staged[i].tables]
+                if parts:
+                    res = store.merge(table, pa.concat_tables(parts), update=changed)
+                    inserted += res.inserted if table == "samples" else 0
+    for s, o, n in zip(staged, old, new, strict=True):
+        rep = s.report
+        rep.new_samples, rep.duplicates = n, s.valid - n
+        if o:
+            rep.stale_rows = _drop_batches(store, "candidates_bronze", o)
+        rep.check()
+    grew = store.count("samples") - before
+    if not grew == inserted == sum(new):
+        raise ConservationError(
+            f"samples grew by {grew}, the merge reported {inserted} new rows, the files' new samples add up to"
+            f" {sum(new)}"
+        )
+    return [s.report for s in staged]
+
+
+def _check_args(source: str, task: str, limit: int | None) -> None:
+    if task not in TASKS:
+        raise InputError(f"--task {task!r} is not one of {', '.join(TASKS)}")
+    if not source or not source.replace("-", "_").replace(".", "_").isidentifier():
+        raise InputError(f"--source {source!r} must be a short name (letters, digits, - _ .)")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise InputError(f"--limit {limit!r} must be a whole number >= 1 (rows read per file)")
 
 
 def ingest(
@@ -423,22 +541,53 @@ def ingest(
     on_rows: Callable[[int], None] | None = None,
     limit: int | None = None,
 ) -> IngestReport:
-    """Ingest files into bronze / samples / quarantine. All inputs are resolved before anything is written.
+    """Ingest files into bronze / samples / quarantine: all of them, or none when one cannot be read.
 
     Args:
+        store: the tables.
+        paths: files, folders (recursive) and globs.
+        source: name of this data source (selects ``ingest.sources.<source>`` column maps).
+        task: ``math``, ``nli`` or ``generic``.
+        settings: the config.
+        on_file: called as ``(path, index, count)`` before each file is read.
+        on_rows: called with the number of rows read since the last call.
         limit: read at most this many rows of each file (the rest is not read and not counted).
+
+    Raises:
+        InputError: a bad argument, a path that matches nothing, or files that cannot be read (all named; then
+            nothing was written).
     """
-    if task not in TASKS:
-        raise InputError(f"--task {task!r} is not one of {', '.join(TASKS)}")
-    if not source or not source.replace("-", "_").replace(".", "_").isidentifier():
-        raise InputError(f"--source {source!r} must be a short name (letters, digits, - _ .)")
-    files = resolve_inputs(paths)
-    report = IngestReport(source=source, task=task)
-    for i, (path, fmt) in enumerate(files):
-        if on_file is not None:
-            on_file(path, i, len(files))
-        rep = ingest_file(store, path, fmt, source, task, settings, on_rows=on_rows, limit=limit)
-        log.info("%s: %d read, %d new, %d duplicates, %d quarantined", path, rep.rows_read, rep.new_samples,
-                 rep.duplicates, rep.quarantined)
-        report.files.append(rep)
+    _check_args(source, task, limit)
+    inputs = find_inputs(paths)
+    report = IngestReport(source=source, task=task, skipped=inputs.skipped)
+    staged: list[Staged] = []
+    failed: list[str] = []
+    try:
+        for i, (path, fmt) in enumerate(inputs.files):
+            if on_file is not None:
+                on_file(path, i, len(inputs.files))
+            try:
+                staged.append(stage_file(path, fmt, source, task, settings, on_rows=on_rows, limit=limit))
+            except InputError as e:
+                failed.append(str(e))
+        if failed:
+            raise InputError(
+                f"{len(failed)} of {len(inputs.files)} files cannot be read, so nothing was written: "
+                + "; ".join(failed),
+                hint="fix or remove the files named; a run commits all of its files or none",
+            )
+        earlier = _earlier_batches(store, source, [s.report.file for s in staged])
+        for rep in commit(store, staged, earlier, settings.ingest.batch_rows):
+            log.info(
+                "%s: %d read, %d new, %d duplicates, %d quarantined",
+                rep.file,
+                rep.rows_read,
+                rep.new_samples,
+                rep.duplicates,
+                rep.quarantined,
+            )
+            report.files.append(rep)
+    finally:
+        for s in staged:
+            shutil.rmtree(s.folder, ignore_errors=True)
     return report

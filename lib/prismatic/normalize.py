@@ -36,6 +36,7 @@ TEXT_SEP = "\n"
 __all__ = [
     "FIELD_SEP",
     "TEXT_SEP",
+    "has_visible_text",
     "normalize_many",
     "normalize_text",
     "normalizer",
@@ -97,6 +98,29 @@ def normalize_text(text: str, cfg: NormalizeConfig) -> str:
     if not isinstance(text, str):
         raise TypeError(f"normalize_text expects str, got {type(text).__name__}")
     return normalizer(cfg)(text)
+
+
+# Code points that render as nothing although Unicode files them as letters or symbols (fillers, blank braille) or
+# as combining marks with no glyph (grapheme joiner, variation selectors); categories Cc / Cf / Z* are added below.
+_INVISIBLE_EXTRA = frozenset(
+    [0x034F, 0x115F, 0x1160, 0x2800, 0x3164, 0xFFA0, *range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)]
+)
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp"})
+
+
+def _invisible(ch: str) -> bool:
+    return ch.isspace() or ord(ch) in _INVISIBLE_EXTRA or unicodedata.category(ch) in _INVISIBLE_CATEGORIES
+
+
+def has_visible_text(text: str) -> bool:
+    """True if ``text`` holds at least one character that renders as something.
+
+    Whitespace, control and format characters (categories Cc, Cf, Zs, Zl, Zp: zero-width space / joiners, BOM,
+    soft hyphen, bidi marks, tag characters), fillers (U+115F, U+1160, U+3164, U+FFA0), blank braille (U+2800),
+    the grapheme joiner and variation selectors are invisible. Stops at the first visible character, so ordinary
+    text costs one lookup.
+    """
+    return not all(_invisible(ch) for ch in text)
 
 
 def _sha256_hex(s: str) -> str:

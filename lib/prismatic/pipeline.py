@@ -9,7 +9,7 @@ from rich.table import Table
 
 from prismatic.assets import asset_dir, fetch
 from prismatic.config import Settings, resource_path
-from prismatic.errors import ConfigError
+from prismatic.errors import ConfigError, InputError
 from prismatic.progress import StageProgress
 from prismatic.tables import TABLES, TableStore
 
@@ -17,12 +17,22 @@ log = logging.getLogger(__name__)
 
 
 def resolve_input_path(path: str) -> str:
-    """``asset:NAME/FILE`` -> the fetched asset file; a relative path -> relative to the repo root if it exists."""
+    """``asset:NAME/FILE`` -> the fetched asset file; a relative path -> relative to the repo root if it exists.
+
+    Raises:
+        InputError: ``FILE`` resolves (through ``..``, an absolute path or a symlink) outside the asset's folder.
+    """
     if path.startswith("asset:"):
         name, _, rest = path[len("asset:"):].partition("/")
         main = fetch(name)
         base = main if main.is_dir() else asset_dir(name)
-        return str(base / rest) if rest else str(main)
+        if not rest:
+            return str(main)
+        root, target = asset_dir(name).resolve(), (base / rest).resolve()
+        if target != root and root not in target.parents:
+            raise InputError(f"{path!r} points outside the folder of asset {name!r} ({root})",
+                             hint="name a file inside the asset, e.g. asset:snli/snli_1.0_test.jsonl")
+        return str(target)
     p = resource_path(path)
     return str(p) if p.exists() else path
 
@@ -44,11 +54,45 @@ def table_summary(store: TableStore) -> Table:
     return t
 
 
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def demo_synth_settings(settings: Settings) -> Settings:
+    """``settings`` with the ``demo.synth`` keys laid over the ``synth`` section (validated), the synthesis config
+    of ``prism run``; unchanged when there are none.
+
+    Raises:
+        ConfigError: a ``demo.synth`` key that the ``synth`` section does not accept.
+    """
+    over = settings.demo.get("synth") or {}
+    if not over:
+        return settings
+    from pydantic import ValidationError
+
+    from prismatic.config import SynthConfig
+
+    if not isinstance(over, dict):
+        raise ConfigError(f"demo.synth must be a mapping of synth keys, got {over!r}")
+    try:
+        synth = SynthConfig.model_validate(_deep_merge(settings.synth.model_dump(exclude_unset=True), over))
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(["demo.synth", *(str(x) for x in first["loc"])])
+        raise ConfigError(f"{where}: {first['msg']}") from None
+    return settings.model_copy(update={"synth": synth})
+
+
 def run_pipeline(store: TableStore, settings: Settings, console: Console | None = None) -> dict:
-    """Ingest every configured input, dedup, score, diversity; print each stage's counts. Safe to run again.
+    """Ingest every configured input, dedup, score, diversity, ``demo.synth_rounds`` synthesis rounds (with
+    ``synth.train_each_round``: a student trained and evaluated per round); print each stage's counts, then the
+    table summary, the round table and the command that opens the MLflow UI. Safe to run again.
 
     The run is one MLflow run (params = the flattened config, tags = table versions before and after,
-    metrics = counts and G-Vendi).
+    metrics = counts and G-Vendi); the synthesis rounds are its nested runs.
     """
     from prismatic import tracking
     from prismatic.ingest import ingest
@@ -82,10 +126,13 @@ def run_pipeline(store: TableStore, settings: Settings, console: Console | None 
         if rounds:
             from prismatic.synth.loop import synthesize
 
-            reports = synthesize(store, settings, rounds=rounds)
+            reports = synthesize(store, demo_synth_settings(settings), rounds=rounds)
             results["synthesize"] = reports
             for r in reports:
                 console.print(f"[bold]synthesize[/] {r.summary()}")
+            if not reports:
+                console.print(f"[bold]synthesize[/] rounds 1..{rounds} of {', '.join(settings.synth.task_list)}"
+                              " are done: nothing to do")
         if demo.get("train"):
             from prismatic.train import eval_stage, train_stage
 
@@ -105,4 +152,12 @@ def run_pipeline(store: TableStore, settings: Settings, console: Console | None 
             mlflow.log_metrics({k.replace(":", "_"): v for k, v in metrics.items()})
             tracking.log_table_versions(store.versions(), "versions_written")
     console.print(table_summary(store))
+    if store.exists("rounds"):
+        from prismatic.synth.rounds import round_table
+
+        console.print(round_table(store))
+    if settings.tracking.enabled:
+        from prismatic.tracking import ui_command
+
+        console.print(f"MLflow: {ui_command(settings)}")
     return results

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import pyarrow as pa
 
+from prismatic.config import IDENTIFIER_RE as IDENT_RE
 from prismatic.config import Settings
 from prismatic.errors import ConservationError, PrismError
 from prismatic.spark import task_slots
@@ -148,10 +148,15 @@ def _pool_where(store: TableStore, columns: list[str], where: str | None):
     pool = store.pool().select(*columns)
     if not where:
         return pool
+    from prismatic.errors import first_line
+    from prismatic.sqlrun import check_filter
+
+    check_filter(store.spark, where)  # parses, calls no Java, reads no file: the rules of `prism sql`
     try:
         return pool.where(where)
     except Exception as e:  # noqa: BLE001 - a user's SQL filter
-        raise PrismError(f"--where {where!r} is not a valid filter on samples: {str(e).splitlines()[0]}") from None
+        raise PrismError(f"--where {where!r} is not a valid filter on samples: {first_line(e)}",
+                         hint="a SQL boolean expression over the pool's columns, e.g. \"source = 'snli'\"") from None
 
 
 def embed_stage(
@@ -182,7 +187,9 @@ def embed_stage(
     report = EmbedReport(spec.spec_id, todo=sum(counts.values()))
     report.skipped = total - report.todo
     parallelism, slots = max(1, spark.sparkContext.defaultParallelism), task_slots(spark)
-    stage_root = settings.root / "_staging" / f"embed-{uuid.uuid4().hex}"
+    from prismatic.upkeep import staging_dir
+
+    stage_root = staging_dir(settings.root, "embed")  # run-owned: a killed run's folder is swept later
     try:
         for chunk in _chunks_by_bucket(counts, rows_per_chunk):
             n = sum(counts[b] for b in chunk)
@@ -245,7 +252,9 @@ def score_stage(
     report = ScoreReport(spec.spec_id, todo=sum(counts.values()))
     report.skipped = total - report.todo if limit is None else 0
     parallelism, slots = max(1, spark.sparkContext.defaultParallelism), task_slots(spark)
-    stage_root = settings.root / "_staging" / f"score-{uuid.uuid4().hex}"
+    from prismatic.upkeep import staging_dir
+
+    stage_root = staging_dir(settings.root, "score")  # run-owned: a killed run's folder is swept later
     try:
         for chunk in _chunks_by_bucket(counts, rows_per_chunk):
             part = todo.where(F.col("bucket").isin(chunk))
@@ -302,7 +311,9 @@ def _pool_with_vectors(store: TableStore, spec_id: str, group_by: list[str]):
         last = asg.agg(F.max("round")).collect()[0][0]
         if last is None:
             raise PrismError("--group-by cluster needs clusters", hint="run `prism cluster` first")
-        asg = asg.where(F.col("round") == last).select("sample_id", F.col("cluster_id").alias("cluster"))
+        # cluster ids are per (round, task): the group names both
+        asg = asg.where(F.col("round") == last).select(
+            "sample_id", F.concat_ws(":", "task", F.col("cluster_id").cast("string")).alias("cluster"))
         df = df.join(asg, "sample_id")
     return df.withColumn("text", F.concat_ws("\n", "prompt", "completion"))
 
@@ -384,11 +395,16 @@ class ClusterReport:
     reused: bool
     spec_id: str = ""
     feature_space: str = "gradient"
+    task: str = ""
 
     def summary(self) -> str:
         verb = "already clustered" if self.reused else "clustered"
-        return (f"round {self.round}: {verb} {self.n} {self.feature_space} vectors (spec {self.spec_id}) into"
-                f" k={self.k} clusters, {self.sparse} sparse (objective {self.objective:.2f})")
+        return (f"round {self.round} ({self.task}): {verb} {self.n} {self.feature_space} vectors (spec {self.spec_id})"
+                f" into k={self.k} clusters, {self.sparse} sparse (objective {self.objective:.2f})")
+
+
+class TooFewToCluster(PrismError):
+    """A task's pool is too small for the configured cluster floor (``cluster.k_min``)."""
 
 
 def next_round(store: TableStore) -> int:
@@ -399,57 +415,80 @@ def next_round(store: TableStore) -> int:
     return int(r or 0) + 1
 
 
-def cluster_stage(store: TableStore, settings: Settings, round: int | None = None) -> ClusterReport:
-    """Spherical k-means of the pool's vectors (one spec) -> ``clusters`` + ``assignments`` of ``round``.
+def min_cluster_rows(settings: Settings) -> int:
+    """Fewest pool rows a task needs to be clustered: two per cluster of the floor ``cluster.k_min``."""
+    return 2 * settings.cluster.k_min
 
-    ``cluster.feature_space`` picks the vectors: ``gradient`` (default) clusters the projected gradients of the
-    scoring spec (score them first: ``prism score``); ``embedding`` clusters sentence embeddings of
-    ``diversity.embedding_model``, computing the missing ones first (:func:`embed_stage`). The clusters rows carry
-    the spec_id, whose ``projection_specs`` row says the kind. A round that already has clusters is not
-    recomputed (idempotent), but only under the same spec: clusters of another feature space are an error, never
-    mixed. The sparse flag marks clusters strictly below the size at ``cluster.sparse_quantile`` (the paper's
-    rule, default the median).
+
+def cluster_stage(
+    store: TableStore, settings: Settings, round: int | None = None, task: str | None = None
+) -> ClusterReport:
+    """Spherical k-means of one task's pool vectors (one spec) -> ``clusters`` + ``assignments`` of ``round``.
+
+    Clustering is per task (default: the first of ``synth.tasks``): rows of other tasks never share a cluster, so
+    the sparse rule compares a task's regions with each other only. ``cluster.feature_space`` picks the vectors:
+    ``gradient`` (default) clusters the projected gradients of the scoring spec (score them first: ``prism
+    score``); ``embedding`` clusters sentence embeddings of ``diversity.embedding_model``, computing the missing
+    ones first (:func:`embed_stage`). The clusters rows carry the spec_id, whose ``projection_specs`` row says
+    the kind. A (round, task) that already has clusters is not recomputed (idempotent), but only under the same
+    spec: clusters of another feature space are an error, never mixed. The sparse flag marks clusters strictly
+    below the size at ``cluster.sparse_quantile`` (the paper's rule, default the median).
 
     Raises:
         SpecMismatchError: ``round`` was clustered under another spec (another feature space or scoring config).
+        TooFewToCluster: the task has fewer than ``2 * cluster.k_min`` rows with vectors.
     """
     from pyspark.sql import functions as F
 
     from prismatic.cluster import cluster_pool, sparse_clusters
 
     rnd = next_round(store) if round is None else int(round)
+    task = task or settings.synth.task_list[0]
+    if not IDENT_RE.match(task):
+        raise PrismError(f"task {task!r} is not a task name (letters, digits, underscore)")
     space = settings.cluster.feature_space
     spec = register_feature_spec(store, settings)
-    existing = store.read("clusters").where(F.col("round") == rnd)
+    existing = store.read("clusters").where((F.col("round") == rnd) & (F.col("task") == task))
     if existing.limit(1).count():
         rows = existing.select("size", "sparse", "spec_id").collect()
         check_round_spec(rnd, {r["spec_id"] for r in rows}, spec.spec_id, space)
         n = sum(r["size"] for r in rows)
         return ClusterReport(rnd, len(rows), n, sum(bool(r["sparse"]) for r in rows), float("nan"), True,
-                             spec.spec_id, space)
+                             spec.spec_id, space, task)
     if space == "embedding":
-        embed_stage(store, settings)
-    df = (store.pool().select("sample_id")
+        embed_stage(store, settings, where=f"task = '{task}'")
+    df = (store.pool().where(F.col("task") == task).select("sample_id")
           .join(store.read("gradients").where(F.col("spec_id") == spec.spec_id), "sample_id")
           .select("sample_id", "vector"))
     n = df.count()
-    if n < 2:
-        hint = "run `prism score` first" if space == "gradient" else "ingest samples first"
-        raise PrismError(f"only {n} {space} vectors under spec {spec.spec_id}", hint=hint)
+    need = min_cluster_rows(settings)
+    if n < need:
+        hint = "run `prism score` first" if space == "gradient" and n == 0 else (
+            f"ingest more {task} rows or lower cluster.k_min (now {settings.cluster.k_min})")
+        raise TooFewToCluster(f"task {task}: {n} pool rows with {space} vectors (spec {spec.spec_id}), too few to"
+                              f" cluster (need >= {need} = 2 * cluster.k_min)", hint=hint)
     res = cluster_pool(df, settings.cluster, n=n)
     sparse = set(int(i) for i in sparse_clusters(res.sizes, settings.cluster.sparse_quantile))
     clusters = res.clusters_arrow()
-    clusters = clusters.append_column("round", pa.array([rnd] * res.k, pa.int32()))
-    clusters = clusters.append_column("spec_id", pa.array([spec.spec_id] * res.k))
-    clusters = clusters.append_column("sparse", pa.array([i in sparse for i in range(res.k)]))
-    clusters = clusters.append_column("created_at", pa.array([_now()] * res.k, pa.timestamp("us", tz="UTC")))
+    for name, values, typ in (("round", [rnd] * res.k, pa.int32()), ("task", [task] * res.k, pa.string()),
+                              ("spec_id", [spec.spec_id] * res.k, pa.string()),
+                              ("sparse", [i in sparse for i in range(res.k)], pa.bool_()),
+                              ("created_at", [_now()] * res.k, pa.timestamp("us", tz="UTC"))):
+        clusters = clusters.append_column(name, pa.array(values, typ))
     asg = res.assignments.select(
-        F.lit(rnd).cast("int").alias("round"), "sample_id", F.col("cluster_id").cast("int"),
-        F.col("cosine").cast("double"), F.current_timestamp().alias("created_at"),
+        F.lit(rnd).cast("int").alias("round"), F.lit(task).alias("task"), "sample_id",
+        F.col("cluster_id").cast("int"), F.col("cosine").cast("double"), F.current_timestamp().alias("created_at"),
     )
     store.merge("assignments", asg)
-    store.merge("clusters", clusters)  # last: its presence marks the round as clustered
-    return ClusterReport(rnd, res.k, n, len(sparse), float(res.objective), False, spec.spec_id, space)
+    store.merge("clusters", clusters)  # last: its presence marks the (round, task) as clustered
+    return ClusterReport(rnd, res.k, n, len(sparse), float(res.objective), False, spec.spec_id, space, task)
+
+
+def cluster_tasks(
+    store: TableStore, settings: Settings, round: int | None = None, tasks: list[str] | None = None
+) -> list[ClusterReport]:
+    """:func:`cluster_stage` for each task (default ``synth.tasks``), one clustering per task."""
+    return [cluster_stage(store, settings, round=round, task=t) for t in (tasks or settings.synth.task_list)]
 
 
 def check_round_spec(rnd: int, found: set[str | None], spec_id: str, feature_space: str) -> None:

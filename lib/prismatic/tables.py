@@ -10,11 +10,14 @@
 
 Every write is a MERGE on the table key: rows whose key is present are left alone (or updated where the
 caller asks), so running a stage twice changes nothing, and a crash then a re-run gives the same table.
+Upkeep (``vacuum``: compaction and removal of files no snapshot references) is per engine too; the writer lock,
+run-owned staging folders and fault points live in :mod:`prismatic.upkeep`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
@@ -27,7 +30,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from prismatic.config import Settings, check_identifier
-from prismatic.errors import TableError
+from prismatic.errors import PrismError, TableError
+from prismatic.upkeep import DEFAULT_RETENTION_HOURS, fault_point, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +65,10 @@ TABLES: dict[str, TableDef] = {
             _schema(
                 ("source", pa.string()), ("file", pa.string()), ("line", pa.int64()), ("batch_id", pa.string()),
                 ("format", pa.string()), ("payload", pa.string()), ("status", pa.string()),
-                ("ingested_at", TS),
+                ("ingested_at", TS), ("payload_truncated", pa.bool_()),
             ),
-            doc="every row read, as read (payload), with its ingest status (sample / duplicate / quarantined)",
+            doc="every row read, as read (payload, cut at ingest.payload_chars: payload_truncated), with its ingest"
+            " status (valid / quarantined)",
             volatile=("ingested_at",),
         ),
         TableDef(
@@ -131,19 +136,21 @@ TABLES: dict[str, TableDef] = {
         ),
         TableDef(
             "clusters",
-            ("round", "cluster_id"),
+            ("round", "task", "cluster_id"),
             _schema(
                 ("round", pa.int32()), ("cluster_id", pa.int32()), ("spec_id", pa.string()),
                 ("centroid", VECTOR), ("size", pa.int64()), ("sparse", pa.bool_()), ("created_at", TS),
+                ("task", pa.string()),
             ),
+            doc="spherical k-means of one task's pool for one round (cluster ids are per round and task)",
             volatile=("created_at",),
         ),
         TableDef(
             "assignments",
-            ("round", "sample_id"),
+            ("round", "task", "sample_id"),
             _schema(
                 ("round", pa.int32()), ("sample_id", pa.string()), ("cluster_id", pa.int32()),
-                ("cosine", pa.float64()), ("created_at", TS),
+                ("cosine", pa.float64()), ("created_at", TS), ("task", pa.string()),
             ),
             volatile=("created_at",),
         ),
@@ -161,12 +168,19 @@ TABLES: dict[str, TableDef] = {
         ),
         TableDef(
             "rounds",
-            ("round",),
+            ("round", "task"),
             _schema(
                 ("round", pa.int32()), ("status", pa.string()), ("mlflow_run_id", pa.string()),
                 ("versions_read", pa.string()), ("versions_written", pa.string()), ("counts", pa.string()),
                 ("gvendi_before", pa.float64()), ("gvendi_after", pa.float64()), ("created_at", TS),
+                ("task", pa.string()), ("detail", pa.string()), ("pool_before", pa.int64()),
+                ("pool_after", pa.int64()), ("emb_vendi_before", pa.float64()), ("emb_vendi_after", pa.float64()),
+                ("candidates", pa.int64()), ("accepted", pa.int64()), ("accepted_samples", pa.int64()),
+                ("tokens", pa.int64()), ("student_id", pa.string()), ("id_accuracy", pa.float64()),
+                ("ood_accuracy", pa.float64()), ("accuracies", pa.string()),
             ),
+            doc="one synthesis round of one task (round 0: the seed pool): status, G-Vendi and embedding Vendi of the"
+            " task's pool before / after, counts, and the accuracies of the student trained on it",
             volatile=("created_at",),
         ),
         TableDef(
@@ -239,6 +253,18 @@ class MergeResult:
     version: int
 
 
+@dataclass
+class TableUpkeep:
+    """What ``vacuum`` did to one table (or would do, in a dry run)."""
+
+    table: str
+    removed: list[str] = field(default_factory=list)  # files deleted (dry run: that would be), table-relative
+    bytes: int | None = 0  # their size; None where the engine does not say (delta-spark)
+    compacted: int = 0  # small files rewritten by compaction (dry run: candidates)
+    written: int = 0  # files compaction wrote in their place
+    version: int | None = None  # table version afterwards
+
+
 class TableStore(ABC):
     """Read tables as Spark DataFrames, MERGE Arrow tables or Spark DataFrames into them by key."""
 
@@ -284,6 +310,14 @@ class TableStore(ABC):
 
     @abstractmethod
     def delete(self, name: str, where: str) -> int: ...
+
+    @abstractmethod
+    def vacuum(
+        self, name: str, retention_hours: int = DEFAULT_RETENTION_HOURS, dry_run: bool = False, compact: bool = True
+    ) -> TableUpkeep:
+        """Compact small files (unless ``dry_run`` or not ``compact``), then delete files the current snapshot
+        does not reference that are older than ``retention_hours`` (never-committed files of killed writers too).
+        """
 
     def versions(self, names: Iterable[str] | None = None) -> dict[str, int | None]:
         return {n: self.version(n) for n in (names or TABLES)}
@@ -336,7 +370,6 @@ class DeltaRsStore(TableStore):
     def __init__(self, settings: Settings, spark=None):
         super().__init__(settings, spark)
         self.root = settings.root / "tables"
-        self.staging = settings.root / "_staging"
 
     def qualified(self, name: str) -> str:
         table_def(name)
@@ -367,7 +400,15 @@ class DeltaRsStore(TableStore):
             except Exception as e:  # noqa: BLE001 - a concurrent create is fine
                 if not self.exists(name):
                     raise TableError(f"cannot create table {name} at {self.path(name)}: {e}") from e
-        return self._table(name)
+        dt = self._table(name)
+        have = {f.name for f in dt.schema().fields}
+        missing = [f for f in td.schema if f.name not in have]
+        if missing:  # a table written before these columns existed: add them (older rows read them as null)
+            from deltalake.schema import Schema
+
+            dt.alter.add_columns(Schema.from_arrow(pa.schema(missing)).fields)
+            dt = self._table(name)
+        return dt
 
     def read_arrow(self, name: str, columns: list[str] | None = None) -> pa.Table:
         td = table_def(name)
@@ -387,7 +428,8 @@ class DeltaRsStore(TableStore):
         uris = self._table(name).file_uris()
         if not uris:
             return self.spark.createDataFrame([], spark_schema)
-        df = self.spark.read.option("basePath", str(self.path(name))).parquet(*uris)
+        # mergeSchema: files written before a column was added lack it (read as null)
+        df = self.spark.read.option("basePath", str(self.path(name))).option("mergeSchema", "true").parquet(*uris)
         from pyspark.sql import functions as F
 
         return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in spark_schema.fields])
@@ -417,14 +459,16 @@ class DeltaRsStore(TableStore):
             if src.num_rows == 0:
                 return MergeResult(name, 0, 0, 0, dt.version())
         else:  # a Spark DataFrame: stage as parquet, merge from a streaming reader
-            stage_dir = self.staging / f"{name}-{uuid.uuid4().hex}"
+            stage_dir = staging_dir(self.settings.root, f"merge-{name}")
             src = self._reader_from_spark(source, td, key, stage_dir)
         try:
+            fault_point(f"{name}:before_commit")
             predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
             merger = dt.merge(source=src, predicate=predicate, source_alias="s", target_alias="t")
             if update:
                 merger = merger.when_matched_update_all()
             metrics = merger.when_not_matched_insert_all().execute()
+            fault_point(f"{name}:after_commit")
         finally:
             if stage_dir is not None:
                 shutil.rmtree(stage_dir, ignore_errors=True)
@@ -448,10 +492,49 @@ class DeltaRsStore(TableStore):
     def version(self, name: str) -> int | None:
         return self._table(name).version() if self.exists(name) else None
 
+    def vacuum(
+        self, name: str, retention_hours: int = DEFAULT_RETENTION_HOURS, dry_run: bool = False, compact: bool = True
+    ) -> TableUpkeep:
+        dt = self._table(name)
+        up = TableUpkeep(name)
+        if compact and dry_run:
+            up.compacted = _compactable(dt)
+        elif compact:
+            m = dt.optimize.compact()
+            up.compacted, up.written = int(m.get("numFilesRemoved", 0)), int(m.get("numFilesAdded", 0))
+            dt = self._table(name)
+        base = self.path(name)
+        # full: also files no log entry ever named (a writer killed before its commit); delta-rs keeps
+        # tombstones of files already deleted, so only files still on disk count (and a no-op commits nothing)
+        listed = dt.vacuum(retention_hours=retention_hours, dry_run=True, enforce_retention_duration=False, full=True)
+        present = {}
+        for f in listed:
+            p = Path(f) if os.path.isabs(f) else base / f
+            if p.is_file():
+                present[p.relative_to(base).as_posix()] = p.stat().st_size
+        if present and not dry_run:
+            dt.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False, full=True)
+        up.removed, up.bytes = sorted(present), sum(present.values())
+        up.version = self._table(name).version()
+        return up
+
     def history(self, name: str, limit: int = 1) -> list[dict]:
         if not self.exists(name):
             return []
         return list(self._table(name).history(limit))
+
+
+def _compactable(dt) -> int:
+    """Files that compaction would rewrite: in each partition, the files under the target size when there
+    are at least two of them."""
+    acts = pa.table(dt.get_add_actions(flatten=True)).to_pylist()  # an arro3 table: via the Arrow C interface
+    target = int(dt.metadata().configuration.get("delta.targetFileSize", 100 * 1024 * 1024))
+    small: dict[tuple, int] = {}
+    for a in acts:
+        if a["size_bytes"] < target:
+            part = tuple(sorted((k, str(v)) for k, v in a.items() if k.startswith("partition.")))
+            small[part] = small.get(part, 0) + 1
+    return sum(n for n in small.values() if n > 1)
 
 
 class DeltaSparkStore(TableStore):
@@ -468,6 +551,10 @@ class DeltaSparkStore(TableStore):
         s = self.settings.storage
         self.spark.sql(create_schema_sql(s.catalog, s.schema_name))
         self.spark.sql(create_table_sql(self.qualified(name), table_def(name)))
+        have = {c.lower() for c in self.spark.table(self.qualified(name)).columns}
+        missing = [f for f in table_def(name).schema if f.name.lower() not in have]
+        if missing:  # a table created before these columns existed
+            self.spark.sql(add_columns_sql(self.qualified(name), missing))
 
     def exists(self, name: str) -> bool:
         return bool(self.spark.catalog.tableExists(self.qualified(name)))
@@ -522,6 +609,29 @@ class DeltaSparkStore(TableStore):
         h = self.history(name, 1)
         return int(h[0]["version"]) if h else None
 
+    def vacuum(
+        self, name: str, retention_hours: int = DEFAULT_RETENTION_HOURS, dry_run: bool = False, compact: bool = True
+    ) -> TableUpkeep:
+        q = self.qualified(name)
+        check = self.spark.conf.get("spark.databricks.delta.retentionDurationCheck.enabled", "true")
+        if retention_hours < DEFAULT_RETENTION_HOURS and str(check).lower() != "false":
+            raise PrismError(
+                f"VACUUM with --retention-hours {retention_hours} < {DEFAULT_RETENTION_HOURS} is refused by Delta's"
+                " retention check", hint="keep the default, or set spark.databricks.delta.retentionDurationCheck"
+                ".enabled=false on the cluster if no reader or writer can still need the older files",
+            )
+        up = TableUpkeep(name, bytes=None)
+        if compact and not dry_run:
+            rows = self.spark.sql(optimize_sql(q)).collect()
+            m = rows[0]["metrics"] if rows else None
+            if m is not None:
+                up.compacted, up.written = int(m["numFilesRemoved"]), int(m["numFilesAdded"])
+        up.removed = [str(r[0]) for r in self.spark.sql(vacuum_sql(q, retention_hours, dry_run=True)).collect()]
+        if up.removed and not dry_run:
+            self.spark.sql(vacuum_sql(q, retention_hours, dry_run=False)).collect()
+        up.version = self.version(name)
+        return up
+
     def history(self, name: str, limit: int = 1) -> list[dict]:
         if not self.exists(name):
             return []
@@ -570,6 +680,11 @@ def create_table_sql(qualified: str, td: TableDef) -> str:
     return f"CREATE TABLE IF NOT EXISTS {qualified} ({cols}) USING DELTA{part}"
 
 
+def add_columns_sql(qualified: str, fields: Iterable[pa.Field]) -> str:
+    cols = ", ".join(f"`{check_identifier(f.name, 'column')}` {_spark_type(f.type)}" for f in fields)
+    return f"ALTER TABLE {qualified} ADD COLUMNS ({cols})"
+
+
 def merge_sql(target: str, source_view: str, key: Iterable[str], update: bool) -> str:
     check_identifier(source_view, "source view")
     on = " AND ".join(f"t.`{check_identifier(k, 'key column')}` = s.`{k}`" for k in key)
@@ -579,6 +694,18 @@ def merge_sql(target: str, source_view: str, key: Iterable[str], update: bool) -
 
 def describe_history_sql(qualified: str, limit: int) -> str:
     return f"DESCRIBE HISTORY {qualified} LIMIT {int(limit)}"
+
+
+def optimize_sql(qualified: str) -> str:
+    """Compaction of small files (Databricks / Delta ``OPTIMIZE``); ``qualified`` from :func:`qualified_name`."""
+    return f"OPTIMIZE {qualified}"
+
+
+def vacuum_sql(qualified: str, retention_hours: int, dry_run: bool = False) -> str:
+    """``VACUUM`` keeping files that stopped being referenced less than ``retention_hours`` ago."""
+    if isinstance(retention_hours, bool) or not isinstance(retention_hours, int) or retention_hours < 0:
+        raise ValueError(f"retention_hours must be an int >= 0, got {retention_hours!r}")
+    return f"VACUUM {qualified} RETAIN {retention_hours} HOURS" + (" DRY RUN" if dry_run else "")
 
 
 def open_store(settings: Settings, spark=None) -> TableStore:
@@ -595,5 +722,8 @@ def open_store(settings: Settings, spark=None) -> TableStore:
             engine = "delta-spark" if session_has_delta(spark) else "delta-rs"
     log.info("table engine: %s", engine)
     if engine == "delta-spark":
+        from prismatic.spark import require_delta
+
+        require_delta(spark)  # one clear error, not a Py4JJavaError at the first CREATE TABLE
         return DeltaSparkStore(settings, spark)
     return DeltaRsStore(settings, spark)

@@ -84,11 +84,15 @@ def safe_params(settings: Settings, extra: dict[str, Any] | None = None) -> dict
 
 @contextlib.contextmanager
 def run(settings: Settings, name: str, nested: bool = False, tags: dict[str, Any] | None = None,
-        params: dict[str, Any] | None = None) -> Iterator[Any]:
+        params: dict[str, Any] | None = None, stage: str | None = None, run_id: str | None = None) -> Iterator[Any]:
     """Start an MLflow run; no-op context when tracking is disabled.
 
     The run is a child of the active run when ``nested``, and always when a run is already active (a stage called
-    inside ``prism run``'s pipeline run, or from a notebook that opened one), so stages compose.
+    inside ``prism run``'s pipeline run, or from a notebook that opened one), so stages compose. Every run carries
+    the tags ``prismatic.stage`` (``stage``, default ``name``) and ``git_commit``.
+
+    Args:
+        run_id: resume this run (a round re-run after a crash) instead of starting a new one; tags are set again.
     """
     if not settings.tracking.enabled:
         yield None
@@ -96,13 +100,19 @@ def run(settings: Settings, name: str, nested: bool = False, tags: dict[str, Any
     import mlflow
 
     setup(settings)
-    all_tags = {"prismatic.stage": name}
+    all_tags = {"prismatic.stage": stage or name}
     commit = git_commit()
     if commit:
         all_tags["git_commit"] = commit
     all_tags.update({k: str(v) for k, v in (tags or {}).items()})
     nested = nested or mlflow.active_run() is not None
-    with mlflow.start_run(run_name=name, nested=nested, tags=all_tags) as r:
+    if run_id:
+        ctx = mlflow.start_run(run_id=run_id, nested=nested)
+    else:
+        ctx = mlflow.start_run(run_name=name, nested=nested, tags=all_tags)
+    with ctx as r:
+        if run_id:
+            mlflow.set_tags(all_tags)
         if params:
             mlflow.log_params({k: str(v)[:MAX_PARAM_CHARS] for k, v in params.items()})
         yield r
@@ -126,6 +136,19 @@ def runs_dataframe(settings: Settings, filter_string: str = "") -> Any:
 
     exp_id = setup(settings)
     return mlflow.search_runs(experiment_ids=[exp_id], filter_string=filter_string)
+
+
+def ui_command(settings: Settings) -> str:
+    """The command that opens the MLflow UI on this config's tracking store."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    uri = tracking_uri(settings)
+    if uri == "databricks":
+        return "open the experiment in the Databricks workspace (Machine Learning > Experiments)"
+    parts = urlsplit(uri)
+    if "@" in parts.netloc:  # never print credentials embedded in a server URI
+        uri = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+    return f"mlflow ui --backend-store-uri {uri}"
 
 
 def data_path(settings: Settings) -> Path:

@@ -11,8 +11,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import write_jsonl
-from synth_helpers import scripted_generator, seed_pool, tiny_overrides
+from synth_helpers import scripted_generator, seed_pool, tiny_overrides, topics_pool
 
 from prismatic.cluster import assign
 from prismatic.config import load_config
@@ -24,25 +23,6 @@ from prismatic.synth.loop import _gvendi, synthesize
 from prismatic.tables import open_store
 
 EMB = ["cluster.feature_space=embedding"]
-
-
-def topics_pool(tmp_path):
-    """Three topics of 14 samples and 6 samples in the scripted generator's style: in embedding space the 6 are a
-    small (sparse) cluster that the generated candidates land in, so some candidates are accepted."""
-    rows = []
-    for a in range(1, 15):
-        rows += [
-            {"prompt": f"Tom has {a} apples and buys {a + 4} more. How many apples does he have now?",
-             "completion": f"He has {a} + {a + 4} = {2 * a + 4} apples. \\boxed{{{2 * a + 4}}}"},
-            {"prompt": f"A rectangle is {a} cm wide and {a + 2} cm long. What is its area?",
-             "completion": f"The area is {a} * {a + 2} = {a * (a + 2)} square cm. \\boxed{{{a * (a + 2)}}}"},
-            {"prompt": f"A train travels {10 * a} km in 2 hours. What is its average speed?",
-             "completion": f"Speed is {10 * a} / 2 = {5 * a} km per hour. \\boxed{{{5 * a}}}"},
-        ]
-    for a, b in [(311, 122), (250, 143), (402, 219), (188, 377), (129, 264), (333, 101)]:
-        answer = f"Adding {a} and {b} gives {a + b}. \\boxed{{{a + b}}}"
-        rows.append({"prompt": f"What is {a} plus {b}?", "completion": answer})
-    return write_jsonl(tmp_path / "topics.jsonl", rows)
 
 
 # ---- the spec and the two ways of computing vectors (no Spark) ------------------------------------------------
@@ -147,7 +127,7 @@ def test_embedding_loop_then_gradient_round_never_mix(tmp_path, spark, tiny_mode
     rounds = {r["round"]: r for r in store.read_arrow("rounds").to_pylist()}
     assert rounds[1]["gvendi_before"] == pytest.approx(_gvendi(store, grad_id, 0)[0])
     assert rounds[1]["gvendi_after"] == pytest.approx(_gvendi(store, grad_id, 1)[0])
-    run1 = _round_params(s_emb)["round-1"]
+    run1 = _round_params(s_emb)["round-1-math"]
     assert run1.data.params["feature_space"] == "embedding"
     assert run1.data.params["cluster_spec_id"] == emb_id and run1.data.params["spec_id"] == grad_id
     assert run1.data.metrics["gvendi_after"] == pytest.approx(rounds[1]["gvendi_after"])
@@ -171,7 +151,7 @@ def test_embedding_loop_then_gradient_round_never_mix(tmp_path, spark, tiny_mode
     assert per_round == {1: {emb_id}, 2: {grad_id}}
     grads = store.read_arrow("gradients").to_pylist()
     assert sum(g["spec_id"] == emb_id for g in grads) == n_emb  # the gradient round embeds nothing
-    run2 = _round_params(s_grad)["round-2"]
+    run2 = _round_params(s_grad)["round-2-math"]
     assert run2.data.params["feature_space"] == "gradient" and run2.data.params["cluster_spec_id"] == grad_id
     # switching back embeds only what is missing: the samples round 2 accepted
     assert embed_stage(store, s_emb).todo == rep2.accepted_samples
@@ -187,7 +167,7 @@ def test_cli_synthesize_with_embedding_feature_space(tmp_path, spark, tiny_model
     # the fake back end without a script answers with text no problem parser accepts: every candidate is rejected
     fake = ["--set", "synth.generator.backend=fake", "--set", "synth.calls_per_round=2"]
     assert main([*sets, *fake, "synthesize", "--rounds", "1"]) == 0
-    assert "round 1:" in capsys.readouterr().out
+    assert "round 1 (math): 2 candidates -> 0 accepted" in capsys.readouterr().out
     assert main([*sets, "cluster", "--round", "1"]) == 0
     assert "already clustered 24 embedding vectors" in capsys.readouterr().out
     settings = load_config(overrides=tiny_overrides(tmp_path / "lake", tiny_model) + EMB)

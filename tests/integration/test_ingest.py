@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -134,7 +133,7 @@ def test_unreadable_file_is_one_error_and_nothing_written(store, tmp_path):
     import gzip
 
     broken.write_bytes(gzip.compress(b"".join(json.dumps(r).encode() + b"\n" for r in good_rows(50, 3)))[:-40])
-    with pytest.raises(InputError, match="nothing of it was written"):
+    with pytest.raises(InputError, match="1 of 1 files cannot be read, so nothing was written: cannot read "):
         ingest(store, [str(broken)], "s", "generic", store.settings)
     assert store.count("samples") == 0 and store.count("candidates_bronze") == 0
     bad_parquet = tmp_path / "x.parquet"
@@ -156,29 +155,22 @@ def _cli(data_root: Path, *args: str) -> list[str]:
 
 
 def test_killed_ingest_then_rerun_equals_clean_run(tmp_path, spark):
-    files = []
-    for i in range(6):
-        files.append(str(write_jsonl(tmp_path / f"part{i}.jsonl", good_rows(4000, start=i * 3000))))
+    """kill -9 between the run's MERGEs (samples committed, bronze not yet), then re-run: the same tables as a clean
+    run. The kill is a fault point (``PRISM_FAULT``: the process SIGKILLs itself there), so it is exact."""
+    files = [str(write_jsonl(tmp_path / f"part{i}.jsonl", good_rows(400, start=i * 300))) for i in range(6)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     crashed, clean = tmp_path / "crashed", tmp_path / "clean"
     args = ["ingest", *files, "--source", "big", "--task", "generic"]
-    proc = subprocess.Popen(_cli(crashed, *args), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    log_dir = crashed / "tables" / "samples" / "_delta_log"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if log_dir.is_dir() and len(list(log_dir.glob("*.json"))) >= 3:  # create + two merges landed
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "ingest finished before it could be killed; make the input bigger"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    killed = subprocess.run(_cli(crashed, *args), env={**env, "PRISM_FAULT": "candidates_bronze:before_commit:1"},
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     s_crashed = open_store(load_config(overrides=[f"data_root={crashed}"]), spark)
-    assert 0 < s_crashed.count("samples") < 19000
+    assert s_crashed.count("samples") == 1900 and s_crashed.count("candidates_bronze") == 0  # half committed
     assert subprocess.run(_cli(crashed, *args), env=env, capture_output=True).returncode == 0
     assert subprocess.run(_cli(clean, *args), env=env, capture_output=True).returncode == 0
     s_clean = open_store(load_config(overrides=[f"data_root={clean}"]), spark)
     for name in ("candidates_bronze", "samples", "quarantine"):
         a, b = snapshot(s_crashed, name), snapshot(s_clean, name)
         assert len(a) == len(b) and a == b, name
-    assert s_clean.count("samples") == 19000  # 6 files of 4000 rows starting 3000 apart: ids 0..18999
+    assert s_clean.count("samples") == 1900  # 6 files of 400 rows starting 300 apart: ids 0..1899
+    assert s_clean.count("candidates_bronze") == 2400

@@ -74,14 +74,15 @@ def build_demo_lakehouse(root: Path, spark) -> TableStore:
         "value": [r[4] for r in div_rows], "n": [r[5] for r in div_rows], "created_at": _ts(len(div_rows)),
     }))
     store.merge("clusters", pa.table({
-        "round": [1] * 4, "cluster_id": list(CLUSTER_SIZES), "spec_id": [SPEC] * 4,
+        "round": [1] * 4, "task": ["math"] * 4, "cluster_id": list(CLUSTER_SIZES), "spec_id": [SPEC] * 4,
         "centroid": [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], "size": list(CLUSTER_SIZES.values()),
         "sparse": [True, True, False, False], "created_at": _ts(4),
     }))
     cluster_of = [cid for cid, size in CLUSTER_SIZES.items() for _ in range(size)]
     members = [(cid, seed[2 + i]) for i, cid in enumerate(cluster_of)]  # seed[0], seed[1]: the duplicate pair
     store.merge("assignments", pa.table({
-        "round": [1] * len(members), "sample_id": [m[1] for m in members], "cluster_id": [m[0] for m in members],
+        "round": [1] * len(members), "task": ["math"] * len(members), "sample_id": [m[1] for m in members],
+        "cluster_id": [m[0] for m in members],
         "cosine": [round(0.99 - 0.01 * i, 4) for i in range(len(members))], "created_at": _ts(len(members)),
     }))
     cands = [  # (round, id, status, reason, detail, tokens)
@@ -182,6 +183,7 @@ def test_sparse_clusters(demo):
         assert cosines == sorted(cosines, reverse=True)  # closest to the centroid first
         assert all(e["prompt"] and e["source"] == "seed_math" for e in examples)
     assert [r["sparse"] for r in rows if r["example"] == 1] == [True, True, False, False]
+    assert {r["task"] for r in rows} == {"math"}  # clusters are per (round, task)
 
 
 @pytest.mark.spark

@@ -63,10 +63,10 @@ def test_two_rounds_tables_and_mlflow(tmp_path, spark, tiny_model):
     tracking.setup(settings)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     by_name = {r.info.run_name: r for r in runs}
-    assert {"synthesize", "round-1", "round-2"} <= set(by_name)
+    assert {"synthesize", "round-1-math", "round-2-math"} <= set(by_name)
     parent = by_name["synthesize"].info.run_id
     for r in reports:
-        run = by_name[f"round-{r.round}"]
+        run = by_name[f"round-{r.round}-math"]
         assert run.data.tags["mlflow.parentRunId"] == parent
         m = run.data.metrics
         assert m["candidates"] == r.generated and m["accepted"] == r.accepted_candidates

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
 
+from prismatic import assets
 from prismatic.assets import sha256_file
 from prismatic.config import ModelConfig, ScoringConfig
 from prismatic.errors import AssetError, SpecMismatchError
@@ -145,10 +148,119 @@ def test_gguf_is_converted_once_into_an_atomic_cache(tmp_path, monkeypatch):
     assert out == tmp_path / "converted" / sha256_file(gguf)[:16]
     assert calls == [(gguf.parent, "m.gguf", False)]
     marker = json.loads((out / gm.CONVERTED_MARKER).read_text())
-    assert marker["source_sha256"] == sha256_file(gguf) == weights_sha256(out)
-    assert list(out.glob("*.safetensors")) and (out / "config.json").exists()
+    assert marker["source_sha256"] == sha256_file(gguf)
+    files = sorted(out.glob("*.safetensors"))
+    assert files and (out / "config.json").exists()
+    assert marker["files"] == {f.name: sha256_file(f) for f in files}
+    want = hashlib.sha256("".join(f"{f.name}:{sha256_file(f)}\n" for f in files).encode()).hexdigest()
+    assert marker["weights_sha256"] == want == weights_sha256(out)  # what is loaded, not the GGUF
     assert [p.name for p in (tmp_path / "converted").iterdir()] == [out.name]  # no temp folder left
     assert gm.convert_gguf(gguf, tmp_path / "converted") == out and len(calls) == 1  # cached
+
+
+@pytest.fixture
+def fake_gguf(tmp_path, monkeypatch):
+    """A GGUF path whose conversion is stubbed by the tiny model; returns (gguf, out_root, calls)."""
+    import transformers
+
+    monkeypatch.setenv("PRISM_ASSETS", str(tmp_path / "assets"))  # sidecar hash records go there
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF-not-really" * 100)
+    calls = []
+
+    def fake_model(folder, gguf_file=None, trust_remote_code=False, **kw):
+        calls.append(gguf_file)
+        return tiny_llama(len(tiny_tokenizer()))
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tiny_tokenizer())
+    return gguf, tmp_path / "converted", calls
+
+
+def _overwrite_weights(folder, n=16):
+    """Overwrite n float32 weights in the middle of the safetensors file, as the integrity finding did."""
+    f = next(folder.glob("*.safetensors"))
+    data = bytearray(f.read_bytes())
+    mid = len(data) // 2 - (len(data) // 2) % 4
+    data[mid : mid + 4 * n] = b"\x00\x00\x80\x3f" * n  # 1.0f
+    f.write_bytes(bytes(data))
+
+
+def test_a_tampered_converted_cache_is_caught_and_converted_again(fake_gguf, caplog):
+    gguf, root, calls = fake_gguf
+    out = gm.convert_gguf(gguf, root)
+    clean = weights_sha256(out)
+    _overwrite_weights(out)
+    assert weights_sha256(out) != clean  # size unchanged, mtime changed: the sidecar record is not trusted
+    with caplog.at_level("WARNING", logger="prismatic.gradients.model"):
+        again = gm.convert_gguf(gguf, root)
+    assert again == out and len(calls) == 2 and weights_sha256(out) == clean
+    assert "does not match its recorded sha256" in caplog.text
+    assert [p.name for p in root.iterdir()] == [out.name]  # the bad copy is gone
+
+
+def test_a_cache_without_its_own_record_is_converted_again(fake_gguf):
+    gguf, root, calls = fake_gguf
+    out = gm.convert_gguf(gguf, root)
+    marker = out / gm.CONVERTED_MARKER
+    old = json.loads(marker.read_text())
+    marker.write_text(json.dumps({k: old[k] for k in ("source", "source_sha256", "converter")}))  # older prismatic
+    assert gm.convert_gguf(gguf, root) == out and len(calls) == 2
+    assert json.loads(marker.read_text())["weights_sha256"] == weights_sha256(out)
+
+
+def test_a_bad_cache_that_cannot_be_moved_is_one_clear_error(fake_gguf, monkeypatch):
+    gguf, root, _ = fake_gguf
+    out = gm.convert_gguf(gguf, root)
+    _overwrite_weights(out)
+
+    def refuse(src, dst):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(gm.os, "rename", refuse)
+    with pytest.raises(AssetError, match=r"does not match its recorded sha256 \(.*\) and cannot be moved away") as err:
+        gm.convert_gguf(gguf, root)
+    assert str(out) in err.value.hint
+
+
+def test_the_spec_follows_the_weights_that_were_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRISM_ASSETS", str(tmp_path / "assets"))
+    a, b = save_tiny(tmp_path / "a", seed=0), save_tiny(tmp_path / "b", seed=1)
+    cfg = ScoringConfig(d=64)
+    la, lb = (load_model(ModelConfig(path=str(d), device="cpu")) for d in (a, b))
+    spec_a, spec_b = (ProjectionSpec.from_config(cfg, "same-name", m.weights_sha256) for m in (la, lb))
+    assert spec_a.spec_id != spec_b.spec_id  # another weight file: another spec, even under one model name
+    _overwrite_weights(a)
+    tampered = load_model(ModelConfig(path=str(a), device="cpu"))
+    assert tampered.weights_sha256 == weights_sha256(a) != la.weights_sha256
+    assert ProjectionSpec.from_config(cfg, "same-name", tampered.weights_sha256).spec_id != spec_a.spec_id
+
+
+def test_weights_that_change_while_loading_are_refused(tiny_dir, tmp_path, monkeypatch):
+    import transformers
+
+    monkeypatch.setenv("PRISM_ASSETS", str(tmp_path / "assets"))
+    real = transformers.AutoModelForCausalLM.from_pretrained
+
+    def touching(folder, **kw):
+        model = real(folder, **kw)
+        f = next(Path(folder).glob("*.safetensors"))
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 1_000_000))
+        return model
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", touching)
+    with pytest.raises(AssetError, match="changed while they were loaded"):
+        load_model(ModelConfig(path=str(tiny_dir), device="cpu"))
+
+
+def test_weight_digests_are_remembered_by_size_and_mtime(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRISM_ASSETS", str(tmp_path / "assets"))
+    hashed = []
+    real = assets.sha256_file
+    monkeypatch.setattr(assets, "sha256_file", lambda p, *a, **k: hashed.append(Path(p).name) or real(p, *a, **k))
+    first = weights_sha256(tiny_dir)
+    assert hashed and weights_sha256(tiny_dir) == first and len(hashed) == len(list(tiny_dir.glob("*.safetensors")))
+    assert list((tmp_path / "assets" / "hashes").glob("*.sha256"))
 
 
 def _spec(**kw) -> ProjectionSpec:

@@ -161,3 +161,65 @@ def test_local_smollm2_generates_reproducibly(one_thread):
     # greedy decoding: every sample is the same whatever its seed
     greedy = gen.generate(prompts[:1], n=2, temperature=0.0, top_p=1.0, max_tokens=6, seed=0)
     assert greedy[0][0] == greedy[0][1]
+
+
+def _nucleus_reference(row, top_p):
+    """Top-p by a plain sort over the whole row: {token id: kept probability}."""
+    order = sorted(range(len(row)), key=lambda i: -row[i])
+    kept, mass = {}, 0.0
+    for i in order:
+        if mass >= top_p:
+            break
+        kept[i] = row[i]
+        mass += row[i]
+    return kept
+
+
+@pytest.mark.parametrize("k", [3, 1024])
+def test_nucleus_keeps_the_same_set_as_a_full_sort(k):
+    import torch
+
+    from prismatic.synth.generators import nucleus
+
+    gen = torch.Generator().manual_seed(0)
+    peaked = torch.softmax(torch.randn(4, 50, generator=gen) * 4, dim=-1)
+    flat = torch.softmax(torch.randn(2, 50, generator=gen) * 0.1, dim=-1)  # top 3 hold far less than top_p
+    for probs in (peaked, flat):
+        for top_p in (0.5, 0.9, 0.95):
+            vals, ids = nucleus(probs, top_p, k=k)
+            for r in range(probs.shape[0]):
+                got = {int(i): float(v) for v, i in zip(vals[r], ids[r], strict=True) if v > 0}
+                want = _nucleus_reference(probs[r].tolist(), top_p)
+                assert got.keys() == want.keys()
+                assert all(abs(got[i] - want[i]) < 1e-6 for i in want)
+
+
+def test_torch_threads_caps_then_restores():
+    import torch
+
+    from prismatic.synth.generators import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(None):
+        assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads must be"):
+        LocalGenerator(threads=0)
+
+
+def test_registered_secrets_are_masked_in_every_generation():
+    from prismatic.synth.secrets import Secret, forget_secrets
+
+    key = "sk-live-0123456789abcdef"
+    try:
+        Secret(key)  # registered, as resolve_api_key does with the configured key
+        gen = FakeGenerator(
+            lambda p, j, s: f"Problem: {p} ... Bearer {key}", fail=lambda p: p == "bad", skip_bad_requests=True
+        )
+        out = gen.generate(["ok", "bad"], n=2)
+        assert [g.text for g in out[0]] == ["Problem: ok ... Bearer ***"] * 2
+        assert all(key not in (g.text + (g.error or "")) for row in out for g in row)
+    finally:
+        forget_secrets()

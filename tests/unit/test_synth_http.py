@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ def chat_ok(body: dict) -> Reply:
 class Server:
     """Scripted OpenAI-compatible server: ``script(call_index, request)`` returns the reply."""
 
-    def __init__(self, script: Callable[[int, dict], Reply]):
+    def __init__(self, script: Callable[[int, dict], Reply], port: int = 0):
         self.script = script
         self.requests: list[dict] = []
         self.in_flight = 0
@@ -83,7 +84,7 @@ class Server:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self.thread.start()
@@ -101,8 +102,8 @@ class Server:
 def serve():
     servers = []
 
-    def start(script):
-        s = Server(script)
+    def start(script, port=0):
+        s = Server(script, port)
         servers.append(s)
         return s
 
@@ -181,23 +182,37 @@ def test_backoff_grows_and_is_capped():
     assert max(waits[0]) <= 1.1 and max(waits[3]) > 2.0  # full jitter over [0, 2^attempt]
 
 
-def test_persistent_failure_raises_typed_error_without_the_key(serve, monkeypatch, caplog):
-    # a hostile server echoes the Authorization header back in its error body
+def test_persistent_failure_is_recorded_as_error_markers_without_the_key(serve, monkeypatch, caplog):
+    # a hostile server echoes the Authorization header back in its error body; 503 after every retry means the
+    # server is unavailable: the prompt's generations are error markers (the round records generator_error)
     server = serve(lambda i, req: (503, "upstream down; you sent " + req["headers"].get("Authorization", ""), {}))
     monkeypatch.setenv("PRISM_GENERATOR_API_KEY", KEY)
     cfg = GeneratorConfig(backend="openai", base_url=server.base_url, model="m", max_retries=2, backoff_s=0.0)
     gen = make_generator(cfg)
     caplog.set_level(logging.DEBUG)
+    out = gen.generate(["boom"], n=2, max_tokens=8)
+    assert len(server.requests) == 3  # one try and two retries
+    assert [g.finish_reason for g in out[0]] == ["error", "error"] and not any(g.ok for g in out[0])
+    err = out[0][0].error
+    assert "failed after 3 attempts: HTTP 503" in err
+    assert "retry 1/2" in caplog.text and "recorded as generator_error" in caplog.text
+    for text in (err, caplog.text, repr(gen)):
+        assert KEY not in text
+
+
+def test_persistent_failure_error_carries_the_request_and_redacted_payload(serve, monkeypatch):
+    server = serve(lambda i, req: (503, "upstream down; you sent " + req["headers"].get("Authorization", ""), {}))
+    monkeypatch.setenv("PRISM_GENERATOR_API_KEY", KEY)
+    cfg = GeneratorConfig(backend="openai", base_url=server.base_url, model="m", max_retries=1, backoff_s=0.0)
+    gen = make_generator(cfg)
     with pytest.raises(GeneratorError) as ei:
-        gen.generate(["boom"], n=2, max_tokens=8)
+        gen._post(gen._body("boom", 1, 1.0, 1.0, 8, 0))
     err = ei.value
-    assert err.attempts == 3 and err.status_code == 503 and len(server.requests) == 3
-    assert "failed after 3 attempts: HTTP 503" in str(err)
+    assert err.unavailable and err.attempts == 2 and err.status_code == 503
     assert err.request["messages"][-1]["content"] == "boom"
     assert "upstream down" in err.payload and "***" in err.payload
-    for text in (str(err), repr(err.request), err.payload, caplog.text, repr(gen), err.hint):
+    for text in (str(err), repr(err.request), err.payload, err.hint):
         assert KEY not in text
-    assert "retry 1/2" in caplog.text
 
 
 def test_client_error_is_not_retried(serve):
@@ -221,21 +236,23 @@ def test_skip_bad_requests_marks_only_the_failed_prompt(serve):
     assert len(server.requests) == 4  # good, also good, bad twice
 
 
-def test_timeout_is_retried_then_reported(serve):
+def test_timeout_is_retried_then_recorded_as_error_markers(serve):
     def slow(i, req):
         time.sleep(0.5)
         return chat_ok(req["body"])
 
     server = serve(slow)
-    with pytest.raises(GeneratorError, match="timed out") as ei:
-        client(server, timeout_s=0.1, max_retries=1).generate(["x"], n=1)
-    assert ei.value.attempts == 2 and ei.value.status_code is None
+    out = client(server, timeout_s=0.1, max_retries=1).generate(["x"], n=2)
+    assert [g.finish_reason for g in out[0]] == ["error", "error"]
+    assert "failed after 2 attempts: timed out" in out[0][0].error
+    assert len(server.requests) == 2
 
 
-def test_connection_refused_is_a_generator_error():
+def test_connection_refused_is_recorded_as_error_markers():
     gen = OpenAICompatibleGenerator("http://127.0.0.1:9/v1", "m", max_retries=1, sleep=lambda s: None)
-    with pytest.raises(GeneratorError, match="connection error"):
-        gen.generate(["x"])
+    out = gen.generate(["x", "y"], n=3)
+    assert [[g.finish_reason for g in row] for row in out] == [["error"] * 3] * 2
+    assert all("connection error" in g.error for row in out for g in row)
 
 
 @pytest.mark.parametrize(
@@ -279,3 +296,54 @@ def test_concurrency_limit(serve):
 def test_missing_base_url_is_a_clear_error():
     with pytest.raises(ConfigError, match="base_url"):
         make_generator(GeneratorConfig(backend="openai"))
+
+
+def echo_auth(body: dict, headers: dict) -> Reply:
+    """A hostile server: every completion repeats the Authorization header it received."""
+    status, data, extra = chat_ok(body)
+    for c in data["choices"]:
+        c["message"]["content"] = "Problem 1: what is 2+2? (debug: " + headers.get("Authorization", "") + ")"
+    return status, data, extra
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_echoed_key_never_reaches_texts_the_request_cache_or_logs(serve, monkeypatch, tmp_path, caplog):
+    from prismatic.synth.cache import SQLiteRequestCache
+
+    server = serve(lambda i, req: echo_auth(req["body"], req["headers"]))
+    monkeypatch.setenv("PRISM_GENERATOR_API_KEY", KEY)
+    cfg = GeneratorConfig(backend="openai", base_url=server.base_url, model="m", backoff_s=0.0)
+    gen = make_generator(cfg, SQLiteRequestCache(tmp_path / "cache"))
+    caplog.set_level(logging.DEBUG)
+    first = gen.generate(["a", "b"], n=2, max_tokens=16, seed=1)
+    assert server.requests[0]["headers"]["Authorization"] == f"Bearer {KEY}"  # the key was really sent
+    texts = [g.text for row in first for g in row]
+    assert texts == ["Problem 1: what is 2+2? (debug: Bearer ***)"] * 4
+    again = gen.generate(["a", "b"], n=2, max_tokens=16, seed=1)  # answered from the cache: still masked
+    assert len(server.requests) == 2 and [g.text for row in again for g in row] == texts
+    stored = b"".join(f.read_bytes() for f in (tmp_path / "cache").rglob("*") if f.is_file())
+    assert b"Bearer ***" in stored and KEY.encode() not in stored
+    assert KEY not in caplog.text
+
+
+def test_a_refusing_server_gives_error_markers_that_are_not_cached_and_a_rerun_resumes(serve, tmp_path):
+    from prismatic.synth.cache import SQLiteRequestCache
+
+    port = free_port()
+    cfg = GeneratorConfig(
+        backend="openai", base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=1, backoff_s=0.0
+    )
+    gen = make_generator(cfg, SQLiteRequestCache(tmp_path / "cache"))
+    down = gen.generate(["p1", "p2"], n=2, max_tokens=8, seed=4)  # nothing listens: connection refused
+    assert [[g.finish_reason for g in row] for row in down] == [["error", "error"]] * 2
+    assert all("connection error" in g.error for row in down for g in row)
+    server = serve(lambda i, req: chat_ok(req["body"]), port=port)  # the server comes up; the round is re-run
+    up = gen.generate(["p1", "p2"], n=2, max_tokens=8, seed=4)
+    assert all(g.ok for row in up for g in row) and len(server.requests) == 2  # asked again: errors were not cached
+    assert up[0][0].text.startswith("reply 0 to p1")
+    assert gen.generate(["p1", "p2"], n=2, max_tokens=8, seed=4) == up and len(server.requests) == 2

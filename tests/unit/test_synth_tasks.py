@@ -186,6 +186,37 @@ def test_parse_problems_drops_a_cut_off_last_problem():
     assert isinstance(r, Rejected) and "cut off" in r.detail
 
 
+def test_parse_problems_real_qwen_output_with_quoted_problems():
+    # Qwen2.5-Coder-0.5B (bench/synth_yield.py): each problem quoted, repeating its marker, then an answer line
+    text = (
+        'Problem 1:\n"Problem 1: The student scored 250 out of 500 marks. How many marks did she lose?"\n'
+        "Answer: 250\n\nProblem 2:\n\u201cProblem 2: A box holds 12 pens. How many pens are in 3 boxes?\u201d\n"
+        'Answer: 36\n\nProblem 3:\n"Sam has 4 apples and buys 6 more. How many apples does he have?"'
+    )
+    assert parse_problems(text) == [
+        "The student scored 250 out of 500 marks. How many marks did she lose?",
+        "A box holds 12 pens. How many pens are in 3 boxes?",
+        "Sam has 4 apples and buys 6 more. How many apples does he have?",
+    ]
+    # quotes inside a problem are kept
+    assert parse_problems('Problem 1: Ann said "hi" to 3 friends. How many friends did she greet?') == [
+        'Ann said "hi" to 3 friends. How many friends did she greet?'
+    ]
+
+
+def test_parse_problems_cuts_analysis_and_steps_sections():
+    # real Qwen2.5-Coder-0.5B output: the problem is followed by its own working under "Analysis:" / "Steps:"
+    text = (
+        "Problem 1: Chloe packs 3 boxes with 5 shells in each box. How many shells does she pack?\nAnalysis:\n"
+        "- Calculate: 3 * 5 = 15\n\nProblem 2: Rosa has 40 stamps and receives 72 more. How many stamps does she"
+        " have now?\nSteps:\n1. Identify the stamps she had (40).\n2. Add 72."
+    )
+    assert parse_problems(text) == [
+        "Chloe packs 3 boxes with 5 shells in each box. How many shells does she pack?",
+        "Rosa has 40 stamps and receives 72 more. How many stamps does she have now?",
+    ]
+
+
 def test_parse_problems_numbered_list_inside_a_marked_problem_stays_in_it():
     text = (
         f"Problem 1: Three friends:\n1. Ann has 3 coins.\n2. Bob has 5 coins.\nHow many coins in all?\nProblem 2: {B}"

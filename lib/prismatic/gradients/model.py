@@ -6,14 +6,20 @@
   (``prismatic.assets``), the default proxy;
 - a ``.gguf`` file (or a folder plus ``gguf_file``) — dequantized once by transformers and saved as a
   safetensors checkpoint under ``<assets cache>/converted/<sha256 prefix>/`` (written to a temporary
-  folder, then renamed, so a crash never leaves a half checkpoint); later loads take about a second;
+  folder, then renamed, so a crash never leaves a half checkpoint); later loads take about a second. The
+  checkpoint records the sha256 of its own safetensors files (``prismatic_source.json``) and every use checks
+  them: a checkpoint that no longer matches (or an older one that records nothing) is converted again;
 - a local folder with a transformers checkpoint (safetensors only);
 - a hub id (``org/name``), fetched with ``huggingface_hub.snapshot_download`` (safetensors, config and
   tokenizer files only) and then loaded as a folder.
 
 Remote code is never run (``trust_remote_code=False``) and pickled weights are refused
-(``use_safetensors=True``). The weights' sha256 — of the GGUF file, or of the folder's safetensors files —
-goes into the projection spec.
+(``use_safetensors=True``). The weights' sha256 that goes into the projection spec is that of the safetensors
+files actually loaded (for a GGUF, those of its converted checkpoint; the GGUF's own sha256 is kept in the
+checkpoint's record), so two different sets of weights never share a ``spec_id``. Hashing 500 MB on every load
+would cost seconds, so each file's digest is remembered in a sidecar record under ``<assets cache>/hashes``
+with the file's size and mtime, and recomputed when either changes (:func:`prismatic.assets.cached_sha256`); a
+load fails if a weight file changes while it is being read.
 
 Encoding: the prompt is the user turn and the completion the assistant turn of the tokenizer's chat
 template; only completion tokens carry loss (prompt tokens are labelled -100); sequences longer than
@@ -29,24 +35,25 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from prismatic.assets import asset_path, cache_dir, sha256_file
+from prismatic.assets import asset_path, cache_dir, cached_sha256
 from prismatic.config import ModelConfig
-from prismatic.errors import AssetError
+from prismatic.errors import AssetError, ModelPathError
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 BUILTIN_PREFIX = "builtin:"
-BUILTIN_MODELS = {"smollm2": "smollm2"}  # builtin name -> prismatic.assets asset name
+BUILTIN_MODELS = {"smollm2": "smollm2", "qwen-coder-0.5b": "qwen-coder-0.5b"}  # builtin name -> asset name
 CONVERTED_MARKER = "prismatic_source.json"
+CONVERTED_FORMAT = 2  # 2: the record holds the sha256 of the checkpoint's own safetensors files
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 @dataclass
@@ -92,32 +99,66 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _cached_sha(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = sha256_file(path)
-    return _SHA_CACHE[key]
+    """sha256 of a file, remembered (with its size and mtime) in ``<assets cache>/hashes/``."""
+    key = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:32]
+    return cached_sha256(path, cache_dir() / "hashes" / f"{key}.sha256")
+
+
+def _safetensors(folder: Path) -> list[Path]:
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"no *.safetensors files in {folder} (only safetensors and GGUF weights are loaded)")
+    return files
+
+
+def _weight_stats(folder: Path) -> dict[str, tuple[int, int]]:
+    return {f.name: (f.stat().st_size, f.stat().st_mtime_ns) for f in _safetensors(folder)}
 
 
 def weights_sha256(path: str | Path) -> str:
     """sha256 identifying the weights: of a ``.gguf`` file, or of a folder's ``*.safetensors`` files.
 
-    For a folder the digest is ``sha256("name:sha256(file)\\n" for each safetensors file, sorted by name)``.
-    A converted GGUF checkpoint reports the sha256 of its source GGUF file.
+    For a folder (a converted GGUF checkpoint included) the digest is
+    ``sha256("name:sha256(file)\\n" for each safetensors file, sorted by name)``: what is loaded, not where it
+    came from.
     """
     p = Path(path)
     if p.is_file():
         return _cached_sha(p)
-    marker = p / CONVERTED_MARKER
-    if marker.exists():
-        return json.loads(marker.read_text())["source_sha256"]
-    files = sorted(p.glob("*.safetensors"))
-    if not files:
-        raise ValueError(f"no *.safetensors files in {p} (only safetensors and GGUF weights are loaded)")
     h = hashlib.sha256()
-    for f in files:
+    for f in _safetensors(p):
         h.update(f"{f.name}:{_cached_sha(f)}\n".encode())
     return h.hexdigest()
+
+
+def _cache_problem(folder: Path) -> str | None:
+    """Why a converted checkpoint cannot be used as it is, or None when its weights match its record."""
+    try:
+        record = json.loads((folder / CONVERTED_MARKER).read_text())
+        want = record.get("weights_sha256") if record.get("format") == CONVERTED_FORMAT else None
+        if not want:
+            return "records no sha256 of its own weights (converted by an older prismatic)"
+        got = weights_sha256(folder)
+    except (OSError, ValueError) as e:
+        return f"cannot be checked ({e})"
+    if got != want:
+        return f"does not match its recorded sha256 (weights {got[:16]}…, recorded {want[:16]}…)"
+    return None
+
+
+def _discard(folder: Path, problem: str) -> None:
+    """Move a bad converted checkpoint out of the way (then delete it); one clear error if that is impossible."""
+    aside = folder.with_name(f".discard-{folder.name}-{os.getpid()}-{time.time_ns()}")
+    try:
+        os.rename(folder, aside)
+    except FileNotFoundError:  # another process discarded it first
+        return
+    except OSError as e:
+        raise AssetError(
+            f"converted checkpoint {folder} {problem} and cannot be moved away: {e}",
+            hint=f"delete {folder}; it is converted again from the GGUF on the next load",
+        ) from None
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def convert_gguf(gguf: str | Path, out_root: str | Path | None = None) -> Path:
@@ -129,7 +170,12 @@ def convert_gguf(gguf: str | Path, out_root: str | Path | None = None) -> Path:
 
     Returns:
         The folder ``<out_root>/<first 16 hex of the GGUF sha256>/`` holding config, tokenizer, safetensors
-        and ``prismatic_source.json``. A second call returns it without converting again.
+        and ``prismatic_source.json`` (source GGUF sha256, and the sha256 of each safetensors file and of the
+        weights). A later call checks those and returns the folder without converting again; a folder whose
+        weights no longer match its record is converted again.
+
+    Raises:
+        AssetError: the GGUF does not exist, or a bad checkpoint cannot be moved away.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -140,7 +186,11 @@ def convert_gguf(gguf: str | Path, out_root: str | Path | None = None) -> Path:
     root = Path(out_root) if out_root else cache_dir() / "converted"
     final = root / sha[:16]
     if (final / CONVERTED_MARKER).exists():
-        return final
+        problem = _cache_problem(final)
+        if problem is None:
+            return final
+        log.warning("converted checkpoint %s %s; converting %s again", final, problem, gguf.name)
+        _discard(final, problem)
     root.mkdir(parents=True, exist_ok=True)
     log.info("converting %s to safetensors (once; cached in %s)", gguf.name, final)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{sha[:16]}-"))
@@ -153,9 +203,11 @@ def convert_gguf(gguf: str | Path, out_root: str | Path | None = None) -> Path:
             del model.config.quantization_config
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / CONVERTED_MARKER).write_text(
-            json.dumps({"source": gguf.name, "source_sha256": sha, "converter": "transformers gguf dequantize"})
-        )
+        files = {f.name: _cached_sha(f) for f in _safetensors(tmp)}
+        (tmp / CONVERTED_MARKER).write_text(json.dumps({
+            "source": gguf.name, "source_sha256": sha, "converter": "transformers gguf dequantize",
+            "format": CONVERTED_FORMAT, "files": files, "weights_sha256": weights_sha256(tmp),
+        }))  # fmt: skip
         try:
             os.rename(tmp, final)
         except OSError:
@@ -187,7 +239,7 @@ def resolve_model_path(cfg: ModelConfig) -> tuple[Path, str, str]:
     if spec.startswith(BUILTIN_PREFIX):
         name = spec[len(BUILTIN_PREFIX) :]
         if name not in BUILTIN_MODELS:
-            raise ValueError(
+            raise ModelPathError(
                 f"unknown builtin model {spec!r}; known: {', '.join(BUILTIN_PREFIX + n for n in BUILTIN_MODELS)}"
             )
         gguf = asset_path(BUILTIN_MODELS[name])
@@ -196,7 +248,7 @@ def resolve_model_path(cfg: ModelConfig) -> tuple[Path, str, str]:
         p = Path(spec).expanduser()
         if p.is_file():
             if p.suffix != ".gguf":
-                raise ValueError(f"model.path {spec!r} is a file but not .gguf; give a folder, a .gguf or a hub id")
+                raise ModelPathError(f"model.path {spec!r} is a file but not .gguf")
             gguf, model_id = p, p.name
         elif p.is_dir():
             if cfg.gguf_file:
@@ -210,9 +262,11 @@ def resolve_model_path(cfg: ModelConfig) -> tuple[Path, str, str]:
             else:
                 return local, spec, weights_sha256(local)
         else:
-            raise ValueError(f"model.path {spec!r} is neither a folder, a .gguf file, a hub id nor builtin:<name>")
+            raise ModelPathError(
+                f"model.path {spec!r} does not exist: neither a folder, a .gguf file, a hub id nor builtin:<name>"
+            )
     folder = convert_gguf(gguf)
-    return folder, model_id, _cached_sha(gguf)
+    return folder, model_id, weights_sha256(folder)
 
 
 def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
@@ -220,12 +274,16 @@ def load_model(cfg: ModelConfig | None = None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     cfg = cfg or ModelConfig()
-    folder, model_id, sha = resolve_model_path(cfg)
+    folder, model_id, _ = resolve_model_path(cfg)
     device = resolve_device(cfg.device)
+    before = _weight_stats(folder)
+    sha = weights_sha256(folder)  # of the files as they are now; checked unchanged after loading them
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(
         folder, use_safetensors=True, trust_remote_code=False, dtype=_DTYPES[cfg.dtype]
     )
+    if _weight_stats(folder) != before:
+        raise AssetError(f"the weights in {folder} changed while they were loaded", hint="load them again")
     model.eval().to(device)
     for p in model.parameters():
         p.requires_grad_(False)

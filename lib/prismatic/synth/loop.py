@@ -1,26 +1,39 @@
-"""The Prismatic Synthesis round, run N times unattended, resumable after a crash.
+"""The Prismatic Synthesis round, run N times unattended, resumable after a crash; one task at a time.
 
-One round r (paper defaults, every one configurable in ``synth`` / ``cluster``):
+Rounds work within a task (``synth.tasks``, default ``[synth.task]``): each round r runs one sub-round per task,
+and a sub-round (r, task) only ever looks at the pool rows of its task, so a sparse region of the math pool is
+never hidden by a dense NLI cluster. One (round, task), paper defaults, every one configurable in ``synth`` /
+``cluster``:
 
-1. cluster the pool of rounds < r (spherical k-means on the vectors of ``cluster.feature_space``: the projected
-   gradients, or sentence embeddings for the embedding-diversity baseline; ``clusters`` / ``assignments``);
-2. draw few-shot exemplars from the pool's *sparse* clusters (``synth.exemplars`` per call);
+1. score and cluster the task's pool of rounds < r (spherical k-means on the vectors of ``cluster.feature_space``:
+   the projected gradients, or sentence embeddings for the embedding-diversity baseline; ``clusters`` /
+   ``assignments`` keyed by (round, task)); a task with fewer than ``2 * cluster.k_min`` rows, or whose sparse
+   clusters have no members, is *skipped* with a one-line reason (log, report, ``rounds.detail``), never silently
+   widened to another pool;
+2. draw few-shot exemplars from the members of the task's *sparse* clusters (``synth.exemplars`` per call);
 3. generate new problems (``synth.problems_per_call`` per call, T 1.0, top-p 0.95), parse them defensively;
 4. sample ``n_solutions`` solutions (T 0.75) and keep a candidate when ``tau`` of them agree;
-5. score the survivors with the pool's projection spec; keep the samples whose nearest centroid is sparse
+5. drop exact / near duplicates of the task's pool, decontaminate against the eval sets (word n-gram overlap);
+6. score the survivors with the pool's projection spec; keep the samples whose nearest centroid is sparse
    (with ``feature_space = embedding``: embed them, keep those nearest a sparse cluster, then score those);
-6. drop exact / near duplicates of the pool, decontaminate against the eval sets (word n-gram overlap);
 7. MERGE accepted samples into ``samples`` (origin ``synthetic``, round r), every candidate into
-   ``synth_candidates`` with its status and reason, and the round into ``rounds``; log it to MLflow.
+   ``synth_candidates`` with its status and reason, and the round into ``rounds``; log it to MLflow;
+8. with ``synth.train_each_round``: train the student on the task's pool and evaluate it ID / OOD
+   (:mod:`prismatic.synth.roundtrain`); round 0 does this for the seed pool, the baseline.
 
-Resume: everything a round reads is the pool of rounds < r, exemplars are drawn with a seed derived from
+Tokens: a generation call's completion tokens are charged to the first candidate it produced (or to the one
+rejected row that stands for the call when it produced none), a candidate's solution tokens to that candidate; so
+``sum(synth_candidates.tokens)`` of a round equals its ``rounds.tokens`` and each call is counted once.
+
+Resume: everything a round reads is the task's pool of rounds < r, exemplars are drawn with a seed derived from
 (seed, r), generator requests are cached by hash, and every write is a keyed MERGE; so a round re-run after a
-crash recomputes the same candidates (from the cache) and writes nothing twice. A round is done when its row
-in ``rounds`` says so; ``synthesize`` starts at the first round that is not.
+crash recomputes the same candidates (from the cache) and writes nothing twice. A (round, task) is finished when
+its row in ``rounds`` says ``done``; ``synthesize`` runs every one that is not (a ``skipped`` one is retried).
 
 Feature space: the pool G-Vendi before / after a round is always computed on the gradient vectors of the scoring
 spec, whichever space guides clustering and filtering, so a gradient-guided and an embedding-guided run are
-compared on the same metric (MLflow params ``feature_space`` and ``cluster_spec_id`` tell them apart).
+compared on the same metric (MLflow params ``feature_space`` and ``cluster_spec_id`` tell them apart); the
+embedding Vendi of the task's pool is reported next to it.
 """
 
 from __future__ import annotations
@@ -31,7 +44,6 @@ import logging
 import random
 import re
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +56,16 @@ from prismatic.errors import PrismError
 from prismatic.ingest import SAMPLE_ID_NORMALIZATION, bucket_of
 from prismatic.normalize import sample_id as make_sample_id
 from prismatic.normalize import text_hash
+from prismatic.synth.rounds import (
+    FINISHED,
+    RoundReport,
+    log_parent,
+    log_round,
+    round_run,
+    round_state,
+    rounds_row,
+    started_row,
+)
 from prismatic.tables import TableStore
 
 log = logging.getLogger(__name__)
@@ -89,35 +111,8 @@ class Candidate:
         self.status, self.reason, self.detail = "rejected", reason, detail[:500]
 
 
-@dataclass
-class RoundReport:
-    round: int
-    generated: int = 0
-    accepted_candidates: int = 0
-    accepted_samples: int = 0
-    reasons: Counter = field(default_factory=Counter)
-    tokens: int = 0
-    contamination_hits: int = 0
-    gvendi_before: float = float("nan")
-    gvendi_after: float = float("nan")
-    pool_before: int = 0
-    pool_after: int = 0
-    seconds: dict = field(default_factory=dict)
-    resumed: bool = False
-    feature_space: str = "gradient"
-    spec_id: str = ""  # the scoring (gradient) spec: G-Vendi and the vectors written for accepted samples
-    cluster_spec_id: str = ""  # the spec of the vectors clustered and filtered in (= spec_id for gradient)
-
-    @property
-    def acceptance_rate(self) -> float:
-        return self.accepted_candidates / self.generated if self.generated else 0.0
-
-    def summary(self) -> str:
-        return (
-            f"round {self.round}: {self.generated} candidates -> {self.accepted_candidates} accepted"
-            f" ({self.accepted_samples} samples); pool {self.pool_before} -> {self.pool_after};"
-            f" G-Vendi {self.gvendi_before:.3f} -> {self.gvendi_after:.3f}; reasons {dict(self.reasons)}"
-        )
+class RoundSkipped(PrismError):
+    """A (round, task) cannot run: too few rows to cluster, or no member in its sparse clusters."""
 
 
 # ---- pieces -----------------------------------------------------------------------------------------------
@@ -204,7 +199,7 @@ class PoolIndex:
         return ("near", best) if best >= self.cfg.threshold else None
 
 
-# ---- the round --------------------------------------------------------------------------------------------
+# ---- the round: named steps over one task's pool ---------------------------------------------------------
 
 
 def _pool_rows(store: TableStore, rnd: int, task: str) -> list[dict]:
@@ -214,17 +209,17 @@ def _pool_rows(store: TableStore, rnd: int, task: str) -> list[dict]:
     return [r.asDict() for r in df.select("sample_id", "prompt", "completion", "label").collect()]
 
 
-def _gvendi(store: TableStore, spec_id: str, max_round: int) -> tuple[float, int]:
+def _gvendi(store: TableStore, spec_id: str, max_round: int, task: str | None = None) -> tuple[float, int]:
+    """Vendi score (G-Vendi for a gradient spec, embedding Vendi for an embedding spec) of the pool of rounds
+    <= ``max_round`` (of ``task`` when given) and the number of vectors it saw."""
     from pyspark.sql import functions as F
 
     from prismatic.diversity import gradient_diversity
 
-    df = (
-        store.pool()
-        .where(F.col("round") <= max_round)
-        .select("sample_id")
-        .join(store.read("gradients").where(F.col("spec_id") == spec_id), "sample_id")
-    )
+    pool = store.pool().where(F.col("round") <= max_round)
+    if task is not None:
+        pool = pool.where(F.col("task") == task)
+    df = pool.select("sample_id").join(store.read("gradients").where(F.col("spec_id") == spec_id), "sample_id")
     res = gradient_diversity(df, None, vector_col="vector", spec_col="spec_id").rows
     row = res[res["metric"] == "g_vendi"]
     if row.empty:
@@ -232,113 +227,154 @@ def _gvendi(store: TableStore, spec_id: str, max_round: int) -> tuple[float, int
     return float(row["value"].iloc[0]), int(row["n"].iloc[0])
 
 
-def run_round(store: TableStore, settings: Settings, rnd: int, generator, task, decontam, report: RoundReport):
-    """Run round ``rnd`` end to end (see the module docstring); fills ``report``."""
+def _emb_vendi(store: TableStore, settings: Settings, rnd: int, task: str) -> tuple[float, float]:
+    """Embedding Vendi of the task's pool before and after round ``rnd`` (round 0: both the seed pool); embeds
+    only the rows not embedded yet (``diversity.embedding_model``, stored in ``gradients`` under its spec)."""
+    from prismatic.stages import embed_stage
+
+    rep = embed_stage(store, settings, where=f"task = '{task}' AND round <= {int(rnd)}")
+    after = _gvendi(store, rep.spec_id, rnd, task)[0]
+    return (after if rnd == 0 else _gvendi(store, rep.spec_id, rnd - 1, task)[0]), after
+
+
+@dataclass
+class RoundClusters:
+    """The clustering a round works in: centroids, sparse ids, the task's pool and the exemplar groups."""
+
+    clusters: list
+    centroids: np.ndarray
+    sparse_ids: set[int]
+    pool: list[dict]
+    groups: list[list[dict]]
+    spec: Any = None
+    cluster_spec_id: str = ""
+
+
+def _sparse_members(store: TableStore, rnd: int, task: str, clusters: list, report: RoundReport) -> set[str]:
+    """Sample ids in the task's sparse clusters; empty sparse clusters get a note, none at all skips the round."""
     from pyspark.sql import functions as F
 
-    from prismatic.gradients.udf import get_scorer
-    from prismatic.stages import check_round_spec, cluster_stage, register_spec, score_stage
+    sparse_ids = sorted(c["cluster_id"] for c in clusters if c["sparse"])
+    sizes = sorted((c["size"] for c in clusters), reverse=True)
+    if not sparse_ids:
+        raise RoundSkipped(f"task {task}: no sparse cluster among k={len(clusters)} (sizes {sizes}): nothing is"
+                           f" strictly below the size at cluster.sparse_quantile")
+    rows = (store.read("assignments")
+            .where((F.col("round") == rnd) & (F.col("task") == task) & F.col("cluster_id").isin(sparse_ids))
+            .select("sample_id", "cluster_id").collect())
+    empty = sorted(set(sparse_ids) - {r["cluster_id"] for r in rows})
+    if empty:
+        note = f"task {task}: sparse clusters {empty} of round {rnd} have no members (no exemplars drawn from them)"
+        log.warning(note)
+        report.notes.append(note)
+    if not rows:
+        raise RoundSkipped(f"task {task}: its {len(sparse_ids)} sparse clusters have no members (sizes {sizes})")
+    return {r["sample_id"] for r in rows}
+
+
+def _prepare(store: TableStore, settings: Settings, rnd: int, task: str, report: RoundReport) -> RoundClusters:
+    """Score and cluster the task's pool of rounds < rnd, find the sparse clusters, draw the exemplar groups."""
+    from pyspark.sql import functions as F
+
+    from prismatic.stages import TooFewToCluster, check_round_spec, cluster_stage, register_spec, score_stage
 
     cfg = settings.synth
-    space = settings.cluster.feature_space
     t0 = time.perf_counter()
     spec = register_spec(store, settings)
-    # the pool of rounds < rnd must be scored before it is clustered (and for G-Vendi in either feature space)
-    score_stage(store, settings, where=f"round < {int(rnd)}")
-    report.gvendi_before, report.pool_before = _gvendi(store, spec.spec_id, rnd - 1)
-    crep = cluster_stage(store, settings, round=rnd)  # embedding space: embeds the pool's missing rows first
-    report.feature_space, report.spec_id, report.cluster_spec_id = space, spec.spec_id, crep.spec_id
-    report.seconds["cluster"] = round(time.perf_counter() - t0, 2)
-    clusters = store.read("clusters").where(F.col("round") == rnd).orderBy("cluster_id").collect()
-    check_round_spec(rnd, {c["spec_id"] for c in clusters}, crep.spec_id, space)
-    centroids = np.asarray([c["centroid"] for c in clusters], dtype=np.float32)
-    sparse_ids = {c["cluster_id"] for c in clusters if c["sparse"]}
-    sparse_members = {
-        r["sample_id"]
-        for r in store.read("assignments")
-        .where((F.col("round") == rnd) & F.col("cluster_id").isin(list(sparse_ids) or [-1]))
-        .select("sample_id")
-        .collect()
-    }
-    pool = _pool_rows(store, rnd, cfg.task)
-    members = [p for p in pool if p["sample_id"] in sparse_members] or pool
-    if cfg.task == "nli":
-        members = [dict(m, **f) for m in members if (f := nli_fields(m["prompt"], m["label"]))]
+    # the task's pool of rounds < rnd must be scored before it is clustered (and for G-Vendi in either space)
+    score_stage(store, settings, where=f"round < {int(rnd)} AND task = '{task}'")
+    report.gvendi_before, report.pool_before = _gvendi(store, spec.spec_id, rnd - 1, task)
+    report.spec_id, report.feature_space = spec.spec_id, settings.cluster.feature_space
+    report.seconds["score"] = round(time.perf_counter() - t0, 2)
+    try:
+        crep = cluster_stage(store, settings, round=rnd, task=task)  # embedding space: embeds missing rows first
+    except TooFewToCluster as e:
+        raise RoundSkipped(str(e), hint=e.hint) from None
+    report.cluster_spec_id, report.k, report.sparse_k = crep.spec_id, crep.k, crep.sparse
+    clusters = (store.read("clusters").where((F.col("round") == rnd) & (F.col("task") == task))
+                .orderBy("cluster_id").collect())
+    check_round_spec(rnd, {c["spec_id"] for c in clusters}, crep.spec_id, report.feature_space)
+    members = _sparse_members(store, rnd, task, clusters, report)
+    pool = _pool_rows(store, rnd, task)
+    chosen = [p for p in pool if p["sample_id"] in members]
+    if task == "nli":
+        chosen = [dict(m, **f) for m in chosen if (f := nli_fields(m["prompt"], m["label"]))]
     else:
-        members = [dict(m, problem=m["prompt"]) for m in members]
-    groups = exemplar_groups(members, cfg.calls_per_round, cfg.exemplars, cfg.seed * 1_000_003 + rnd)
+        chosen = [dict(m, problem=m["prompt"]) for m in chosen]
+    groups = exemplar_groups(chosen, cfg.calls_per_round, cfg.exemplars, cfg.seed * 1_000_003 + rnd)
     if not groups:
-        raise PrismError(
-            f"no {cfg.task} samples in the pool to draw exemplars from",
-            hint=f"ingest {cfg.task} seed data first (prism ingest ... --task {cfg.task})",
-        )
+        raise RoundSkipped(f"task {task}: none of the {len(members)} sparse-cluster members has the {task} prompt"
+                           " form the exemplar template needs")
+    report.seconds["cluster"] = round(time.perf_counter() - t0 - report.seconds["score"], 2)
+    centroids = np.asarray([c["centroid"] for c in clusters], dtype=np.float32)
+    return RoundClusters(clusters, centroids, {c["cluster_id"] for c in clusters if c["sparse"]}, pool, groups,
+                         spec, crep.spec_id)
 
-    # generate problems
-    t1 = time.perf_counter()
-    prompts = task.generation_prompts(groups)
-    gens = generator.generate(
-        prompts,
-        n=1,
-        temperature=cfg.problem_temperature,
-        top_p=cfg.top_p,
-        max_tokens=settings.synth.generator.max_new_tokens,
-        seed=cfg.seed * 1000 + rnd,
-    )
+
+def _generate(generator, task_obj, rc: RoundClusters, settings: Settings, rnd: int, task: str,
+              report: RoundReport) -> list[Candidate]:
+    """One generation call per exemplar group -> candidates (a call's tokens charged once, to its first row)."""
+    cfg = settings.synth
+    gens = generator.generate(task_obj.generation_prompts(rc.groups), n=1, temperature=cfg.problem_temperature,
+                              top_p=cfg.top_p, max_tokens=cfg.generator.max_new_tokens, seed=cfg.seed * 1000 + rnd)
     candidates: list[Candidate] = []
-    for g_idx, (group, out) in enumerate(zip(groups, gens, strict=True)):
+    for g_idx, (group, out) in enumerate(zip(rc.groups, gens, strict=True)):
         gen = out[0]
         report.tokens += gen.completion_tokens
         ex_ids = [m["sample_id"] for m in group]
         if not gen.ok:
-            c = Candidate(_hid(rnd, g_idx, "generator_error"), "", ex_ids, tokens=gen.completion_tokens)
+            c = Candidate(_hid(rnd, task, g_idx, "generator_error"), "", ex_ids, tokens=gen.completion_tokens)
             c.reject("generator_error", gen.error or "")
             candidates.append(c)
             continue
-        parsed = task.parse_generation(gen.text, truncated=gen.finish_reason == "length")
-        if not isinstance(parsed, list):
-            c = Candidate(_hid(rnd, g_idx, "unparseable"), gen.text[:2000], ex_ids, tokens=gen.completion_tokens)
-            c.reject(parsed.reason, parsed.detail)
+        parsed = task_obj.parse_generation(gen.text, truncated=gen.finish_reason == "length")
+        items = parsed[: cfg.problems_per_call] if isinstance(parsed, list) else []
+        if not items:
+            c = Candidate(_hid(rnd, task, g_idx, "unparseable"), gen.text[:2000], ex_ids, tokens=gen.completion_tokens)
+            reason, detail = (parsed.reason, parsed.detail) if not isinstance(parsed, list) else (
+                "unparseable", "no problem in the generation")
+            c.reject(reason, detail)
             candidates.append(c)
             continue
-        for i_idx, item in enumerate(parsed[: cfg.problems_per_call]):
-            text = task.candidate_text(item)
-            candidates.append(Candidate(_hid(rnd, g_idx, i_idx, text), text, ex_ids, item=item,
-                                        tokens=gen.completion_tokens))
-    report.seconds["generate"] = round(time.perf_counter() - t1, 2)
+        for i_idx, item in enumerate(items):
+            text = task_obj.candidate_text(item)
+            candidates.append(Candidate(_hid(rnd, task, g_idx, i_idx, text), text, ex_ids, item=item,
+                                        tokens=gen.completion_tokens if i_idx == 0 else 0))
+    return candidates
 
-    # solve n times, vote
-    t2 = time.perf_counter()
+
+def _solve(generator, task_obj, candidates: list[Candidate], settings: Settings, rnd: int,
+           report: RoundReport) -> None:
+    """Solve each live candidate ``n_solutions`` times and keep it when ``tau`` answers agree."""
+    cfg = settings.synth
     live = [c for c in candidates if c.status == "pending"]
-    if live:
-        sols = generator.generate(
-            task.solution_prompts([c.item for c in live]),
-            n=cfg.n_solutions,
-            temperature=cfg.solution_temperature,
-            top_p=cfg.top_p,
-            max_tokens=settings.synth.generator.max_new_tokens,
-            seed=cfg.seed * 1000 + rnd + 7,
-        )
-        for c, outs in zip(live, sols, strict=True):
-            c.tokens += sum(o.completion_tokens for o in outs)
-            report.tokens += sum(o.completion_tokens for o in outs)
-            if not any(o.ok for o in outs):
-                c.reject("generator_error", next((o.error for o in outs if o.error), ""))
-                continue
-            texts = [o.text if o.ok else "" for o in outs]
-            verdict = task.verify(c.item, texts)
-            c.answers = [a.raw or "" for a in verdict.vote.answers]
-            if not verdict.accepted:
-                c.reject(verdict.rejected.reason, verdict.rejected.detail)
-                continue
-            c.samples = task.samples(c.item, verdict, texts)
-            c.completion = c.samples[0]["completion"] if c.samples else ""
-    report.seconds["solve"] = round(time.perf_counter() - t2, 2)
+    if not live:
+        return
+    sols = generator.generate(task_obj.solution_prompts([c.item for c in live]), n=cfg.n_solutions,
+                              temperature=cfg.solution_temperature, top_p=cfg.top_p,
+                              max_tokens=cfg.generator.max_new_tokens, seed=cfg.seed * 1000 + rnd + 7)
+    for c, outs in zip(live, sols, strict=True):
+        spent = sum(o.completion_tokens for o in outs)
+        c.tokens += spent
+        report.tokens += spent
+        if not any(o.ok for o in outs):
+            c.reject("generator_error", next((o.error for o in outs if o.error), ""))
+            continue
+        texts = [o.text if o.ok else "" for o in outs]
+        verdict = task_obj.verify(c.item, texts)
+        c.answers = [a.raw or "" for a in verdict.vote.answers]
+        if not verdict.accepted:
+            c.reject(verdict.rejected.reason, verdict.rejected.detail)
+            continue
+        c.samples = task_obj.samples(c.item, verdict, texts)
+        c.completion = c.samples[0]["completion"] if c.samples else ""
 
-    # dedup against the pool, decontaminate, then score + sparse-cluster filter in the chosen feature space
-    t3 = time.perf_counter()
+
+def _screen(candidates: list[Candidate], pool: list[dict], settings: Settings, decontam,
+            report: RoundReport) -> list[Candidate]:
+    """Reject duplicates of the task's pool (and of each other) and contaminated candidates; return the rest."""
     index = PoolIndex([p["prompt"] + "\n" + p["completion"] for p in pool], settings)
     prompt_index = PoolIndex([p["prompt"] for p in pool], settings)
-    scorer = get_scorer(settings.scoring)
     seen: set[str] = set()
     survivors: list[Candidate] = []
     for c in [c for c in candidates if c.status == "pending"]:
@@ -359,106 +395,98 @@ def run_round(store: TableStore, settings: Settings, rnd: int, generator, task, 
             report.contamination_hits += len(hits)
             continue
         survivors.append(c)
-    if space == "embedding":
-        _filter_by_embedding(survivors, centroids, sparse_ids, scorer, settings)
+    return survivors
+
+
+def _filter(survivors: list[Candidate], rc: RoundClusters, settings: Settings, task: str) -> None:
+    """The sparse-cluster filter in the round's feature space; accepted samples get their sample ids."""
+    from prismatic.gradients.udf import get_scorer
+
+    scorer = get_scorer(settings.scoring)
+    if settings.cluster.feature_space == "embedding":
+        _filter_by_embedding(survivors, rc.centroids, rc.sparse_ids, scorer, settings)
     else:
-        _filter_by_gradient(survivors, centroids, sparse_ids, scorer)
+        _filter_by_gradient(survivors, rc.centroids, rc.sparse_ids, scorer)
     for c in survivors:
         if c.status != "accepted":
             continue
         # agreeing solutions with the same text are one sample (one row in `samples`, counted once)
         unique: dict[str, dict] = {}
         for s in c.samples:
-            sid = make_sample_id(cfg.task, s["prompt"], s["completion"], SAMPLE_ID_NORMALIZATION)
+            sid = make_sample_id(task, s["prompt"], s["completion"], SAMPLE_ID_NORMALIZATION)
             unique.setdefault(sid, {**s, "sample_id": sid})
         c.samples = list(unique.values())
-    report.seconds["filter"] = round(time.perf_counter() - t3, 2)
 
-    # write: gradients of accepted samples, samples, candidates
+
+def _vector_rows(accepted: list[dict], spec_id: str, cluster_spec_id: str, space: str, now) -> list[dict]:
+    rows = [{"sample_id": s["sample_id"], "spec_id": spec_id, "vector": np.asarray(s["vector"]).tolist(),
+             "loss": s["loss"], "n_tokens": s["n_tokens"], "truncated": s["truncated"], "created_at": now}
+            for s in accepted]
+    if space == "embedding":  # the vectors the next round clusters: no need to embed them again
+        rows += [{"sample_id": s["sample_id"], "spec_id": cluster_spec_id,
+                  "vector": np.asarray(s["embedding"]).tolist(), "loss": None, "n_tokens": s["embedding_tokens"],
+                  "truncated": s["embedding_truncated"], "created_at": now} for s in accepted]
+    return rows
+
+
+def _write(store: TableStore, settings: Settings, rnd: int, task: str, rc: RoundClusters, generator,
+           candidates: list[Candidate]) -> list[dict]:
+    """MERGE the accepted samples (and their vectors) and every candidate; returns the accepted samples."""
     now = _now()
     accepted = [s for c in candidates if c.status == "accepted" for s in c.samples]
     if accepted:
-        vector_rows = [
-            {
-                "sample_id": s["sample_id"],
-                "spec_id": spec.spec_id,
-                "vector": np.asarray(s["vector"]).tolist(),
-                "loss": s["loss"],
-                "n_tokens": s["n_tokens"],
-                "truncated": s["truncated"],
-                "created_at": now,
-            }
+        store.merge("gradients", pa.Table.from_pylist(
+            _vector_rows(accepted, rc.spec.spec_id, rc.cluster_spec_id, settings.cluster.feature_space, now)))
+        store.merge("samples", pa.Table.from_pylist([
+            {"sample_id": s["sample_id"], "task": task, "source": "synthetic", "prompt": s["prompt"],
+             "completion": s["completion"], "messages": None, "label": s["completion"] if task == "nli" else None,
+             "origin": "synthetic", "round": rnd, "bucket": bucket_of(s["sample_id"], settings.ingest.buckets),
+             "file": "", "line": 0, "batch_id": f"round-{rnd}", "created_at": now}
             for s in accepted
-        ]
-        if space == "embedding":  # the vectors the next round clusters: no need to embed them again
-            vector_rows += [
-                {
-                    "sample_id": s["sample_id"],
-                    "spec_id": crep.spec_id,
-                    "vector": np.asarray(s["embedding"]).tolist(),
-                    "loss": None,
-                    "n_tokens": s["embedding_tokens"],
-                    "truncated": s["embedding_truncated"],
-                    "created_at": now,
-                }
-                for s in accepted
-            ]
-        store.merge("gradients", pa.Table.from_pylist(vector_rows))
-        store.merge(
-            "samples",
-            pa.Table.from_pylist(
-                [
-                    {
-                        "sample_id": s["sample_id"],
-                        "task": cfg.task,
-                        "source": "synthetic",
-                        "prompt": s["prompt"],
-                        "completion": s["completion"],
-                        "messages": None,
-                        "label": s["completion"] if cfg.task == "nli" else None,
-                        "origin": "synthetic",
-                        "round": rnd,
-                        "bucket": bucket_of(s["sample_id"], settings.ingest.buckets),
-                        "file": "",
-                        "line": 0,
-                        "batch_id": f"round-{rnd}",
-                        "created_at": now,
-                    }
-                    for s in accepted
-                ]
-            ),
-        )
-    store.merge(
-        "synth_candidates",
-        pa.Table.from_pylist(
-            [
-                {
-                    "round": rnd,
-                    "candidate_id": c.candidate_id,
-                    "task": cfg.task,
-                    "prompt": c.prompt,
-                    "completion": c.completion,
-                    "generator": generator.backend + ":" + generator.model,
-                    "exemplar_ids": c.exemplar_ids,
-                    "answers": c.answers,
-                    "status": c.status,
-                    "reason": c.reason,
-                    "detail": c.detail,
-                    "cluster_id": c.cluster_id,
-                    "tokens": c.tokens,
-                    "created_at": now,
-                }
-                for c in candidates
-            ]
-        ),
-    )
+        ]))  # fmt: skip
+    store.merge("synth_candidates", pa.Table.from_pylist([
+        {"round": rnd, "candidate_id": c.candidate_id, "task": task, "prompt": c.prompt, "completion": c.completion,
+         "generator": generator.backend + ":" + generator.model, "exemplar_ids": c.exemplar_ids,
+         "answers": c.answers, "status": c.status, "reason": c.reason, "detail": c.detail,
+         "cluster_id": c.cluster_id, "tokens": c.tokens, "created_at": now}
+        for c in candidates
+    ]))  # fmt: skip
+    return accepted
+
+
+def run_round(store: TableStore, settings: Settings, rnd: int, generator, task, decontam, report: RoundReport):
+    """Run round ``rnd`` of ``report.task`` end to end (see the module docstring); fills ``report``.
+
+    Args:
+        task: the task object (:func:`prismatic.synth.tasks.get_task`) of ``report.task``.
+
+    Returns:
+        (candidates, clusters) of the round.
+
+    Raises:
+        RoundSkipped: the task cannot run this round (too few rows to cluster, no sparse-cluster member).
+    """
+    name = report.task
+    t0 = time.perf_counter()
+    rc = _prepare(store, settings, rnd, name, report)
+    t1 = time.perf_counter()
+    candidates = _generate(generator, task, rc, settings, rnd, name, report)
+    report.seconds["generate"] = round(time.perf_counter() - t1, 2)
+    t2 = time.perf_counter()
+    _solve(generator, task, candidates, settings, rnd, report)
+    report.seconds["solve"] = round(time.perf_counter() - t2, 2)
+    t3 = time.perf_counter()
+    survivors = _screen(candidates, rc.pool, settings, decontam, report)
+    _filter(survivors, rc, settings, name)
+    report.seconds["filter"] = round(time.perf_counter() - t3, 2)
+    accepted = _write(store, settings, rnd, name, rc, generator, candidates)
     report.generated = len(candidates)
     report.accepted_candidates = sum(c.status == "accepted" for c in candidates)
     report.accepted_samples = len(accepted)
     report.reasons.update(c.reason for c in candidates)
-    report.gvendi_after, report.pool_after = _gvendi(store, spec.spec_id, rnd)
+    report.gvendi_after, report.pool_after = _gvendi(store, rc.spec.spec_id, rnd, name)
     report.seconds["total"] = round(time.perf_counter() - t0, 2)
-    return candidates, clusters
+    return candidates, rc.clusters
 
 
 def _filter_by_gradient(survivors: list[Candidate], centroids: np.ndarray, sparse_ids: set[int], scorer) -> None:
@@ -535,35 +563,96 @@ def _with_gradient(sample: dict, result, cluster_id: int) -> dict:
 # ---- the loop ---------------------------------------------------------------------------------------------
 
 
-def _round_state(store: TableStore) -> dict[int, dict]:
-    if not store.exists("rounds"):
-        return {}
-    return {r["round"]: r for r in store.read_arrow("rounds").to_pylist()}
+@dataclass
+class LoopContext:
+    """What every (round, task) of one ``synthesize`` call shares."""
+
+    store: TableStore
+    settings: Settings
+    generator: Any
+    tasks: dict[str, Any]  # task name -> task object
+    decontam: Any
+    trainer: Any  # RoundTrainer or None
+    parent: Any  # the parent MLflow run or None
+    state: dict = field(default_factory=dict)  # (round, task) -> rounds row
 
 
-def _rounds_row(rnd: int, status: str, run_id: str | None, store: TableStore, report: RoundReport | None) -> dict:
-    counts = (
-        {}
-        if report is None
-        else {
-            "generated": report.generated,
-            "accepted_candidates": report.accepted_candidates,
-            "accepted_samples": report.accepted_samples,
-            "tokens": report.tokens,
-            **dict(report.reasons),
-        }
-    )
-    return {
-        "round": rnd,
-        "status": status,
-        "mlflow_run_id": run_id,
-        "versions_read": None,
-        "versions_written": json.dumps(store.versions()) if report is not None else None,
-        "counts": json.dumps(counts),
-        "gvendi_before": None if report is None else report.gvendi_before,
-        "gvendi_after": None if report is None else report.gvendi_after,
-        "created_at": _now(),
-    }
+def _task_object(settings: Settings, name: str):
+    from prismatic.synth.tasks import get_task
+
+    kwargs = ({"labels": settings.ingest.nli_labels, "sample_template": settings.ingest.nli_prompt_template}
+              if name == "nli" else {})
+    return get_task(settings.synth.for_task(name), **kwargs)
+
+
+def _stop_reason(ctx: LoopContext, target_pool_size: int | None, token_budget: int | None, spent: int) -> str:
+    if target_pool_size:
+        pool_size = ctx.store.pool().count()
+        if pool_size >= target_pool_size:
+            return f"pool has {pool_size} >= target {target_pool_size} samples: stopping"
+    if token_budget and spent >= token_budget:
+        return f"token budget {token_budget} spent: stopping"
+    return ""
+
+
+def _run_one(ctx: LoopContext, rnd: int, task: str) -> RoundReport:
+    """One (round, task) in its MLflow child run: round 0 measures and trains on the seed pool, a round r >= 1
+    synthesizes; then the student (``train_each_round``); then its ``rounds`` row."""
+    store, settings = ctx.store, ctx.settings
+    prev = ctx.state.get((rnd, task))
+    run_id = prev["mlflow_run_id"] if prev else None
+    report = RoundReport(rnd, task, resumed=prev is not None)
+    versions_read = json.loads(prev["versions_read"]) if prev and prev["versions_read"] else store.versions()
+    candidates: list[Candidate] = []
+    clusters: list = []
+    with round_run(settings, rnd, task, run_id, ctx.parent) as child:
+        child_id = child.info.run_id if child is not None else None
+        if child is not None:
+            from prismatic import tracking
+
+            tracking.log_table_versions(versions_read, "versions_read")
+        if prev is None or prev["status"] != "started":
+            store.merge("rounds", pa.Table.from_pylist([started_row(rnd, task, child_id, versions_read)]),
+                        update=True)
+        try:
+            if rnd == 0:
+                _measure_seed_pool(store, settings, task, report)
+            else:
+                candidates, clusters = run_round(store, settings, rnd, ctx.generator, ctx.tasks[task], ctx.decontam,
+                                                 report)
+            if ctx.trainer is not None:
+                ctx.trainer.train(store, settings, rnd, task, report)
+        except RoundSkipped as e:
+            report.status, report.detail = "skipped", e.args[0] + (f" ({e.hint})" if e.hint else "")
+            log.warning("round %d (%s) skipped: %s", rnd, task, report.detail)
+        if report.status == "done":
+            t0 = time.perf_counter()
+            report.emb_vendi_before, report.emb_vendi_after = _emb_vendi(store, settings, rnd, task)
+            report.seconds["emb_vendi"] = round(time.perf_counter() - t0, 2)
+        if child is not None:
+            log_round(report, candidates, clusters, store, settings)
+    row = rounds_row(report, child_id, versions_read, store.versions())
+    store.merge("rounds", pa.Table.from_pylist([row]), update=True)
+    if ctx.parent is not None:
+        log_parent(store)
+    return report
+
+
+def _measure_seed_pool(store: TableStore, settings: Settings, task: str, report: RoundReport) -> None:
+    """Round 0: score the task's seed pool and measure it (no generation); the student comes after."""
+    from prismatic.stages import min_cluster_rows, register_spec, score_stage
+
+    spec = register_spec(store, settings)
+    score_stage(store, settings, where=f"round < 1 AND task = '{task}'")
+    report.gvendi_after, report.pool_after = _gvendi(store, spec.spec_id, 0, task)
+    report.gvendi_before, report.pool_before = report.gvendi_after, report.pool_after
+    report.spec_id, report.feature_space = spec.spec_id, settings.cluster.feature_space
+    if report.pool_after == 0:
+        raise RoundSkipped(f"task {task}: no scored seed rows (round 0) to measure or train on",
+                           hint=f"ingest {task} seed data first (prism ingest ... --task {task})")
+    if report.pool_after < min_cluster_rows(settings):
+        report.notes.append(f"task {task}: {report.pool_after} seed rows, fewer than the"
+                            f" {min_cluster_rows(settings)} a round needs to cluster")
 
 
 def synthesize(
@@ -578,147 +667,57 @@ def synthesize(
     """Run synthesis rounds until ``rounds`` are done (counting finished ones), the pool reaches
     ``target_pool_size`` or ``token_budget`` generated tokens are spent; resumes at the first unfinished round.
 
+    Each round runs one sub-round per task of ``synth.tasks`` (in order); with ``synth.train_each_round`` a round 0
+    per task (the seed pool, trained and evaluated, no generation) comes first.
+
     Args:
         generator: a ``prismatic.synth.generators.Generator``; default from ``synth.generator`` with the request
             cache under ``<data_root>/synth_cache``.
+        console: a rich console that gets each round's one-line summary.
+
+    Returns:
+        The reports of the (round, task) pairs run by this call, in order (done and skipped ones).
     """
     from prismatic import tracking
     from prismatic.synth.cache import SQLiteRequestCache
     from prismatic.synth.decontam import DecontamIndex
     from prismatic.synth.generators import make_generator
+    from prismatic.synth.roundtrain import RoundTrainer
     from prismatic.synth.secrets import install_redaction
-    from prismatic.synth.tasks import get_task
 
     install_redaction()
     cfg = settings.synth
     rounds = rounds or cfg.rounds
     target_pool_size = target_pool_size or cfg.target_pool_size
     token_budget = token_budget or cfg.token_budget
+    trainer = RoundTrainer.plan(settings, cfg.task_list) if cfg.train_each_round else None  # checked before work
     if generator is None:
         generator = make_generator(cfg.generator, SQLiteRequestCache(settings.root / "synth_cache"))
-    kwargs = (
-        {"labels": settings.ingest.nli_labels, "sample_template": settings.ingest.nli_prompt_template}
-        if cfg.task == "nli"
-        else {}
-    )
-    task = get_task(cfg, **kwargs)
     eval_texts = load_eval_texts(cfg.eval_sets)
     decontam = (
         DecontamIndex.build(eval_texts, n=cfg.decontam_ngram, min_words=cfg.decontam_min_words) if eval_texts else None
     )
-    state = _round_state(store)
-    done = sorted(r for r, s in state.items() if s["status"] == "done")
+    state = round_state(store)
+    todo = [(r, t) for r in range(0 if trainer else 1, rounds + 1) for t in cfg.task_list
+            if state.get((r, t), {}).get("status") not in FINISHED]
+    spent = sum(json.loads(row["counts"] or "{}").get("tokens", 0) for row in state.values()
+                if row["status"] in FINISHED)
+    params = {**tracking.safe_params(settings), "generator": f"{generator.backend}:{generator.model}",
+              "tau": cfg.tau, "n_solutions": cfg.n_solutions}
     reports: list[RoundReport] = []
-    tokens_spent = sum(json.loads(state[r]["counts"] or "{}").get("tokens", 0) for r in done)
-    params = {
-        **tracking.safe_params(settings),
-        "generator": f"{generator.backend}:{generator.model}",
-        "tau": cfg.tau,
-        "n_solutions": cfg.n_solutions,
-    }
-    first = (max(done) + 1) if done else 1
+    if not todo:
+        return reports
     with tracking.run(settings, "synthesize", params=params, tags={"rounds": rounds}) as parent:
-        for rnd in range(first, rounds + 1):
-            pool_size = store.pool().count()
-            if target_pool_size and pool_size >= target_pool_size:
-                log.info("pool has %d >= target %d samples: stopping", pool_size, target_pool_size)
+        ctx = LoopContext(store, settings, generator, {t: _task_object(settings, t) for t in cfg.task_list},
+                          decontam, trainer, parent, state)
+        for rnd, task in todo:
+            stop = _stop_reason(ctx, target_pool_size, token_budget, spent) if rnd > 0 else ""
+            if stop:
+                log.info(stop)
                 break
-            if token_budget and tokens_spent >= token_budget:
-                log.info("token budget %d spent: stopping", token_budget)
-                break
-            prev = state.get(rnd)
-            run_id = prev["mlflow_run_id"] if prev else None
-            report = RoundReport(rnd, resumed=prev is not None)
-            with _round_run(settings, rnd, run_id, parent) as child:
-                child_id = child.info.run_id if child is not None else None
-                store.merge("rounds", pa.Table.from_pylist([_rounds_row(rnd, "started", child_id, store, None)]))
-                candidates, clusters = run_round(store, settings, rnd, generator, task, decontam, report)
-                if child is not None:
-                    _log_round(report, candidates, clusters, store, settings)
-            store.merge(
-                "rounds", pa.Table.from_pylist([_rounds_row(rnd, "done", child_id, store, report)]), update=True
-            )
-            tokens_spent += report.tokens
+            report = _run_one(ctx, rnd, task)
+            spent += report.tokens
             reports.append(report)
             if console is not None:
                 console.print(report.summary())
     return reports
-
-
-def _round_run(settings: Settings, rnd: int, run_id: str | None, parent):
-    import contextlib
-
-    if parent is None:
-        return contextlib.nullcontext(None)
-    import mlflow
-
-    if run_id:
-        return mlflow.start_run(run_id=run_id, nested=True)
-    return mlflow.start_run(run_name=f"round-{rnd}", nested=True, tags={"round": str(rnd)})
-
-
-def _log_round(
-    report: RoundReport, candidates: list[Candidate], clusters: list, store: TableStore, settings: Settings
-) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mlflow
-
-    from prismatic import tracking
-
-    cfg = settings.synth
-    mlflow.log_params(
-        {
-            "round": report.round,
-            "k": len(clusters),
-            "tau": cfg.tau,
-            "n_solutions": cfg.n_solutions,
-            "spec_id": report.spec_id,
-            "feature_space": report.feature_space,
-            "cluster_spec_id": report.cluster_spec_id,
-        }
-    )
-    metrics = {
-        "gvendi_before": report.gvendi_before,
-        "gvendi_after": report.gvendi_after,
-        "pool_before": report.pool_before,
-        "pool_after": report.pool_after,
-        "candidates": report.generated,
-        "accepted": report.accepted_candidates,
-        "accepted_samples": report.accepted_samples,
-        "acceptance_rate": report.acceptance_rate,
-        "rejected": report.generated - report.accepted_candidates,
-        "tokens_generated": report.tokens,
-        "contamination_hits": report.contamination_hits,
-    }
-    metrics.update({f"reason.{k}": v for k, v in report.reasons.items()})
-    metrics.update({f"seconds.{k}": v for k, v in report.seconds.items()})
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v == v})
-    tracking.log_table_versions(store.versions(), "versions_written")
-    sizes = sorted((c["size"] for c in clusters), reverse=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(range(len(sizes)), sizes, color=["#d62728" if s < np.median(sizes) else "#1f77b4" for s in sizes])
-    ax.set(title=f"round {report.round}: {report.feature_space} cluster sizes (red = sparse)",
-           xlabel="cluster (by size)", ylabel="samples")
-    mlflow.log_figure(fig, "cluster_sizes.png")
-    plt.close(fig)
-    hist = [r for r in store.read_arrow("rounds").to_pylist() if r["gvendi_after"] is not None]
-    xs = [0] + [r["round"] for r in sorted(hist, key=lambda r: r["round"])] + [report.round]
-    ys = [report.gvendi_before if not hist else sorted(hist, key=lambda r: r["round"])[0]["gvendi_before"]]
-    ys += [r["gvendi_after"] for r in sorted(hist, key=lambda r: r["round"])] + [report.gvendi_after]
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(xs, ys, marker="o")
-    ax.set(title="pool G-Vendi by round", xlabel="round (0 = seed pool)", ylabel="G-Vendi")
-    mlflow.log_figure(fig, "gvendi_by_round.png")
-    plt.close(fig)
-    sample = {
-        "accepted": [c.prompt for c in candidates if c.status == "accepted"][:20],
-        "rejected": [
-            {"reason": c.reason, "prompt": c.prompt[:300], "detail": c.detail}
-            for c in candidates
-            if c.status != "accepted"
-        ][:40],
-    }
-    mlflow.log_dict(sample, "candidates_sample.json")

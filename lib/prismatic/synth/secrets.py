@@ -61,6 +61,12 @@ def register_secret(value: str) -> None:
             _registered.add(value)
 
 
+def has_secrets() -> bool:
+    """True when at least one value is registered (callers skip redaction work otherwise)."""
+    with _lock:
+        return bool(_registered)
+
+
 def forget_secrets() -> None:
     """Clear the registry (tests)."""
     with _lock:

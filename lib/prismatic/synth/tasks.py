@@ -292,7 +292,7 @@ _NUMBERED_RE = re.compile(r"(?m)^[ \t]*" + _EMPH + r"(?P<num>\d{1,2})[.)]" + _EM
 _SOLUTION_RE = re.compile(
     r"(?im)^[ \t]*(?:#{1,6}[ \t]*)?"
     + _EMPH
-    + r"[ \t]*(?:(?:solution|final answer|answer|explanation)[ \t]*"
+    + r"[ \t]*(?:(?:solution|final answer|answer|explanation|analysis|steps|calculation)[ \t]*"
     + _EMPH
     + r"[ \t]*(?:[:.\-]|$)|step[ \t]*1\b)"
 )
@@ -313,6 +313,13 @@ def _clean_problem(text: str) -> str:
             text = "\n\n".join(paragraphs[: k + 1])
             break
     text = re.sub(r"^(?:\*\*|__)\s*|\s*(?:\*\*|__)$", "", text).strip()
+    # a problem wrapped in quotes, often repeating its own marker inside them ('"Problem 1: Tom has ...?"')
+    quoted = re.fullmatch(r"[\"\u201c](?P<body>[^\"\u201c\u201d]+)[\"\u201d]", text)
+    if quoted:
+        text = quoted.group("body").strip()
+        inner = _MARKER_RE.match(text)
+        if inner and (inner.group("num") or inner.group("sep") == ":"):
+            text = text[inner.end() :].strip()
     return text
 
 

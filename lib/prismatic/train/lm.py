@@ -27,7 +27,6 @@ import os
 import random
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -382,7 +381,9 @@ def train_lm(
     if getattr(store, "engine", "") != "delta-rs":
         # workers cannot open a Spark session: the driver snapshots the training rows as Parquet under the data
         # root (on Databricks a Unity Catalog volume every worker reads), and the workers stream that
-        staged = settings.root / "_staging" / f"train-{uuid.uuid4().hex}"
+        from prismatic.upkeep import staging_dir
+
+        staged = staging_dir(settings.root, "train")
         _stage_rows(store, sample_ids, cfg.task, staged)
         payload["staged"] = str(staged)
     try:
