@@ -56,6 +56,7 @@ from prismatic.errors import PrismError
 from prismatic.ingest import SAMPLE_ID_NORMALIZATION, bucket_of
 from prismatic.normalize import sample_id as make_sample_id
 from prismatic.normalize import text_hash
+from prismatic.synth.generators import GENERATOR_ERROR
 from prismatic.synth.rounds import (
     FINISHED,
     RoundReport,
@@ -479,6 +480,14 @@ def run_round(store: TableStore, settings: Settings, rnd: int, generator, task, 
     survivors = _screen(candidates, rc.pool, settings, decontam, report)
     _filter(survivors, rc, settings, name)
     report.seconds["filter"] = round(time.perf_counter() - t3, 2)
+    if report.resumed and store.exists("synth_candidates"):
+        # a retried round: the calls that failed last time were asked again (errors are never cached), so their
+        # generator_error rows give way to what the calls returned now (ids of real candidates differ)
+        quoted = name.replace("'", "''")
+        dropped = store.delete("synth_candidates",
+                               f"round = {int(rnd)} AND task = '{quoted}' AND reason = '{GENERATOR_ERROR}'")
+        if dropped:
+            log.info("round %d (%s): replaced %d generator_error rows of the last try", rnd, name, dropped)
     accepted = _write(store, settings, rnd, name, rc, generator, candidates)
     report.generated = len(candidates)
     report.accepted_candidates = sum(c.status == "accepted" for c in candidates)
@@ -625,7 +634,14 @@ def _run_one(ctx: LoopContext, rnd: int, task: str) -> RoundReport:
         except RoundSkipped as e:
             report.status, report.detail = "skipped", e.args[0] + (f" ({e.hint})" if e.hint else "")
             log.warning("round %d (%s) skipped: %s", rnd, task, report.detail)
-        if report.status == "done":
+        failed = report.reasons.get(GENERATOR_ERROR, 0)
+        if report.status == "done" and failed:
+            # not finished: the next `prism synthesize` runs the round again and asks only the failed calls anew
+            report.status = "incomplete"
+            report.detail = (f"{failed} candidates lost to generator errors; run `prism synthesize` again to retry "
+                             "them (answered calls come from the request cache)")
+            log.warning("round %d (%s): %s", rnd, task, report.detail)
+        if report.status in ("done", "incomplete"):
             t0 = time.perf_counter()
             report.emb_vendi_before, report.emb_vendi_after = _emb_vendi(store, settings, rnd, task)
             report.seconds["emb_vendi"] = round(time.perf_counter() - t0, 2)
