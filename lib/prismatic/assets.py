@@ -441,5 +441,3 @@ def default_assets() -> list[str]:
     return [n for n, a in ASSETS.items() if not a.big]
 
 
-def fetch_all(names: list[str] | None = None, force: bool = False) -> dict[str, Path]:
-    return {n: fetch(n, force=force) for n in (names or default_assets())}

@@ -20,8 +20,11 @@ from prismatic.config import Settings, load_config
 from prismatic.errors import PrismError
 from prismatic.progress import StageProgress
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
-assets_app = typer.Typer(no_args_is_help=True, help="Offline models and data (fetched from package archives).")
+HELP = {"help_option_names": ["-h", "--help"]}  # -h like any Unix tool, on every command
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False,
+                  context_settings=HELP)
+assets_app = typer.Typer(no_args_is_help=True, help="Offline models and data (fetched from package archives).",
+                         context_settings=HELP)
 app.add_typer(assets_app, name="assets")
 
 console = Console(stderr=True)
@@ -29,6 +32,18 @@ out = Console()
 STATE: dict[str, Any] = {"debug": False, "config": None, "overrides": []}
 # commands that only read tables: they never take the data root's writer lock (see prismatic.upkeep)
 READ_ONLY_COMMANDS = frozenset({"status", "sql"})
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("prismatic")
+        except PackageNotFoundError:  # run from a source tree that is not installed
+            v = "unknown (not installed)"
+        out.print(f"prism (prismatic) {v}", highlight=False)
+        raise typer.Exit(0)
 
 
 @app.callback()
@@ -39,6 +54,9 @@ def _main(
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set dedup.threshold=0.9")] = None,
     debug: Annotated[bool, typer.Option("--debug", help="show tracebacks and debug logs")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", help="print the version and exit", is_eager=True, callback=_print_version)
+    ] = False,
 ) -> None:
     """prismatic: measure and grow the gradient diversity (G-Vendi) of LLM training data."""
     STATE.update(debug=debug, config=config, overrides=list(set_ or []), command=ctx.invoked_subcommand)
@@ -442,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in ("settings", "store", "own_spark", "lock"):
         STATE.pop(k, None)
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="prism", standalone_mode=False)
         return 0
     except PrismError as e:
         return _fail(str(e), e.hint, 2)

@@ -668,7 +668,3 @@ def find_duplicates(samples_df, cfg: DedupConfig):
     return run_dedup(samples_df, cfg)[0]
 
 
-def shingle_set(text: str, cfg: DedupConfig) -> np.ndarray:
-    """Distinct shingle hashes of one raw text as dedup sees it (for checks and debugging)."""
-    sh = shingle_hashes(normalize_many([text], cfg.normalize), cfg.ngram, cfg.shingle)
-    return np.unique(sh.row(0))

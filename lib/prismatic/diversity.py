@@ -199,10 +199,6 @@ def _sorted_specs(specs: Iterable[str | None]) -> list[str | None]:
     return sorted(set(specs), key=lambda s: (s is None, s or ""))
 
 
-def _binary_type(schema_type: pa.DataType | None) -> pa.DataType:
-    return schema_type if schema_type is not None else pa.binary()
-
-
 class _Packed:
     """Sums kept packed (upper triangle as a flat vector) while they are only being added."""
 

@@ -35,7 +35,8 @@ class TableError(PrismError):
 
 
 class SpecMismatchError(PrismError):
-    hint = "vectors are only pooled or compared under one projection spec; pass --spec-id or re-score"
+    hint = ("vectors are only pooled or compared under one projection spec: set the scoring keys back to the spec "
+            "the vectors were made with, or re-score (`prism score`) under the new one")
 
 
 class ConservationError(PrismError):

@@ -12,7 +12,6 @@ import logging
 import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from prismatic.config import REPO_ROOT, Settings, to_flat_dict
@@ -124,12 +123,6 @@ def log_table_versions(versions: dict[str, int | None], prefix: str) -> None:
     mlflow.set_tags({f"{prefix}.{k}": str(v) for k, v in versions.items() if v is not None})
 
 
-def log_figure_png(fig, path: str) -> None:
-    import mlflow
-
-    mlflow.log_figure(fig, path)
-
-
 def runs_dataframe(settings: Settings, filter_string: str = "") -> Any:
     """All runs of the experiment as a pandas DataFrame (for notebooks and the study)."""
     import mlflow
@@ -151,5 +144,3 @@ def ui_command(settings: Settings) -> str:
     return f"mlflow ui --backend-store-uri {uri}"
 
 
-def data_path(settings: Settings) -> Path:
-    return settings.root / "mlflow"

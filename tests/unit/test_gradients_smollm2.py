@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
 from prismatic.config import ModelConfig, ScoringConfig
 from prismatic.gradients.kronecker import KroneckerProjector
-from prismatic.gradients.model import IGNORE_INDEX, collate, load_model
+from prismatic.gradients.model import IGNORE_INDEX, collate, load_model, weights_sha256
 from prismatic.gradients.persample import per_sample_gradients
 from prismatic.gradients.scoring import Scorer
 
@@ -28,9 +30,12 @@ def scorer():
 
 def test_builtin_smollm2_loads_from_the_converted_cache(scorer):
     loaded = scorer.loaded
-    assert loaded.model_id == "builtin:smollm2" and loaded.weights_sha256 == SMOLLM2_GGUF_SHA
-    assert scorer.spec.weights_sha256 == SMOLLM2_GGUF_SHA and scorer.spec.kind == "kronecker"
-    assert (loaded.path / "prismatic_source.json").exists() and list(loaded.path.glob("*.safetensors"))
+    record = json.loads((loaded.path / "prismatic_source.json").read_text())
+    assert record["source_sha256"] == SMOLLM2_GGUF_SHA and list(loaded.path.glob("*.safetensors"))
+    # the spec names what was loaded (the converted safetensors), recomputed here from the files themselves
+    assert loaded.model_id == "builtin:smollm2" and loaded.weights_sha256 == weights_sha256(loaded.path)
+    assert loaded.weights_sha256 == record["weights_sha256"] != SMOLLM2_GGUF_SHA
+    assert scorer.spec.weights_sha256 == loaded.weights_sha256 and scorer.spec.kind == "kronecker"
     m = loaded.model
     assert type(m).__name__ == "LlamaForCausalLM" and m.config.num_hidden_layers == 30
     assert m.lm_head.weight is m.model.embed_tokens.weight and m.model.embed_tokens.padding_idx == 2

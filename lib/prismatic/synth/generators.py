@@ -362,12 +362,6 @@ def _load_causal_lm(model: str, gguf_file: str | None, device: str, dtype: str) 
         return _MODEL_CACHE[key]
 
 
-def clear_model_cache() -> None:
-    """Drop the models that :class:`LocalGenerator` keeps loaded in this process (frees their memory)."""
-    with _MODEL_LOCK:
-        _MODEL_CACHE.clear()
-
-
 _NUCLEUS_TOPK = 1024  # candidates looked at first; a row whose nucleus is wider falls back to a full sort
 
 

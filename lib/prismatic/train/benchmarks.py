@@ -339,7 +339,7 @@ def load_gsm_symbolic(
             from reasoning_gym import create_dataset
         except ImportError:
             raise ImportError(
-                "the gsm_symbolic benchmark needs reasoning-gym: pip install 'reasoning-gym==0.1.25'"
+                "the gsm_symbolic benchmark needs reasoning-gym: pip install -e '.[gsm]' (or 'reasoning-gym==0.1.25')"
             ) from None
     examples, skipped = [], {}
     for item in create_dataset("gsm_symbolic", size=size, seed=seed):
