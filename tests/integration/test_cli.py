@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 from helpers import good_rows, write_jsonl
 
+from prismatic.assets import ASSETS
 from prismatic.cli import main
 
 pytestmark = pytest.mark.spark
@@ -59,6 +61,8 @@ def test_ingest_reads_an_asset_path(root, tmp_path, monkeypatch, capsys):
     write_jsonl(data / "tiny.jsonl", rows)
     (assets / "snli" / ".complete").write_text("test\n")  # as `prism assets fetch` leaves a verified asset
     monkeypatch.setenv("PRISM_ASSETS", str(assets))
+    # a stand-in asset: its members (verified on every use) narrowed to the file written above
+    monkeypatch.setitem(ASSETS, "snli", dataclasses.replace(ASSETS["snli"], members={"data/tiny.jsonl": ""}))
     assert prism(root, "ingest", "asset:snli/tiny.jsonl", "--source", "snli", "--task", "nli") == 0
     assert "conservation ok: rows read 2 = new samples 2 + duplicates 0 + quarantined 0" in capsys.readouterr().out
 
