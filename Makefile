@@ -26,12 +26,14 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q --slow $(PYTEST_ARGS)
 
+# Lint + format check (CI runs it after the tests); `make style` fixes what it can.
 quality: setup
-	$(BIN)/ruff check lib tests jobs bench
+	$(BIN)/ruff check lib tests jobs bench notebooks
+	$(BIN)/ruff format --check lib tests jobs bench notebooks
 
 style: setup
-	$(BIN)/ruff check --fix lib tests jobs bench
-	$(BIN)/ruff format lib tests jobs bench
+	$(BIN)/ruff check --fix lib tests jobs bench notebooks
+	$(BIN)/ruff format lib tests jobs bench notebooks
 
 clean:
 	rm -rf lakehouse .pytest_cache

@@ -51,11 +51,16 @@ def write_inputs(folder: Path, rows: int, seed: int, bad_every: int, chunk: int)
             lines.append(json.dumps(r, ensure_ascii=False))
             if bad_every and i % bad_every == 0:  # one broken line of each kind in turn
                 kind = (i // bad_every) % 4
-                lines.append(['{"prompt": "unterminated', json.dumps({"prompt": r["prompt"]}),
-                              json.dumps({"prompt": "  ", "completion": r["completion"]}),
-                              json.dumps({"prompt": r["prompt"], "completion": 7})][kind])
+                lines.append(
+                    [
+                        '{"prompt": "unterminated',
+                        json.dumps({"prompt": r["prompt"]}),
+                        json.dumps({"prompt": "  ", "completion": r["completion"]}),
+                        json.dumps({"prompt": r["prompt"], "completion": 7}),
+                    ][kind]
+                )
         for j in range(0, len(lines), chunk):
-            (out / f"part-{j // chunk:04d}.jsonl").write_text("\n".join(lines[j: j + chunk]) + "\n")
+            (out / f"part-{j // chunk:04d}.jsonl").write_text("\n".join(lines[j : j + chunk]) + "\n")
         counts[str(task)] = len(lines)
     return counts
 
@@ -65,8 +70,9 @@ def prism(args: list[str], env: dict) -> tuple[float, str]:
     done = subprocess.run(PRISM + args, env=env, capture_output=True, text=True, cwd=REPO)
     secs = time.perf_counter() - t0
     if done.returncode != 0:
-        raise SystemExit(f"prism {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
-                         f"{done.stderr[-3000:]}")
+        raise SystemExit(
+            f"prism {' '.join(args)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
     return secs, done.stdout
 
 
@@ -106,16 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         counts = write_inputs(tmp / "in", args.rows, args.seed, args.bad_every, args.chunk)
-        say(f"# prism at scale  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cores  "
-            f"load {os.getloadavg()[0]:.1f}")
-        say(f"input: {args.rows:,} generated rows + broken lines = {sum(counts.values()):,} JSONL lines in "
-            f"{len(list((tmp / 'in').rglob('*.jsonl')))} files ({time.perf_counter() - t0:.0f} s to write)")
+        say(
+            f"# prism at scale  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  {os.cpu_count()} cores  "
+            f"load {os.getloadavg()[0]:.1f}"
+        )
+        say(
+            f"input: {args.rows:,} generated rows + broken lines = {sum(counts.values()):,} JSONL lines in "
+            f"{len(list((tmp / 'in').rglob('*.jsonl')))} files ({time.perf_counter() - t0:.0f} s to write)"
+        )
         say()
         timings: list[tuple[str, float, str]] = []
         total_read = total_new = total_dup = total_q = 0
         for task, n in counts.items():
-            secs, out = prism(common + ["ingest", str(tmp / "in" / task), "--source", f"scale_{task}",
-                                        "--task", "generic"], env)
+            secs, out = prism(
+                common + ["ingest", str(tmp / "in" / task), "--source", f"scale_{task}", "--task", "generic"], env
+            )
             read, new, dup, q = numbers(CONSERVATION, out)
             assert read == n and read == new + dup + q, (task, n, read, new, dup, q)
             total_read, total_new = total_read + read, total_new + new
@@ -127,14 +138,18 @@ def main(argv: list[str] | None = None) -> int:
         timings.append(("dedup (exact + MinHash LSH)", secs, f"{samples:,} samples = {pool:,} pool + {dups:,} dup"))
         secs, out = prism(common + ["status"], env)
         timings.append(("status", secs, "every table: rows, version, last operation"))
-        secs, out = prism(common + ["sql", "--format", "json",
-                                    "SELECT source, count(*) AS n FROM pool GROUP BY source ORDER BY source"], env)
-        by_source = {r["source"]: r["n"] for r in json.loads(out[out.index("["):])}
+        secs, out = prism(
+            common
+            + ["sql", "--format", "json", "SELECT source, count(*) AS n FROM pool GROUP BY source ORDER BY source"],
+            env,
+        )
+        by_source = {r["source"]: r["n"] for r in json.loads(out[out.index("[") :])}
         assert sum(by_source.values()) == pool, (by_source, pool)
         timings.append(("sql (pool by source)", secs, json.dumps(by_source)))
         for task, n in counts.items():
-            secs, out = prism(common + ["ingest", str(tmp / "in" / task), "--source", f"scale_{task}",
-                                        "--task", "generic"], env)
+            secs, out = prism(
+                common + ["ingest", str(tmp / "in" / task), "--source", f"scale_{task}", "--task", "generic"], env
+            )
             read, new, dup, q = numbers(CONSERVATION, out)
             assert new == 0 and read == n, (task, read, new)
             timings.append((f"re-ingest {task}", secs, f"{new} new rows (idempotent)"))
@@ -142,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, secs, note in timings:
             say(f"{name:<30}{secs:>9.1f}  {note}")
         say()
-        say(f"conservation: {total_read:,} lines read = {total_new:,} samples + {total_dup:,} duplicates at ingest "
-            f"+ {total_q:,} quarantined; samples {samples:,} = pool {pool:,} + near/exact duplicates {dups:,}")
+        say(
+            f"conservation: {total_read:,} lines read = {total_new:,} samples + {total_dup:,} duplicates at ingest "
+            f"+ {total_q:,} quarantined; samples {samples:,} = pool {pool:,} + near/exact duplicates {dups:,}"
+        )
         say("each time includes starting the `prism` process and its local Spark session (about 10 s here)")
     finally:
         if not args.keep:

@@ -21,8 +21,13 @@ def build_parser():
 def run() -> None:
     args = build_parser().parse_args()
     settings = settings_from(args)
-    for r in synthesize(store_for(settings), settings, rounds=args.rounds, target_pool_size=args.target_pool_size,
-                        token_budget=args.token_budget):
+    for r in synthesize(
+        store_for(settings),
+        settings,
+        rounds=args.rounds,
+        target_pool_size=args.target_pool_size,
+        token_budget=args.token_budget,
+    ):
         print(r.summary())
 
 

@@ -109,8 +109,15 @@ if HAVE_CLUSTERS:
             .withColumn("example", F.row_number().over(closest))
             .where(F.col("example") <= N_EXAMPLES)
             .select(
-                "task", "cluster_id", "size", "example", F.round("cosine", 4).alias("cosine"), "source", "origin",
-                F.substring("prompt", 1, 300).alias("prompt"), F.substring("completion", 1, 200).alias("completion"),
+                "task",
+                "cluster_id",
+                "size",
+                "example",
+                F.round("cosine", 4).alias("cosine"),
+                "source",
+                "origin",
+                F.substring("prompt", 1, 300).alias("prompt"),
+                F.substring("completion", 1, 200).alias("completion"),
             )
             .orderBy("size", "task", "cluster_id", "example")
         )

@@ -59,14 +59,14 @@ else:
     runs["stage"] = runs["tags.prismatic.stage"].fillna("run") if "tags.prismatic.stage" in runs else "run"
     runs["kind"] = runs["stage"].astype(str).str.split(r"[-_:/ ]", n=1, regex=True).str[0]  # round-2 -> round
     metric_cols = sorted(c for c in runs.columns if c.startswith("metrics."))
-    print(f"{len(runs)} runs; metrics logged: {', '.join(c[len('metrics.'):] for c in metric_cols) or 'none'}")
+    print(f"{len(runs)} runs; metrics logged: {', '.join(c[len('metrics.') :] for c in metric_cols) or 'none'}")
     shown = ["run", "stage", "start_time"] + [c for c in (x_col, y_col) if c in runs.columns]
     nb.show(runs[shown].sort_values("start_time"))
 
 # COMMAND ----------
 
 if HAVE_RUNS:
-    missing = [c[len("metrics."):] for c in (x_col, y_col) if c not in runs.columns]
+    missing = [c[len("metrics.") :] for c in (x_col, y_col) if c not in runs.columns]
     pairs = runs.dropna(subset=[x_col, y_col]) if not missing else runs.iloc[0:0]
     if missing:
         print(f"No run logged {', '.join(missing)}: set the x_metric / y_metric widgets to metrics listed above.")

@@ -452,5 +452,3 @@ def fetch(name: str, force: bool = False) -> Path:
 def default_assets() -> list[str]:
     """The assets ``prism assets fetch`` gets without arguments (every asset not marked big)."""
     return [n for n, a in ASSETS.items() if not a.big]
-
-

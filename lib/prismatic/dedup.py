@@ -666,5 +666,3 @@ def find_duplicates(samples_df, cfg: DedupConfig):
         One row per sample to remove; samples not listed are kept.
     """
     return run_dedup(samples_df, cfg)[0]
-
-

@@ -35,8 +35,10 @@ class TableError(PrismError):
 
 
 class SpecMismatchError(PrismError):
-    hint = ("vectors are only pooled or compared under one projection spec: set the scoring keys back to the spec "
-            "the vectors were made with, or re-score (`prism score`) under the new one")
+    hint = (
+        "vectors are only pooled or compared under one projection spec: set the scoring keys back to the spec "
+        "the vectors were made with, or re-score (`prism score`) under the new one"
+    )
 
 
 class ConservationError(PrismError):

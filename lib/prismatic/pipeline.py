@@ -23,15 +23,17 @@ def resolve_input_path(path: str) -> str:
         InputError: ``FILE`` resolves (through ``..``, an absolute path or a symlink) outside the asset's folder.
     """
     if path.startswith("asset:"):
-        name, _, rest = path[len("asset:"):].partition("/")
+        name, _, rest = path[len("asset:") :].partition("/")
         main = fetch(name)
         base = main if main.is_dir() else asset_dir(name)
         if not rest:
             return str(main)
         root, target = asset_dir(name).resolve(), (base / rest).resolve()
         if target != root and root not in target.parents:
-            raise InputError(f"{path!r} points outside the folder of asset {name!r} ({root})",
-                             hint="name a file inside the asset, e.g. asset:snli/snli_1.0_test.jsonl")
+            raise InputError(
+                f"{path!r} points outside the folder of asset {name!r} ({root})",
+                hint="name a file inside the asset, e.g. asset:snli/snli_1.0_test.jsonl",
+            )
         return str(target)
     p = resource_path(path)
     return str(p) if p.exists() else path
@@ -107,21 +109,28 @@ def run_pipeline(store: TableStore, settings: Settings, console: Console | None 
         for item in demo_inputs(settings):
             path = resolve_input_path(item["path"])
             rep = ingest(store, [path], item["source"], item.get("task", "generic"), settings, limit=item.get("limit"))
-            console.print(f"[bold]ingest[/] {item['source']}: {rep.summary()}"
-                          + (f"  (quarantine: {dict(rep.reasons)})" if rep.reasons else ""))
+            console.print(
+                f"[bold]ingest[/] {item['source']}: {rep.summary()}"
+                + (f"  (quarantine: {dict(rep.reasons)})" if rep.reasons else "")
+            )
             results["ingest"].append(rep)
         dd = dedup_stage(store, settings)
         console.print(f"[bold]dedup[/] {dd.summary()}")
         results["dedup"] = dd
         with StageProgress(console, "score") as progress:
-            sc = score_stage(store, settings, where=demo.get("score_where"), limit=demo.get("score_limit"),
-                             progress=progress)
+            sc = score_stage(
+                store, settings, where=demo.get("score_where"), limit=demo.get("score_limit"), progress=progress
+            )
         console.print(f"[bold]score[/] {sc.summary()}")
         results["score"] = sc
         div = diversity_stage(store, settings, group_by=["source"])
         results["diversity"] = div
-        console.print("[bold]diversity[/] " + ", ".join(
-            f"{r.group_key}: G-Vendi {r.value:.2f} (n={r.n})" for r in div.itertuples() if r.metric == "g_vendi"))
+        console.print(
+            "[bold]diversity[/] "
+            + ", ".join(
+                f"{r.group_key}: G-Vendi {r.value:.2f} (n={r.n})" for r in div.itertuples() if r.metric == "g_vendi"
+            )
+        )
         rounds = int(demo.get("synth_rounds", 0) or 0)
         if rounds:
             from prismatic.synth.loop import synthesize
@@ -131,24 +140,33 @@ def run_pipeline(store: TableStore, settings: Settings, console: Console | None 
             for r in reports:
                 console.print(f"[bold]synthesize[/] {r.summary()}")
             if not reports:
-                console.print(f"[bold]synthesize[/] rounds 1..{rounds} of {', '.join(settings.synth.task_list)}"
-                              " are done: nothing to do")
+                console.print(
+                    f"[bold]synthesize[/] rounds 1..{rounds} of {', '.join(settings.synth.task_list)}"
+                    " are done: nothing to do"
+                )
         if demo.get("train"):
             from prismatic.train import eval_stage, train_stage
 
             tr = train_stage(store, settings, student=demo.get("student"))
             console.print(f"[bold]train[/] {tr.summary()}")
             ev = eval_stage(store, settings, model_path=tr.path, benchmarks=demo.get("benchmarks"))
-            console.print("[bold]eval[/] " + ", ".join(f"{r['benchmark']}: {r['accuracy']:.3f} (n={r['n']})"
-                                                        for r in ev))
+            console.print(
+                "[bold]eval[/] " + ", ".join(f"{r['benchmark']}: {r['accuracy']:.3f} (n={r['n']})" for r in ev)
+            )
             results["train"], results["eval"] = tr, ev
         if mlrun is not None:
             import mlflow
 
-            metrics = {"pool": dd.pool, "duplicates_exact": dd.exact, "duplicates_near": dd.near,
-                       "scored": sc.scored, "score_quarantined": sc.quarantined}
-            metrics.update({f"{r.metric}.{r.scope}.{r.group_key}": float(r.value) for r in div.itertuples()
-                            if r.value == r.value})
+            metrics = {
+                "pool": dd.pool,
+                "duplicates_exact": dd.exact,
+                "duplicates_near": dd.near,
+                "scored": sc.scored,
+                "score_quarantined": sc.quarantined,
+            }
+            metrics.update(
+                {f"{r.metric}.{r.scope}.{r.group_key}": float(r.value) for r in div.itertuples() if r.value == r.value}
+            )
             mlflow.log_metrics({k.replace(":", "_"): v for k, v in metrics.items()})
             tracking.log_table_versions(store.versions(), "versions_written")
     console.print(table_summary(store))

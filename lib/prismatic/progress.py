@@ -36,8 +36,13 @@ class StageProgress:
         self._start = self._last = self.clock()
         if self.live:
             self._bar = Progress(
-                SpinnerColumn(), TextColumn("[progress.description]{task.description}"), BarColumn(),
-                MofNCompleteColumn(), TimeElapsedColumn(), console=self.console, transient=True,
+                SpinnerColumn(),
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=self.console,
+                transient=True,
             )
             self._bar.__enter__()
             self._task = self._bar.add_task(self.description, total=None)

@@ -31,41 +31,131 @@ from pyspark.errors import PySparkException
 from prismatic.errors import PrismError, SqlRefusedError, first_line
 from prismatic.tables import TableStore
 
-QUERY_NODES = frozenset({
-    "Aggregate", "CTERelationRef", "CurrentNamespace", "Deduplicate", "Distinct", "Except", "Expand", "Filter",
-    "Generate", "GlobalLimit", "Intersect", "Join", "LateralJoin", "LimitAll", "LocalLimit", "LocalRelation",
-    "Offset", "OneRowRelation", "PipeOperator", "Pivot", "Project", "Range", "RebalancePartitions",
-    "RelationTimeTravel", "Repartition", "RepartitionByExpression", "Sample", "Sort", "SubqueryAlias", "Tail",
-    "Union", "UnionLoop", "UnionLoopRef", "Unpivot", "UnresolvedFunctionName", "UnresolvedHaving", "UnresolvedHint",
-    "UnresolvedInlineTable", "UnresolvedNamespace", "UnresolvedRelation", "UnresolvedSubqueryColumnAliases",
-    "UnresolvedTVFAliases", "UnresolvedTable", "UnresolvedTableOrView", "UnresolvedTableValuedFunction",
-    "UnresolvedView", "UnresolvedWith", "Window", "WithCTE", "WithWindowDefinition",
-})
+QUERY_NODES = frozenset(
+    {
+        "Aggregate",
+        "CTERelationRef",
+        "CurrentNamespace",
+        "Deduplicate",
+        "Distinct",
+        "Except",
+        "Expand",
+        "Filter",
+        "Generate",
+        "GlobalLimit",
+        "Intersect",
+        "Join",
+        "LateralJoin",
+        "LimitAll",
+        "LocalLimit",
+        "LocalRelation",
+        "Offset",
+        "OneRowRelation",
+        "PipeOperator",
+        "Pivot",
+        "Project",
+        "Range",
+        "RebalancePartitions",
+        "RelationTimeTravel",
+        "Repartition",
+        "RepartitionByExpression",
+        "Sample",
+        "Sort",
+        "SubqueryAlias",
+        "Tail",
+        "Union",
+        "UnionLoop",
+        "UnionLoopRef",
+        "Unpivot",
+        "UnresolvedFunctionName",
+        "UnresolvedHaving",
+        "UnresolvedHint",
+        "UnresolvedInlineTable",
+        "UnresolvedNamespace",
+        "UnresolvedRelation",
+        "UnresolvedSubqueryColumnAliases",
+        "UnresolvedTVFAliases",
+        "UnresolvedTable",
+        "UnresolvedTableOrView",
+        "UnresolvedTableValuedFunction",
+        "UnresolvedView",
+        "UnresolvedWith",
+        "Window",
+        "WithCTE",
+        "WithWindowDefinition",
+    }
+)
 """Plan nodes the parser produces for queries (and the name holders of SHOW / DESCRIBE)."""
 
-READ_COMMANDS = frozenset({
-    "DescribeColumn", "DescribeFunction", "DescribeNamespace", "DescribeQueryCommand", "DescribeRelation",
-    "ExplainCommand", "ShowCatalogsCommand", "ShowColumns", "ShowCreateTable", "ShowCurrentNamespaceCommand",
-    "ShowFunctions", "ShowNamespaces", "ShowNamespacesCommand", "ShowPartitions", "ShowTableProperties", "ShowTables",
-    "ShowTablesExtended", "ShowViews",
-})
+READ_COMMANDS = frozenset(
+    {
+        "DescribeColumn",
+        "DescribeFunction",
+        "DescribeNamespace",
+        "DescribeQueryCommand",
+        "DescribeRelation",
+        "ExplainCommand",
+        "ShowCatalogsCommand",
+        "ShowColumns",
+        "ShowCreateTable",
+        "ShowCurrentNamespaceCommand",
+        "ShowFunctions",
+        "ShowNamespaces",
+        "ShowNamespacesCommand",
+        "ShowPartitions",
+        "ShowTableProperties",
+        "ShowTables",
+        "ShowTablesExtended",
+        "ShowViews",
+    }
+)
 """Commands that only read the catalog; allowed at the root of a statement (EXPLAIN's plan must be a query)."""
 
-BLOCKED_FUNCTIONS = frozenset({
-    "reflect", "java_method", "try_reflect",  # call any static Java method: System.getenv, System.exit, ...
-    "from_protobuf", "to_protobuf",  # load a Java class by name or a descriptor file from a path
-    "from_avro", "to_avro", "schema_of_avro",  # avroSchemaUrl reads a file
-    "secret", "try_secret", "http_request",  # Databricks: secrets and the network
-})
-BLOCKED_FUNCTION_CLASSES = frozenset({
-    "CallMethodViaReflection", "TryReflect", "FromProtobuf", "ToProtobuf", "FromAvro", "ToAvro", "SchemaOfAvro",
-})
+BLOCKED_FUNCTIONS = frozenset(
+    {
+        "reflect",
+        "java_method",
+        "try_reflect",  # call any static Java method: System.getenv, System.exit, ...
+        "from_protobuf",
+        "to_protobuf",  # load a Java class by name or a descriptor file from a path
+        "from_avro",
+        "to_avro",
+        "schema_of_avro",  # avroSchemaUrl reads a file
+        "secret",
+        "try_secret",
+        "http_request",  # Databricks: secrets and the network
+    }
+)
+BLOCKED_FUNCTION_CLASSES = frozenset(
+    {
+        "CallMethodViaReflection",
+        "TryReflect",
+        "FromProtobuf",
+        "ToProtobuf",
+        "FromAvro",
+        "ToAvro",
+        "SchemaOfAvro",
+    }
+)
 """Implementing classes of the blocked functions: any other name registered for one of them is blocked too."""
 
-TABLE_FUNCTIONS = frozenset({
-    "range", "explode", "explode_outer", "inline", "inline_outer", "posexplode", "posexplode_outer", "stack",
-    "json_tuple", "variant_explode", "variant_explode_outer", "sql_keywords", "collations",
-})
+TABLE_FUNCTIONS = frozenset(
+    {
+        "range",
+        "explode",
+        "explode_outer",
+        "inline",
+        "inline_outer",
+        "posexplode",
+        "posexplode_outer",
+        "stack",
+        "json_tuple",
+        "variant_explode",
+        "variant_explode_outer",
+        "sql_keywords",
+        "collations",
+    }
+)
 """Table-valued functions a query may call (not ``python_worker_logs``, nor Databricks' ``read_files`` & co)."""
 
 STATEMENT_WORDS = {
@@ -227,8 +317,13 @@ class ReadOnlyGuard:
         if cls_name.startswith(LEAF_PACKAGES):
             self._kinds[cls_name] = "other"
             return "other"
-        checks = (("option", self._option_cls), ("iterable", self._iterable_cls), ("plan", self._plan_cls),
-                  ("expr", self._expr_cls), ("product", self._product_cls))
+        checks = (
+            ("option", self._option_cls),
+            ("iterable", self._iterable_cls),
+            ("plan", self._plan_cls),
+            ("expr", self._expr_cls),
+            ("product", self._product_cls),
+        )
         kind = next((k for k, c in checks if c.isInstance(obj)), "other")
         self._kinds[cls_name] = kind
         return kind
@@ -242,16 +337,19 @@ class ReadOnlyGuard:
             elif name == "UnresolvedTableValuedFunction":
                 fn = ".".join(_seq(node.name())).lower()
                 if fn not in TABLE_FUNCTIONS:
-                    raise SqlRefusedError(f"table function {fn}() refused in {_head(text)}",
-                                          hint=f"table functions allowed: {', '.join(sorted(TABLE_FUNCTIONS))}")
+                    raise SqlRefusedError(
+                        f"table function {fn}() refused in {_head(text)}",
+                        hint=f"table functions allowed: {', '.join(sorted(TABLE_FUNCTIONS))}",
+                    )
         for name, expr in walk.exprs:
             if name == "UnresolvedFunction":
                 self._check_function(_seq(expr.nameParts()), text)
             elif name == "UnresolvedGenerator":
                 self._check_function([expr.name().funcName()], text)
             elif "UnresolvedIdentifier" in name:
-                raise SqlRefusedError(f"IDENTIFIER(...) as a function name refused in {_head(text)}",
-                                      hint="name the function directly")
+                raise SqlRefusedError(
+                    f"IDENTIFIER(...) as a function name refused in {_head(text)}", hint="name the function directly"
+                )
 
     def _check_relation(self, kind: str, node, text: str) -> None:
         parts = [str(p) for p in _seq(node.multipartIdentifier())]
@@ -263,8 +361,10 @@ class ReadOnlyGuard:
                 "(format.`path`) and no catalog.schema.table names",
             )
         if kind == "UnresolvedRelation" and (not node.options().isEmpty() or node.isStreaming()):
-            raise SqlRefusedError(f"read options or a streaming read of {shown} refused",
-                                  hint="read the table by its short name, without WITH (...) options or STREAM")
+            raise SqlRefusedError(
+                f"read options or a streaming read of {shown} refused",
+                hint="read the table by its short name, without WITH (...) options or STREAM",
+            )
 
     def _check_function(self, name_parts: list, text: str) -> None:
         name = str(name_parts[-1]).lower() if name_parts else ""
@@ -337,7 +437,8 @@ def _execute(spark, stmts: list[str], views: list[str], limit: int) -> Iterator[
             df = spark.sql(stmt)
             rows = [r.asDict(recursive=True) for r in df.limit(limit).collect()] if df.columns else []
         except PySparkException as e:
-            raise PrismError(f"SQL failed: {first_line(e)}", hint=f"tables here: {', '.join(views) or 'none yet'}") \
-                from None
+            raise PrismError(
+                f"SQL failed: {first_line(e)}", hint=f"tables here: {', '.join(views) or 'none yet'}"
+            ) from None
         head = " ".join(stmt.split())[:80]
         yield head, rows

@@ -155,8 +155,10 @@ def _pool_where(store: TableStore, columns: list[str], where: str | None):
     try:
         return pool.where(where)
     except Exception as e:  # noqa: BLE001 - a user's SQL filter
-        raise PrismError(f"--where {where!r} is not a valid filter on samples: {first_line(e)}",
-                         hint="a SQL boolean expression over the pool's columns, e.g. \"source = 'snli'\"") from None
+        raise PrismError(
+            f"--where {where!r} is not a valid filter on samples: {first_line(e)}",
+            hint="a SQL boolean expression over the pool's columns, e.g. \"source = 'snli'\"",
+        ) from None
 
 
 def embed_stage(
@@ -195,12 +197,24 @@ def embed_stage(
             n = sum(counts[b] for b in chunk)
             parts = max(1, min(parallelism, n // max(1, dcfg.embedding_batch_size)))
             # fewer tasks than slots (a small chunk): each worker may use more of the cores
-            fn = make_embed_fn(spec.spec_id, dcfg.embedding_model, dcfg.embedding_device, dcfg.embedding_batch_size,
-                               dcfg.embedding_max_tokens, slots=min(slots, parts))
+            fn = make_embed_fn(
+                spec.spec_id,
+                dcfg.embedding_model,
+                dcfg.embedding_device,
+                dcfg.embedding_batch_size,
+                dcfg.embedding_max_tokens,
+                slots=min(slots, parts),
+            )
             out_dir = stage_root / f"chunk-{chunk[0]}"
-            (todo.where(F.col("bucket").isin(chunk)).drop("bucket").repartition(parts, "sample_id")
-             .sortWithinPartitions("sample_id").mapInPandas(fn, EMBED_SCHEMA)
-             .write.mode("overwrite").parquet(str(out_dir)))
+            (
+                todo.where(F.col("bucket").isin(chunk))
+                .drop("bucket")
+                .repartition(parts, "sample_id")
+                .sortWithinPartitions("sample_id")
+                .mapInPandas(fn, EMBED_SCHEMA)
+                .write.mode("overwrite")
+                .parquet(str(out_dir))
+            )
             embedded = spark.read.parquet(str(out_dir)).withColumn("created_at", F.current_timestamp())
             res = store.merge("gradients", embedded)
             report.embedded += res.inserted
@@ -274,9 +288,18 @@ def score_stage(
             bad_rows = bad.select("sample_id", "error", "n_tokens").collect()
             if bad_rows:
                 q = [
-                    {"stage": "score", "source": spec.spec_id, "file": "", "line": 0, "item_id": r["sample_id"],
-                     "reason": r["error"].split(":")[0], "detail": f"{r['error']} (n_tokens={r['n_tokens']})",
-                     "payload": "", "batch_id": spec.spec_id, "created_at": _now()}
+                    {
+                        "stage": "score",
+                        "source": spec.spec_id,
+                        "file": "",
+                        "line": 0,
+                        "item_id": r["sample_id"],
+                        "reason": r["error"].split(":")[0],
+                        "detail": f"{r['error']} (n_tokens={r['n_tokens']})",
+                        "payload": "",
+                        "batch_id": spec.spec_id,
+                        "created_at": _now(),
+                    }
                     for r in bad_rows
                 ]
                 store.merge("quarantine", pa.Table.from_pylist(q))
@@ -313,7 +336,8 @@ def _pool_with_vectors(store: TableStore, spec_id: str, group_by: list[str]):
             raise PrismError("--group-by cluster needs clusters", hint="run `prism cluster` first")
         # cluster ids are per (round, task): the group names both
         asg = asg.where(F.col("round") == last).select(
-            "sample_id", F.concat_ws(":", "task", F.col("cluster_id").cast("string")).alias("cluster"))
+            "sample_id", F.concat_ws(":", "task", F.col("cluster_id").cast("string")).alias("cluster")
+        )
         df = df.join(asg, "sample_id")
     return df.withColumn("text", F.concat_ws("\n", "prompt", "completion"))
 
@@ -349,10 +373,17 @@ def diversity_stage(
         raise PrismError(f"no scored samples under spec {spec.spec_id}", hint="run `prism score` first")
     frames = []
     for cols in [None] + ([group_by] if group_by else []):
-        frames.append(diversity_report(
-            df, settings.diversity, cols, vector_col="vector", text_col="text" if baselines else None,
-            spec_col="spec_id", embedding=embedding and baselines,
-        ))
+        frames.append(
+            diversity_report(
+                df,
+                settings.diversity,
+                cols,
+                vector_col="vector",
+                text_col="text" if baselines else None,
+                spec_col="spec_id",
+                embedding=embedding and baselines,
+            )
+        )
     rows = pd.concat(frames, ignore_index=True)
     if exact:
         rows = pd.concat([rows, exact_diversity(df, settings, spec)], ignore_index=True)
@@ -372,14 +403,26 @@ def exact_diversity(df, settings: Settings, spec) -> pd.DataFrame:  # noqa: F821
 
     rows = df.select("sample_id", "prompt", "completion").orderBy("sample_id").limit(EXACT_MAX_N + 1).collect()
     if len(rows) > EXACT_MAX_N:
-        raise PrismError(f"--exact is for small sets (at most {EXACT_MAX_N} scored samples)",
-                         hint="pass --where / use a smaller pool to calibrate")
+        raise PrismError(
+            f"--exact is for small sets (at most {EXACT_MAX_N} scored samples)",
+            hint="pass --where / use a smaller pool to calibrate",
+        )
     scorer = get_scorer(settings.scoring)
     encoded = [scorer.encode(r["prompt"], r["completion"]) for r in rows]
     encoded = [e for e in encoded if not e.error]
     res = exact_gvendi(scorer.loaded.model, encoded, settings.scoring.params)
-    return pd.DataFrame([{"scope": "all", "group": "all", "metric": "g_vendi_exact", "value": res.gvendi,
-                          "n": len(encoded), "spec_id": f"exact:{spec.weights_sha256[:16]}"}])
+    return pd.DataFrame(
+        [
+            {
+                "scope": "all",
+                "group": "all",
+                "metric": "g_vendi_exact",
+                "value": res.gvendi,
+                "n": len(encoded),
+                "spec_id": f"exact:{spec.weights_sha256[:16]}",
+            }
+        ]
+    )
 
 
 # ---- clustering -------------------------------------------------------------------------------------------
@@ -399,8 +442,10 @@ class ClusterReport:
 
     def summary(self) -> str:
         verb = "already clustered" if self.reused else "clustered"
-        return (f"round {self.round} ({self.task}): {verb} {self.n} {self.feature_space} vectors (spec {self.spec_id})"
-                f" into k={self.k} clusters, {self.sparse} sparse (objective {self.objective:.2f})")
+        return (
+            f"round {self.round} ({self.task}): {verb} {self.n} {self.feature_space} vectors (spec {self.spec_id})"
+            f" into k={self.k} clusters, {self.sparse} sparse (objective {self.objective:.2f})"
+        )
 
 
 class TooFewToCluster(PrismError):
@@ -453,31 +498,49 @@ def cluster_stage(
         rows = existing.select("size", "sparse", "spec_id").collect()
         check_round_spec(rnd, {r["spec_id"] for r in rows}, spec.spec_id, space)
         n = sum(r["size"] for r in rows)
-        return ClusterReport(rnd, len(rows), n, sum(bool(r["sparse"]) for r in rows), float("nan"), True,
-                             spec.spec_id, space, task)
+        return ClusterReport(
+            rnd, len(rows), n, sum(bool(r["sparse"]) for r in rows), float("nan"), True, spec.spec_id, space, task
+        )
     if space == "embedding":
         embed_stage(store, settings, where=f"task = '{task}'")
-    df = (store.pool().where(F.col("task") == task).select("sample_id")
-          .join(store.read("gradients").where(F.col("spec_id") == spec.spec_id), "sample_id")
-          .select("sample_id", "vector"))
+    df = (
+        store.pool()
+        .where(F.col("task") == task)
+        .select("sample_id")
+        .join(store.read("gradients").where(F.col("spec_id") == spec.spec_id), "sample_id")
+        .select("sample_id", "vector")
+    )
     n = df.count()
     need = min_cluster_rows(settings)
     if n < need:
-        hint = "run `prism score` first" if space == "gradient" and n == 0 else (
-            f"ingest more {task} rows or lower cluster.k_min (now {settings.cluster.k_min})")
-        raise TooFewToCluster(f"task {task}: {n} pool rows with {space} vectors (spec {spec.spec_id}), too few to"
-                              f" cluster (need >= {need} = 2 * cluster.k_min)", hint=hint)
+        hint = (
+            "run `prism score` first"
+            if space == "gradient" and n == 0
+            else (f"ingest more {task} rows or lower cluster.k_min (now {settings.cluster.k_min})")
+        )
+        raise TooFewToCluster(
+            f"task {task}: {n} pool rows with {space} vectors (spec {spec.spec_id}), too few to"
+            f" cluster (need >= {need} = 2 * cluster.k_min)",
+            hint=hint,
+        )
     res = cluster_pool(df, settings.cluster, n=n)
     sparse = set(int(i) for i in sparse_clusters(res.sizes, settings.cluster.sparse_quantile))
     clusters = res.clusters_arrow()
-    for name, values, typ in (("round", [rnd] * res.k, pa.int32()), ("task", [task] * res.k, pa.string()),
-                              ("spec_id", [spec.spec_id] * res.k, pa.string()),
-                              ("sparse", [i in sparse for i in range(res.k)], pa.bool_()),
-                              ("created_at", [_now()] * res.k, pa.timestamp("us", tz="UTC"))):
+    for name, values, typ in (
+        ("round", [rnd] * res.k, pa.int32()),
+        ("task", [task] * res.k, pa.string()),
+        ("spec_id", [spec.spec_id] * res.k, pa.string()),
+        ("sparse", [i in sparse for i in range(res.k)], pa.bool_()),
+        ("created_at", [_now()] * res.k, pa.timestamp("us", tz="UTC")),
+    ):
         clusters = clusters.append_column(name, pa.array(values, typ))
     asg = res.assignments.select(
-        F.lit(rnd).cast("int").alias("round"), F.lit(task).alias("task"), "sample_id",
-        F.col("cluster_id").cast("int"), F.col("cosine").cast("double"), F.current_timestamp().alias("created_at"),
+        F.lit(rnd).cast("int").alias("round"),
+        F.lit(task).alias("task"),
+        "sample_id",
+        F.col("cluster_id").cast("int"),
+        F.col("cosine").cast("double"),
+        F.current_timestamp().alias("created_at"),
     )
     store.merge("assignments", asg)
     store.merge("clusters", clusters)  # last: its presence marks the (round, task) as clustered

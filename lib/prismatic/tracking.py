@@ -82,8 +82,15 @@ def safe_params(settings: Settings, extra: dict[str, Any] | None = None) -> dict
 
 
 @contextlib.contextmanager
-def run(settings: Settings, name: str, nested: bool = False, tags: dict[str, Any] | None = None,
-        params: dict[str, Any] | None = None, stage: str | None = None, run_id: str | None = None) -> Iterator[Any]:
+def run(
+    settings: Settings,
+    name: str,
+    nested: bool = False,
+    tags: dict[str, Any] | None = None,
+    params: dict[str, Any] | None = None,
+    stage: str | None = None,
+    run_id: str | None = None,
+) -> Iterator[Any]:
     """Start an MLflow run; no-op context when tracking is disabled.
 
     The run is a child of the active run when ``nested``, and always when a run is already active (a stage called
@@ -142,5 +149,3 @@ def ui_command(settings: Settings) -> str:
     if "@" in parts.netloc:  # never print credentials embedded in a server URI
         uri = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
     return f"mlflow ui --backend-store-uri {uri}"
-
-

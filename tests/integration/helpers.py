@@ -13,8 +13,10 @@ from prismatic.tables import TABLES, TableStore
 
 
 def good_rows(n: int, start: int = 0) -> list[dict]:
-    return [{"prompt": f"Question {i}: what is {i} plus {i + 1}?", "completion": f"It is {2 * i + 1}."}
-            for i in range(start, start + n)]
+    return [
+        {"prompt": f"Question {i}: what is {i} plus {i + 1}?", "completion": f"It is {2 * i + 1}."}
+        for i in range(start, start + n)
+    ]
 
 
 def write_jsonl(path: Path, rows: list, gz: bool = False) -> Path:

@@ -36,9 +36,18 @@ def scripted_generator() -> FakeGenerator:
 
 def tiny_overrides(root: Path, model_dir: Path) -> list[str]:
     return [
-        f"data_root={root}", f"scoring.model.path={model_dir}", "scoring.d=64", "scoring.block=2",
-        "scoring.max_tokens=64", "scoring.chat_template=false", "synth.calls_per_round=6", "cluster.k_min=3",
-        "cluster.k_fraction=0.1", "cluster.iterations=5", "spark.master=local[1]", "spark.driver_memory=1g",
+        f"data_root={root}",
+        f"scoring.model.path={model_dir}",
+        "scoring.d=64",
+        "scoring.block=2",
+        "scoring.max_tokens=64",
+        "scoring.chat_template=false",
+        "synth.calls_per_round=6",
+        "cluster.k_min=3",
+        "cluster.k_fraction=0.1",
+        "cluster.iterations=5",
+        "spark.master=local[1]",
+        "spark.driver_memory=1g",
         "dedup.near=true",
     ]
 
@@ -57,8 +66,11 @@ def seed_pool(tmp_path: Path, n: int = 40) -> Path:
 ANIMALS = ["dog", "cat", "horse", "goat", "fox", "owl", "duck", "seal"]
 PLACES = ["park", "barn", "yard", "field", "garden", "river", "forest", "beach"]
 # hypothesis pattern -> its label (the generator labels by the same rule, so the solvers agree with it)
-NLI_RULES = [("An animal is outside.", "entailment"), ("Nothing is outside.", "contradiction"),
-             ("The animal is hungry.", "neutral")]
+NLI_RULES = [
+    ("An animal is outside.", "entailment"),
+    ("Nothing is outside.", "contradiction"),
+    ("The animal is hungry.", "neutral"),
+]
 NLI_SOLVE_RE = re.compile(r"Hypothesis: (?P<h>[^\n]+)")
 
 
@@ -66,8 +78,13 @@ def nli_triples(rng: random.Random, n: int) -> list[tuple[str, str, str]]:
     out = []
     for _ in range(n):
         hyp, label = NLI_RULES[rng.randrange(len(NLI_RULES))]
-        out.append((f"A {rng.choice(ANIMALS)} is sleeping in the {rng.choice(PLACES)} number {rng.randint(1, 999)}.",
-                    hyp, label))
+        out.append(
+            (
+                f"A {rng.choice(ANIMALS)} is sleeping in the {rng.choice(PLACES)} number {rng.randint(1, 999)}.",
+                hyp,
+                label,
+            )
+        )
     return out
 
 
@@ -100,12 +117,18 @@ def topics_pool(tmp_path: Path, per_topic: int = 14) -> Path:
     rows = []
     for a in range(1, per_topic + 1):
         rows += [
-            {"prompt": f"Tom has {a} apples and buys {a + 4} more. How many apples does he have now?",
-             "completion": f"He has {a} + {a + 4} = {2 * a + 4} apples. \\boxed{{{2 * a + 4}}}"},
-            {"prompt": f"A rectangle is {a} cm wide and {a + 2} cm long. What is its area?",
-             "completion": f"The area is {a} * {a + 2} = {a * (a + 2)} square cm. \\boxed{{{a * (a + 2)}}}"},
-            {"prompt": f"A train travels {10 * a} km in 2 hours. What is its average speed?",
-             "completion": f"Speed is {10 * a} / 2 = {5 * a} km per hour. \\boxed{{{5 * a}}}"},
+            {
+                "prompt": f"Tom has {a} apples and buys {a + 4} more. How many apples does he have now?",
+                "completion": f"He has {a} + {a + 4} = {2 * a + 4} apples. \\boxed{{{2 * a + 4}}}",
+            },
+            {
+                "prompt": f"A rectangle is {a} cm wide and {a + 2} cm long. What is its area?",
+                "completion": f"The area is {a} * {a + 2} = {a * (a + 2)} square cm. \\boxed{{{a * (a + 2)}}}",
+            },
+            {
+                "prompt": f"A train travels {10 * a} km in 2 hours. What is its average speed?",
+                "completion": f"Speed is {10 * a} / 2 = {5 * a} km per hour. \\boxed{{{5 * a}}}",
+            },
         ]
     for a, b in [(311, 122), (250, 143), (402, 219), (188, 377), (129, 264), (333, 101)]:
         answer = f"Adding {a} and {b} gives {a + b}. \\boxed{{{a + b}}}"
@@ -115,13 +138,17 @@ def topics_pool(tmp_path: Path, per_topic: int = 14) -> Path:
 
 def math_benchmarks(tmp_path: Path) -> tuple[Path, Path]:
     """An ID (the seed style) and an OOD (another phrasing) math benchmark file, each with its split sidecar."""
-    bench = {"sums_id": [{"problem": f"What is {a} plus {a + 5}?", "answer": str(2 * a + 5)} for a in range(50, 60)],
-             "sums_ood": [{"problem": f"Compute the total of {a} and {3 * a}.", "answer": str(4 * a)}
-                          for a in range(2, 10)]}
+    bench = {
+        "sums_id": [{"problem": f"What is {a} plus {a + 5}?", "answer": str(2 * a + 5)} for a in range(50, 60)],
+        "sums_ood": [
+            {"problem": f"Compute the total of {a} and {3 * a}.", "answer": str(4 * a)} for a in range(2, 10)
+        ],
+    }
     paths = []
     for name, rows in bench.items():
         path = write_jsonl(tmp_path / f"{name}.jsonl", rows)
         (tmp_path / f"{name}.meta.json").write_text(
-            f'{{"name": "{name}", "task": "math", "split": "{name.split("_")[1]}"}}')
+            f'{{"name": "{name}", "task": "math", "split": "{name.split("_")[1]}"}}'
+        )
         paths.append(path)
     return paths[0], paths[1]

@@ -163,9 +163,20 @@ def test_variables_declared_described_and_used(bundle, resource_docs):
     assert set(declared) <= used, f"declared but never used: {sorted(set(declared) - used)}"
     others = {r for r in refs if not r.startswith("var.")}
     assert others <= set(BUILTINS), f"unknown substitutions: {sorted(others - set(BUILTINS))}"
-    for name in ("catalog_name", "schema_name", "experiment_name", "proxy_model_path", "generator_endpoint",
-                 "generator_api_key_secret", "cpu_node_type", "gpu_node_type", "spark_version", "gpu_spark_version",
-                 "raw_input_path", "notification_email"):
+    for name in (
+        "catalog_name",
+        "schema_name",
+        "experiment_name",
+        "proxy_model_path",
+        "generator_endpoint",
+        "generator_api_key_secret",
+        "cpu_node_type",
+        "gpu_node_type",
+        "spark_version",
+        "gpu_spark_version",
+        "raw_input_path",
+        "notification_email",
+    ):
         assert name in declared, name
     assert re.fullmatch(r"[^/\s]+/[^/\s]+", declared["generator_api_key_secret"]["default"]), "scope/key, no value"
     assert resolve("${var.proxy_model_path}", declared).startswith("/Volumes/")

@@ -47,14 +47,25 @@ def assert_one_error(proc_or_err: subprocess.CompletedProcess | str, first: str,
     assert not any(n in err for n in NOISE), err
 
 
-@pytest.mark.parametrize("override, first", [
-    ("spark.master=bogus://x", "error: config key 'spark.master': must be local, local[N], local[*], local[N,F],"
-     " spark://host:port, yarn or k8s://URL (got 'bogus://x')"),
-    ("spark.driver_memory=lots", "error: config key 'spark.driver_memory': must be a JVM memory size: a whole number"
-     " with k, m, g or t, e.g. 4g or 2048m (got 'lots')"),
-    ("spark.driver_memory=64m", "error: config key 'spark.driver_memory': is below 256m, too small for the Spark"
-     " driver (got '64m')"),
-])
+@pytest.mark.parametrize(
+    "override, first",
+    [
+        (
+            "spark.master=bogus://x",
+            "error: config key 'spark.master': must be local, local[N], local[*], local[N,F],"
+            " spark://host:port, yarn or k8s://URL (got 'bogus://x')",
+        ),
+        (
+            "spark.driver_memory=lots",
+            "error: config key 'spark.driver_memory': must be a JVM memory size: a whole number"
+            " with k, m, g or t, e.g. 4g or 2048m (got 'lots')",
+        ),
+        (
+            "spark.driver_memory=64m",
+            "error: config key 'spark.driver_memory': is below 256m, too small for the Spark driver (got '64m')",
+        ),
+    ],
+)
 def test_bad_spark_settings_fail_before_the_jvm_starts(tmp_path, override, first):
     for command in (["status"], ["sql", "SELECT 1"]):
         proc = run_prism("--set", override, *command, root=tmp_path / "lake")
@@ -70,8 +81,12 @@ def test_a_file_as_data_root_is_one_error_for_every_command(tmp_path):
     for command in (["status"], ["ingest", str(data), "--source", "s"], ["sql", "SELECT 1"]):
         proc = run_prism(*command, root=f)
         assert proc.returncode == 2 and proc.stdout == ""  # status no longer lists "no tables" and exits 0
-        assert_one_error(proc, f"error: config key 'data_root': {f} is a file, not a folder; the data root holds"
-                         f" tables/, mlflow/ and _staging/ (got '{f}')", CONFIG_HINT)
+        assert_one_error(
+            proc,
+            f"error: config key 'data_root': {f} is a file, not a folder; the data root holds"
+            f" tables/, mlflow/ and _staging/ (got '{f}')",
+            CONFIG_HINT,
+        )
     proc = run_prism("status", root=f / "lake")
     assert proc.returncode == 2 and f"is under {f}, which is a file" in proc.stderr
 
@@ -79,12 +94,18 @@ def test_a_file_as_data_root_is_one_error_for_every_command(tmp_path):
 def test_usage_errors_are_click_messages_exit_2(tmp_path):
     proc = run_prism("ingest", str(tmp_path))
     assert proc.returncode == 2
-    assert_one_error(proc, "error: Missing option '--source' / '-s'.",
-                     "hint: Usage: prism ingest [OPTIONS] PATHS... (see prism ingest --help)")
+    assert_one_error(
+        proc,
+        "error: Missing option '--source' / '-s'.",
+        "hint: Usage: prism ingest [OPTIONS] PATHS... (see prism ingest --help)",
+    )
     proc = run_prism("frobnicate")
     assert proc.returncode == 2
-    assert_one_error(proc, "error: No such command 'frobnicate'.",
-                     "hint: Usage: prism [OPTIONS] COMMAND [ARGS]... (see prism --help)")
+    assert_one_error(
+        proc,
+        "error: No such command 'frobnicate'.",
+        "hint: Usage: prism [OPTIONS] COMMAND [ARGS]... (see prism --help)",
+    )
     proc = run_prism("score", "--limit", "many")
     assert proc.returncode == 2 and proc.stderr.startswith("error: Invalid value for '--limit':")
 
@@ -128,10 +149,13 @@ def test_a_failing_query_prints_one_line_in_a_terminal(tmp_path, spark):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 22, proc.stderr
     analysis, runtime = proc.stderr.split("---\n")
-    assert_one_error(analysis, "error: SQL failed: [UNRESOLVED_COLUMN.WITH_SUGGESTION] A column, variable, or function"
-                     " parameter with name `nope` cannot be resolved. Did you mean one of the following? [`file`,"
-                     " `line`, `label`, `prompt`, `round`]. SQLSTATE: 42703; line 1 pos 7;",
-                     "hint: tables here: candidates_bronze, samples, pool")
+    assert_one_error(
+        analysis,
+        "error: SQL failed: [UNRESOLVED_COLUMN.WITH_SUGGESTION] A column, variable, or function"
+        " parameter with name `nope` cannot be resolved. Did you mean one of the following? [`file`,"
+        " `line`, `label`, `prompt`, `round`]. SQLSTATE: 42703; line 1 pos 7;",
+        "hint: tables here: candidates_bronze, samples, pool",
+    )
     assert_one_error(runtime, "error: SQL failed: [USER_RAISED_EXCEPTION] '(task = nli)' is not true! SQLSTATE: P0001")
     assert "Exception in task" not in proc.stderr and "ERROR" not in proc.stderr
 
@@ -148,11 +172,12 @@ def lake(tmp_path, spark):
 def test_a_missing_model_path_is_one_line(lake, capsys):
     capsys.readouterr()
     assert main(["--set", f"data_root={lake}", "--set", "scoring.model.path=/nonexistent", "score"]) == 2
-    assert_one_error(capsys.readouterr().err,
-                     "error: model.path '/nonexistent' does not exist: neither a folder, a .gguf file, a hub id nor"
-                     " builtin:<name>",
-                     "hint: set scoring.model.path (or train.model.path) to a local folder of safetensors weights,"
-                     " a .gguf file, a hub id (org/name) or builtin:smollm2")
+    assert_one_error(
+        capsys.readouterr().err,
+        "error: model.path '/nonexistent' does not exist: neither a folder, a .gguf file, a hub id nor builtin:<name>",
+        "hint: set scoring.model.path (or train.model.path) to a local folder of safetensors weights,"
+        " a .gguf file, a hub id (org/name) or builtin:smollm2",
+    )
 
 
 @pytest.mark.spark
@@ -161,8 +186,11 @@ def test_delta_spark_engine_without_delta_is_one_line(lake, capsys):
     for command in (["status"], ["sql", "SELECT 1"]):
         assert main(["--set", f"data_root={lake}", "--set", "storage.engine=delta-spark", *command]) == 2
         err = capsys.readouterr().err
-        assert_one_error(err, "error: storage.engine is delta-spark but this Spark session has no Delta Lake"
-                         " (io.delta.sql.DeltaSparkSessionExtension is not in spark.sql.extensions)")
+        assert_one_error(
+            err,
+            "error: storage.engine is delta-spark but this Spark session has no Delta Lake"
+            " (io.delta.sql.DeltaSparkSessionExtension is not in spark.sql.extensions)",
+        )
         assert "storage.engine=auto or delta-rs" in err
 
 
@@ -179,8 +207,10 @@ def test_status_names_a_damaged_table(lake, capsys):
     cap = capsys.readouterr()
     assert "candidates_bronze" in cap.out and cap.out.count("UNREADABLE") == 2
     first = error_lines(cap.err)[0]
-    assert first.startswith(f"error: 2 table(s) under {tables} cannot be read: samples (the folder holds files but"
-                            " no _delta_log); quarantine (")
+    assert first.startswith(
+        f"error: 2 table(s) under {tables} cannot be read: samples (the folder holds files but"
+        " no _delta_log); quarantine ("
+    )
     assert "Traceback" not in cap.err
 
 
@@ -210,12 +240,19 @@ def test_a_rejected_where_says_why(lake, tiny_model, capsys):
     base = ["--set", f"data_root={lake}", "--set", f"scoring.model.path={tiny_model}", "score", "--where"]
     capsys.readouterr()
     cases = [
-        ("task = = 'math'", "error: --where \"task = = 'math'\" is not a valid filter: [PARSE_SYNTAX_ERROR] Syntax"
-         " error at or near '='. SQLSTATE: 42601 (line 1, pos 7)"),
-        ("no_such_col = 1", "error: --where 'no_such_col = 1' is not a valid filter on samples:"
-         " [UNRESOLVED_COLUMN.WITH_SUGGESTION]"),
-        ("java_method('java.lang.System', 'getenv', 'HOME') IS NULL",
-         "error: java_method() refused: it calls Java methods or reads files or secrets"),
+        (
+            "task = = 'math'",
+            "error: --where \"task = = 'math'\" is not a valid filter: [PARSE_SYNTAX_ERROR] Syntax"
+            " error at or near '='. SQLSTATE: 42601 (line 1, pos 7)",
+        ),
+        (
+            "no_such_col = 1",
+            "error: --where 'no_such_col = 1' is not a valid filter on samples: [UNRESOLVED_COLUMN.WITH_SUGGESTION]",
+        ),
+        (
+            "java_method('java.lang.System', 'getenv', 'HOME') IS NULL",
+            "error: java_method() refused: it calls Java methods or reads files or secrets",
+        ),
     ]
     for where, first in cases:
         assert main([*base, where]) == 2

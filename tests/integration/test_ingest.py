@@ -66,8 +66,15 @@ def test_every_quarantine_reason_and_conservation(store, tmp_path):
     f = write_jsonl(tmp_path / "messy.jsonl", lines)
     rep = ingest(store, [str(f)], "messy", "generic", store.settings)
     reasons = dict(rep.reasons)
-    assert reasons == {"invalid_json": 1, "not_utf8": 1, "missing_field": 1, "wrong_type": 2, "empty_text": 1,
-                       "too_long": 1, "bad_messages": 1}
+    assert reasons == {
+        "invalid_json": 1,
+        "not_utf8": 1,
+        "missing_field": 1,
+        "wrong_type": 2,
+        "empty_text": 1,
+        "too_long": 1,
+        "bad_messages": 1,
+    }
     fr = rep.files[0]
     assert (fr.rows_read, fr.new_samples, fr.duplicates, fr.quarantined) == (11, 2, 1, 8)
     assert fr.rows_read == fr.new_samples + fr.duplicates + fr.quarantined
@@ -119,8 +126,10 @@ def test_reingest_changes_nothing(store, tmp_path):
 
 def test_same_text_from_two_sources_is_one_sample(store, tmp_path):
     a = write_jsonl(tmp_path / "a.jsonl", good_rows(5))
-    b = write_jsonl(tmp_path / "b.jsonl", [{"prompt": "  " + r["prompt"] + "  ", "completion": r["completion"]}
-                                           for r in good_rows(5)])
+    b = write_jsonl(
+        tmp_path / "b.jsonl",
+        [{"prompt": "  " + r["prompt"] + "  ", "completion": r["completion"]} for r in good_rows(5)],
+    )
     ingest(store, [str(a)], "first", "generic", store.settings)
     rep = ingest(store, [str(b)], "second", "generic", store.settings)
     assert rep.total("new_samples") == 0 and rep.total("duplicates") == 5
@@ -150,8 +159,18 @@ def test_unreadable_file_is_one_error_and_nothing_written(store, tmp_path):
 
 
 def _cli(data_root: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "prismatic.cli", "--set", f"data_root={data_root}", "--set",
-            "spark.master=local[1]", "--set", "spark.driver_memory=1g", *args]
+    return [
+        sys.executable,
+        "-m",
+        "prismatic.cli",
+        "--set",
+        f"data_root={data_root}",
+        "--set",
+        "spark.master=local[1]",
+        "--set",
+        "spark.driver_memory=1g",
+        *args,
+    ]
 
 
 def test_killed_ingest_then_rerun_equals_clean_run(tmp_path, spark):

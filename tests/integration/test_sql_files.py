@@ -57,10 +57,19 @@ def build_demo_lakehouse(root: Path, spark) -> TableStore:
     seed = sorted(r["sample_id"] for r in rows if r["source"] == "seed_math")
     assert len(seed) > 60, "the seed data should give the demo enough samples"
 
-    store.merge("duplicates", pa.table({
-        "sample_id": [seed[1]], "kept_id": [seed[0]], "kind": ["near"], "similarity": [0.91], "task": ["math"],
-        "created_at": _ts(1),
-    }))
+    store.merge(
+        "duplicates",
+        pa.table(
+            {
+                "sample_id": [seed[1]],
+                "kept_id": [seed[0]],
+                "kind": ["near"],
+                "similarity": [0.91],
+                "task": ["math"],
+                "created_at": _ts(1),
+            }
+        ),
+    )
     # G-Vendi of seed_math/0 measured twice: the later samples version (12.5) is the one to report
     div_rows = [
         ("source,round", "seed_math/0", "g_vendi", 1, 11.0, len(seed)),
@@ -68,23 +77,51 @@ def build_demo_lakehouse(root: Path, spark) -> TableStore:
         ("source,round", "seed_math/0", "emb_vendi", 2, 7.25, len(seed) - 1),
         ("all", "all", "g_vendi", 2, 13.0, len(seed) + 1),
     ]
-    store.merge("diversity", pa.table({
-        "scope": [r[0] for r in div_rows], "group_key": [r[1] for r in div_rows], "metric": [r[2] for r in div_rows],
-        "spec_id": [SPEC] * len(div_rows), "samples_version": [r[3] for r in div_rows],
-        "value": [r[4] for r in div_rows], "n": [r[5] for r in div_rows], "created_at": _ts(len(div_rows)),
-    }))
-    store.merge("clusters", pa.table({
-        "round": [1] * 4, "task": ["math"] * 4, "cluster_id": list(CLUSTER_SIZES), "spec_id": [SPEC] * 4,
-        "centroid": [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]], "size": list(CLUSTER_SIZES.values()),
-        "sparse": [True, True, False, False], "created_at": _ts(4),
-    }))
+    store.merge(
+        "diversity",
+        pa.table(
+            {
+                "scope": [r[0] for r in div_rows],
+                "group_key": [r[1] for r in div_rows],
+                "metric": [r[2] for r in div_rows],
+                "spec_id": [SPEC] * len(div_rows),
+                "samples_version": [r[3] for r in div_rows],
+                "value": [r[4] for r in div_rows],
+                "n": [r[5] for r in div_rows],
+                "created_at": _ts(len(div_rows)),
+            }
+        ),
+    )
+    store.merge(
+        "clusters",
+        pa.table(
+            {
+                "round": [1] * 4,
+                "task": ["math"] * 4,
+                "cluster_id": list(CLUSTER_SIZES),
+                "spec_id": [SPEC] * 4,
+                "centroid": [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]],
+                "size": list(CLUSTER_SIZES.values()),
+                "sparse": [True, True, False, False],
+                "created_at": _ts(4),
+            }
+        ),
+    )
     cluster_of = [cid for cid, size in CLUSTER_SIZES.items() for _ in range(size)]
     members = [(cid, seed[2 + i]) for i, cid in enumerate(cluster_of)]  # seed[0], seed[1]: the duplicate pair
-    store.merge("assignments", pa.table({
-        "round": [1] * len(members), "task": ["math"] * len(members), "sample_id": [m[1] for m in members],
-        "cluster_id": [m[0] for m in members],
-        "cosine": [round(0.99 - 0.01 * i, 4) for i in range(len(members))], "created_at": _ts(len(members)),
-    }))
+    store.merge(
+        "assignments",
+        pa.table(
+            {
+                "round": [1] * len(members),
+                "task": ["math"] * len(members),
+                "sample_id": [m[1] for m in members],
+                "cluster_id": [m[0] for m in members],
+                "cosine": [round(0.99 - 0.01 * i, 4) for i in range(len(members))],
+                "created_at": _ts(len(members)),
+            }
+        ),
+    )
     cands = [  # (round, id, status, reason, detail, tokens)
         (1, "c1", "accepted", "accepted", "", 100),
         (1, "c2", "accepted", "accepted", "", 120),
@@ -94,27 +131,60 @@ def build_demo_lakehouse(root: Path, spark) -> TableStore:
         (2, "c6", "rejected", "duplicate", f"near duplicate of {seed[0][:12]}", 70),
         (2, "c7", "rejected", "dense_cluster", "nearest cluster 3 is not sparse", 60),
     ]
-    store.merge("synth_candidates", pa.table({
-        "round": [c[0] for c in cands], "candidate_id": [c[1] for c in cands], "task": ["math"] * len(cands),
-        "prompt": [f"Synthetic problem {c[1]}: what is {i} + {i}?" for i, c in enumerate(cands)],
-        "completion": ["\\boxed{0}"] * len(cands), "generator": ["fake"] * len(cands),
-        "exemplar_ids": [[seed[2], seed[3]]] * len(cands), "answers": [["0", "0", "1"]] * len(cands),
-        "status": [c[2] for c in cands], "reason": [c[3] for c in cands], "detail": [c[4] for c in cands],
-        "cluster_id": [0] * len(cands), "tokens": [c[5] for c in cands], "created_at": _ts(len(cands)),
-    }))
-    study = [(STUDY, sub, m, v) for sub, vals in SUBSETS.items()
-             for m, v in zip(("g_vendi", "emb_vendi", "ood_accuracy"), vals, strict=True)]
+    store.merge(
+        "synth_candidates",
+        pa.table(
+            {
+                "round": [c[0] for c in cands],
+                "candidate_id": [c[1] for c in cands],
+                "task": ["math"] * len(cands),
+                "prompt": [f"Synthetic problem {c[1]}: what is {i} + {i}?" for i, c in enumerate(cands)],
+                "completion": ["\\boxed{0}"] * len(cands),
+                "generator": ["fake"] * len(cands),
+                "exemplar_ids": [[seed[2], seed[3]]] * len(cands),
+                "answers": [["0", "0", "1"]] * len(cands),
+                "status": [c[2] for c in cands],
+                "reason": [c[3] for c in cands],
+                "detail": [c[4] for c in cands],
+                "cluster_id": [0] * len(cands),
+                "tokens": [c[5] for c in cands],
+                "created_at": _ts(len(cands)),
+            }
+        ),
+    )
+    study = [
+        (STUDY, sub, m, v)
+        for sub, vals in SUBSETS.items()
+        for m, v in zip(("g_vendi", "emb_vendi", "ood_accuracy"), vals, strict=True)
+    ]
     study += [(STUDY, sub, "id_accuracy", 0.8) for sub in SUBSETS]
-    store.merge("study", pa.table({
-        "study_id": [r[0] for r in study], "subset_id": [r[1] for r in study], "metric": [r[2] for r in study],
-        "value": [r[3] for r in study], "created_at": _ts(len(study)),
-    }))
+    store.merge(
+        "study",
+        pa.table(
+            {
+                "study_id": [r[0] for r in study],
+                "subset_id": [r[1] for r in study],
+                "metric": [r[2] for r in study],
+                "value": [r[3] for r in study],
+                "created_at": _ts(len(study)),
+            }
+        ),
+    )
     evals = [("run-a", "gsm_symbolic", "id", 0.7), ("run-a", "asdiv", "ood", 0.5), ("run-b", "asdiv", "ood", 0.55)]
-    store.merge("eval_results", pa.table({
-        "run_id": [e[0] for e in evals], "benchmark": [e[1] for e in evals], "model": ["student-lm"] * len(evals),
-        "split": [e[2] for e in evals], "accuracy": [e[3] for e in evals], "n": [100] * len(evals),
-        "created_at": _ts(len(evals)),
-    }))
+    store.merge(
+        "eval_results",
+        pa.table(
+            {
+                "run_id": [e[0] for e in evals],
+                "benchmark": [e[1] for e in evals],
+                "model": ["student-lm"] * len(evals),
+                "split": [e[2] for e in evals],
+                "accuracy": [e[3] for e in evals],
+                "n": [100] * len(evals),
+                "created_at": _ts(len(evals)),
+            }
+        ),
+    )
     return store
 
 
@@ -158,14 +228,21 @@ def test_pool_by_source_round(demo):
 def test_synth_reasons(demo):
     per_round, per_reason = run_file(demo, "synth_reasons.sql")
     assert [(r["round"], r["candidates"], r["accepted"], r["tokens"]) for r in per_round] == [
-        (1, 4, 2, 390), (2, 3, 1, 240)
+        (1, 4, 2, 390),
+        (2, 3, 1, 240),
     ]
     assert per_round[0]["acceptance_rate"] == pytest.approx(0.5)
     got = {(r["round"], r["reason"]): (r["candidates"], r["share_of_round"]) for r in per_reason}
     assert got[(1, "accepted")] == (2, pytest.approx(0.5))
     assert got[(1, "contaminated")] == (1, pytest.approx(0.25))
-    assert set(got) == {(1, "accepted"), (1, "no_consensus"), (1, "contaminated"),
-                        (2, "accepted"), (2, "duplicate"), (2, "dense_cluster")}
+    assert set(got) == {
+        (1, "accepted"),
+        (1, "no_consensus"),
+        (1, "contaminated"),
+        (2, "accepted"),
+        (2, "duplicate"),
+        (2, "dense_cluster"),
+    }
 
 
 @pytest.mark.spark
@@ -210,7 +287,8 @@ def test_quarantine_reasons(demo):
     (rows,) = run_file(demo, "quarantine_reasons.sql")
     got = {(r["stage"], r["source"], r["reason"]): r["n_rows"] for r in rows}
     expected = {
-        r["reason"]: r["n"] for r in demo.spark.sql(
+        r["reason"]: r["n"]
+        for r in demo.spark.sql(
             "SELECT reason, count(*) AS n FROM quarantine WHERE source = 'messy' GROUP BY reason"
         ).collect()
     }
@@ -228,8 +306,17 @@ def test_prism_sql_runs_a_file(demo, capsys):
 
     from prismatic.cli import main
 
-    rc = main(["--set", f"data_root={demo.settings.data_root}", "sql", "-f", str(SQL_DIR / "sparse_clusters.sql"),
-               "--format", "csv"])
+    rc = main(
+        [
+            "--set",
+            f"data_root={demo.settings.data_root}",
+            "sql",
+            "-f",
+            str(SQL_DIR / "sparse_clusters.sql"),
+            "--format",
+            "csv",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     (expected,) = run_file(demo, "sparse_clusters.sql")

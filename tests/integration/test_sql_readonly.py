@@ -19,17 +19,28 @@ from prismatic.sqlrun import BLOCKED_FUNCTIONS, TABLE_FUNCTIONS, ReadOnlyGuard, 
 
 pytestmark = pytest.mark.spark
 
-HOSTILE = {  # statement -> the exact error line ({shown}: the statement as the error quotes it)
-    "INSERT OVERWRITE DIRECTORY '{root}/tables/samples' USING parquet SELECT * FROM samples LIMIT 1":
-        "error: prism sql is read-only: {shown} refused, INSERT OVERWRITE DIRECTORY writes files",
-    "CREATE TABLE t LOCATION '{outside}' AS SELECT * FROM samples":
-        "error: prism sql is read-only: {shown} refused, CREATE TABLE ... AS SELECT writes a table",
-    "SELECT java_method('java.lang.System','getenv','PRISM_GENERATOR_API_KEY')":
-        "error: java_method() refused: it calls Java methods or reads files or secrets",
-    "SELECT * FROM text.`/etc/hostname`":
-        "error: text.`/etc/hostname` refused: only the tables of this data root, by their short names, can be read",
-    "DROP TABLE samples": "error: prism sql is read-only: {shown} refused, DROP TABLE deletes a table",
-}
+HOSTILE = dict(  # statement -> the exact error line ({shown}: the statement as the error quotes it)
+    [
+        (
+            "INSERT OVERWRITE DIRECTORY '{root}/tables/samples' USING parquet SELECT * FROM samples LIMIT 1",
+            "error: prism sql is read-only: {shown} refused, INSERT OVERWRITE DIRECTORY writes files",
+        ),
+        (
+            "CREATE TABLE t LOCATION '{outside}' AS SELECT * FROM samples",
+            "error: prism sql is read-only: {shown} refused, CREATE TABLE ... AS SELECT writes a table",
+        ),
+        (
+            "SELECT java_method('java.lang.System','getenv','PRISM_GENERATOR_API_KEY')",
+            "error: java_method() refused: it calls Java methods or reads files or secrets",
+        ),
+        (
+            "SELECT * FROM text.`/etc/hostname`",
+            "error: text.`/etc/hostname` refused: only the tables of this data root, by their short names,"
+            " can be read",
+        ),
+        ("DROP TABLE samples", "error: prism sql is read-only: {shown} refused, DROP TABLE deletes a table"),
+    ]
+)
 
 
 def shown(stmt: str) -> str:
@@ -113,8 +124,11 @@ def guard(spark):
 
 def tree_digest(root) -> dict[str, str]:
     """sha256 of every file under ``root``: a refused statement must leave all of them (and no new one)."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def prism_sql(root, capfd, *args) -> tuple[int, str, str]:
@@ -174,12 +188,15 @@ def test_a_file_with_one_refused_statement_runs_none(lake, tmp_path, capfd):
 def test_syntax_and_analysis_errors_are_one_line(lake, capfd):
     rc, _, err = prism_sql(lake, capfd, "SELEC 1")
     assert rc == 2 and err.splitlines()[0] == (
-        "error: SQL failed: [PARSE_SYNTAX_ERROR] Syntax error at or near 'SELEC'. SQLSTATE: 42601 (line 1, pos 0)")
+        "error: SQL failed: [PARSE_SYNTAX_ERROR] Syntax error at or near 'SELEC'. SQLSTATE: 42601 (line 1, pos 0)"
+    )
     rc, _, err = prism_sql(lake, capfd, "SELECT nope FROM samples")
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 2
-    assert lines[0].startswith("error: SQL failed: [UNRESOLVED_COLUMN.WITH_SUGGESTION] A column, variable, or function"
-                               " parameter with name `nope` cannot be resolved.")
+    assert lines[0].startswith(
+        "error: SQL failed: [UNRESOLVED_COLUMN.WITH_SUGGESTION] A column, variable, or function"
+        " parameter with name `nope` cannot be resolved."
+    )
     assert lines[1] == "hint: tables here: candidates_bronze, samples, quarantine, pool"
     assert '{"ts"' not in err and "Traceback" not in err
 

@@ -24,8 +24,9 @@ LABELS = ["entailment", "neutral", "contradiction"]
 def nli_rows(n: int, offset: int = 0) -> list[dict]:
     """Hand-made NLI rows in the tiny model's vocabulary; the label follows from the sentences."""
     rows = []
-    for i, (s, v, o) in enumerate(itertools.islice(itertools.cycle(itertools.product(SUBJECTS, VERBS, range(6))),
-                                                   offset, offset + n)):
+    for i, (s, v, o) in enumerate(
+        itertools.islice(itertools.cycle(itertools.product(SUBJECTS, VERBS, range(6))), offset, offset + n)
+    ):
         kind = LABELS[(i + o) % 3]
         other = "sits" if v == "runs" else "runs"
         hyp = {"entailment": f"{s} {v} .", "neutral": f"{s} {v} and is {o} .", "contradiction": f"{s} {other} ."}[kind]
@@ -43,15 +44,31 @@ def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
     from prismatic.stages import score_stage
     from prismatic.train import study_stage
 
-    pool = write_jsonl(tmp_path / "pool.jsonl", [
-        {"sentence1": r["premise"], "sentence2": r["hypothesis"], "gold_label": r["label"]} for r in nli_rows(48)])
+    pool = write_jsonl(
+        tmp_path / "pool.jsonl",
+        [{"sentence1": r["premise"], "sentence2": r["hypothesis"], "gold_label": r["label"]} for r in nli_rows(48)],
+    )
     id_file = write_jsonl(tmp_path / "id.jsonl", nli_rows(12, offset=7))
-    ood3 = write_jsonl(tmp_path / "ood_three.jsonl", [
-        {"premise": f"{s} sits .", "hypothesis": h, "label": lab} for s in SUBJECTS
-        for h, lab in [(f"{s} runs .", "contradiction"), (f"{s} sits .", "entailment"), ("a cat is 3 .", "neutral")]])
-    ood2 = write_jsonl(tmp_path / "ood_two.jsonl", [
-        {"premise": f"{s} runs .", "hypothesis": h, "label": lab} for s in SUBJECTS
-        for h, lab in [(f"{s} runs .", "entailment"), (f"{s} sits .", "not_entailment")]])
+    ood3 = write_jsonl(
+        tmp_path / "ood_three.jsonl",
+        [
+            {"premise": f"{s} sits .", "hypothesis": h, "label": lab}
+            for s in SUBJECTS
+            for h, lab in [
+                (f"{s} runs .", "contradiction"),
+                (f"{s} sits .", "entailment"),
+                ("a cat is 3 .", "neutral"),
+            ]
+        ],
+    )
+    ood2 = write_jsonl(
+        tmp_path / "ood_two.jsonl",
+        [
+            {"premise": f"{s} runs .", "hypothesis": h, "label": lab}
+            for s in SUBJECTS
+            for h, lab in [(f"{s} runs .", "entailment"), (f"{s} sits .", "not_entailment")]
+        ],
+    )
     settings = load_config(overrides=[
         f"data_root={tmp_path / 'lake'}", "storage.engine=delta-rs", f"scoring.model.path={tiny_model}",
         "scoring.d=64", "scoring.block=2", "scoring.max_tokens=64", "scoring.chat_template=false",
@@ -69,8 +86,15 @@ def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
     assert len(report.subsets) == 4
     assert sorted(s["n_clusters"] for s in report.subsets) == [0, 1, 2, 4]
     assert all(s["size"] == 12 for s in report.subsets)
-    metrics = ["g_vendi", "g_mean_cosine", "emb_vendi", "emb_mean_cosine", "ngram_entropy_2", "distinct_2",
-               "label_entropy"]
+    metrics = [
+        "g_vendi",
+        "g_mean_cosine",
+        "emb_vendi",
+        "emb_mean_cosine",
+        "ngram_entropy_2",
+        "distinct_2",
+        "label_entropy",
+    ]
     assert report.metrics == metrics
 
     # the study table: per subset design / diversity / accuracy rows, per metric two correlation rows
@@ -100,7 +124,8 @@ def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
     bal_mean = [c.data.metrics["ood_balanced_accuracy"] for c in children]
     if np.ptp(bal_mean) > 0 and np.ptp([c.data.metrics["g_vendi"] for c in children]) > 0:
         assert corr["rho_bal.g_vendi"]["value"] == pytest.approx(
-            spearmanr([c.data.metrics["g_vendi"] for c in children], bal_mean).statistic)
+            spearmanr([c.data.metrics["g_vendi"] for c in children], bal_mean).statistic
+        )
     for m in metrics:
         xs = [c.data.metrics.get(m, math.nan) for c in children]
         if np.ptp(xs) == 0 or np.ptp(ood_mean) == 0:
@@ -122,8 +147,15 @@ def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
     vecs = vectors_from_arrow(grads["vector"].take([pos[s] for s in ids]))
     assert child.data.metrics["g_vendi"] == pytest.approx(g_vendi(vecs), rel=1e-6)
     arts = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id)}
-    assert {"rho_by_metric.png", "rho_by_metric_balanced.png", "ranked_metrics.json", "ranked_metrics.md",
-            "subsets.json", "scatter", "scatter_balanced"} <= arts
+    assert {
+        "rho_by_metric.png",
+        "rho_by_metric_balanced.png",
+        "ranked_metrics.json",
+        "ranked_metrics.md",
+        "subsets.json",
+        "scatter",
+        "scatter_balanced",
+    } <= arts
     scatters = {a.path for a in mlflow.MlflowClient().list_artifacts(parent.info.run_id, "scatter")}
     assert {f"scatter/{m}.png" for m in metrics} <= scatters
 

@@ -19,8 +19,17 @@ from prismatic.synth.loop import synthesize
 from prismatic.tables import open_store
 
 pytestmark = pytest.mark.spark
-REASONS = {"accepted", "no_consensus", "unparseable", "too_long", "dense_cluster", "duplicate", "contaminated",
-           "generator_error", "score_failed"}
+REASONS = {
+    "accepted",
+    "no_consensus",
+    "unparseable",
+    "too_long",
+    "dense_cluster",
+    "duplicate",
+    "contaminated",
+    "generator_error",
+    "score_failed",
+}
 
 
 def test_two_rounds_tables_and_mlflow(tmp_path, spark, tiny_model):
@@ -104,8 +113,12 @@ def test_killed_loop_resumes_without_double_rows(tmp_path, spark, tiny_model):
         ingest(open_store(settings, spark), [str(seed)], "seed", "math", settings)
         script = SCRIPT.format(helpers=here, root=str(root), model=str(tiny_model))
         if name == "crashed":
-            proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-c", script],
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             log_dir = root / "tables" / "synth_candidates" / "_delta_log"
             deadline = time.time() + 600
             while time.time() < deadline and proc.poll() is None:

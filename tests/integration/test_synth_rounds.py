@@ -34,11 +34,17 @@ def _by(rows: list[dict], *keys: str) -> dict:
 
 def _pool_vendi(store, spec_id: str, task: str, max_round: int) -> float:
     """Independent reference: numpy G-Vendi of the task's pool vectors (no Spark covariance path)."""
-    pool = {s["sample_id"] for s in store.read_arrow("samples").to_pylist()
-            if s["task"] == task and s["round"] <= max_round}
+    pool = {
+        s["sample_id"]
+        for s in store.read_arrow("samples").to_pylist()
+        if s["task"] == task and s["round"] <= max_round
+    }
     dups = {d["sample_id"] for d in store.read_arrow("duplicates").to_pylist()}
-    vecs = [g["vector"] for g in store.read_arrow("gradients").to_pylist()
-            if g["spec_id"] == spec_id and g["sample_id"] in pool - dups]
+    vecs = [
+        g["vector"]
+        for g in store.read_arrow("gradients").to_pylist()
+        if g["spec_id"] == spec_id and g["sample_id"] in pool - dups
+    ]
     return g_vendi(np.asarray(vecs, dtype=np.float64))
 
 
@@ -111,8 +117,11 @@ def test_sparse_members_say_when_a_sparse_cluster_is_empty(tmp_path, spark):
         [{"round": 1, "task": "math", "sample_id": f"d{i}", "cluster_id": 0, "cosine": 0.9} for i in range(5)]
         + [{"round": 1, "task": "math", "sample_id": "s0", "cluster_id": 2, "cosine": 0.9},
            {"round": 1, "task": "nli", "sample_id": "n0", "cluster_id": 1, "cosine": 0.9}]))  # fmt: skip
-    clusters = [{"cluster_id": 0, "size": 5, "sparse": False}, {"cluster_id": 1, "size": 0, "sparse": True},
-                {"cluster_id": 2, "size": 1, "sparse": True}]
+    clusters = [
+        {"cluster_id": 0, "size": 5, "sparse": False},
+        {"cluster_id": 1, "size": 0, "sparse": True},
+        {"cluster_id": 2, "size": 1, "sparse": True},
+    ]
     report = RoundReport(1, "math")
     assert _sparse_members(store, 1, "math", clusters, report) == {"s0"}  # not n0: cluster 1 of nli is not ours
     assert report.notes == ["task math: sparse clusters [1] of round 1 have no members (no exemplars drawn from them)"]
@@ -145,8 +154,11 @@ def test_train_each_round_logs_accuracies_in_rounds_and_mlflow(tmp_path, spark, 
     store = open_store(settings, spark)
     ingest(store, [str(seed_pool(tmp_path))], "seed", "math", settings)
     reports = synthesize(store, settings, rounds=2, generator=mixed_generator())
-    assert [(r.round, r.task, r.status) for r in reports] == [(0, "math", "done"), (1, "math", "done"),
-                                                              (2, "math", "done")]
+    assert [(r.round, r.task, r.status) for r in reports] == [
+        (0, "math", "done"),
+        (1, "math", "done"),
+        (2, "math", "done"),
+    ]
     # accuracies computed independently of the pipeline: the fake student's rule on the benchmark files
     id_rows = [json.loads(x) for x in id_bench.read_text().splitlines()]
     expected_id = sum(int(re.search(r"What is (\d+)", r["problem"])[1]) % 2 == 0 for r in id_rows) / len(id_rows)
@@ -167,8 +179,10 @@ def test_train_each_round_logs_accuracies_in_rounds_and_mlflow(tmp_path, spark, 
         assert row["status"] == "done" and row["student_id"] == rep.student_id
         assert row["id_accuracy"] == pytest.approx(expected_id) and row["ood_accuracy"] == 0.0
         accs = json.loads(row["accuracies"])
-        assert accs == {"sums_id": {"split": "id", "accuracy": pytest.approx(expected_id), "n": 10},
-                        "sums_ood": {"split": "ood", "accuracy": 0.0, "n": 8}}
+        assert accs == {
+            "sums_id": {"split": "id", "accuracy": pytest.approx(expected_id), "n": 10},
+            "sums_ood": {"split": "ood", "accuracy": 0.0, "n": 8},
+        }
         for bench, acc in accs.items():  # eval_results holds the same figures for that student
             assert evals[rep.student_id, bench]["accuracy"] == pytest.approx(acc["accuracy"])
         # the student saw exactly the task's pool of rounds <= r

@@ -10,8 +10,10 @@ import torch
 from prismatic.config import load_config
 from prismatic.ingest import ingest
 
-MATH_ROWS = [{"prompt": f"what is {a} plus {b} ?", "completion": f"{a} plus {b} equals {a + b} ."}
-             for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (0, 7), (4, 4), (6, 3), (1, 1)]]
+MATH_ROWS = [
+    {"prompt": f"what is {a} plus {b} ?", "completion": f"{a} plus {b} equals {a + b} ."}
+    for a, b in [(1, 2), (3, 4), (2, 2), (5, 1), (0, 7), (4, 4), (6, 3), (1, 1)]
+]
 
 
 def lm_settings(root, model, *extra):
@@ -44,8 +46,9 @@ def reference_loss(model_dir, rows, max_tokens=64) -> float:
     ids, labels = collate(enc, tok.pad_token_id)
     with torch.no_grad():
         logits = model(input_ids=ids).logits
-    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
-                                            ignore_index=-100, reduction="sum")
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="sum"
+    )
     return float(nll / (labels[:, 1:] != -100).sum())
 
 
@@ -92,8 +95,9 @@ def test_two_step_sft_loss_decreases_and_checkpoint_has_lineage(tmp_path, tiny_m
     from prismatic.train import train_and_evaluate
 
     bench = tmp_path / "sums.jsonl"
-    bench.write_text("".join(json.dumps({"problem": f"what is {a} plus {a} ?", "answer": str(2 * a)}) + "\n"
-                             for a in (1, 2)))
+    bench.write_text(
+        "".join(json.dumps({"problem": f"what is {a} plus {a} ?", "answer": str(2 * a)}) + "\n" for a in (1, 2))
+    )
     out = train_and_evaluate(store, settings, "lm", benchmarks=[str(bench)])
     row = next(r for r in store.read_arrow("eval_results").to_pylist() if r["run_id"] == report.student_id)
     assert out["student_id"] == report.student_id and out["sums_accuracy"] == row["accuracy"] == out["ood_accuracy"]
@@ -101,8 +105,12 @@ def test_two_step_sft_loss_decreases_and_checkpoint_has_lineage(tmp_path, tiny_m
     ids = sorted(r["sample_id"] for r in store.read_arrow("samples").to_pylist())[:4]
     sub = train_stage(store, settings, "lm", ids, subset_id="first-four")
     assert not sub.reused and sub.n_train == 4 and sub.student_id != report.student_id
-    assert json.loads((tmp_path / "lake" / "students" / sub.student_id / "student.json").read_text())[
-        "lineage"]["subset_id"] == "first-four"
+    assert (
+        json.loads((tmp_path / "lake" / "students" / sub.student_id / "student.json").read_text())["lineage"][
+            "subset_id"
+        ]
+        == "first-four"
+    )
 
 
 def test_lm_evaluation_parses_answers(tmp_path, monkeypatch, tiny_model):
@@ -117,8 +125,16 @@ def test_lm_evaluation_parses_answers(tmp_path, monkeypatch, tiny_model):
     monkeypatch.setattr(student, "generate", lambda prompts, **kw: ["\\boxed{2}", "It is 4.", "5", "no idea"])
     res = evaluate_student(student, math, settings)
     assert (res.n, res.correct, res.unparsed, res.accuracy) == (4, 2, 1, 0.5)
-    nli = Benchmark("n", "nli", "ood", [{"premise": "p", "hypothesis": "h", "label": lab}
-                                        for lab in ("entailment", "non-entailment", "non-entailment")], NLI2)
+    nli = Benchmark(
+        "n",
+        "nli",
+        "ood",
+        [
+            {"premise": "p", "hypothesis": "h", "label": lab}
+            for lab in ("entailment", "non-entailment", "non-entailment")
+        ],
+        NLI2,
+    )
     prompts_seen = []
 
     def scripted(prompts, **kw):
@@ -153,8 +169,9 @@ def test_torch_distributor_local_mode(tmp_path, spark, tiny_model):
     from prismatic.tables import open_store
     from prismatic.train.lm import train_lm
 
-    settings = lm_settings(tmp_path / "lake", tiny_model, "train.distributor=local", "train.num_processes=1",
-                           "train.use_gpu=false")
+    settings = lm_settings(
+        tmp_path / "lake", tiny_model, "train.distributor=local", "train.num_processes=1", "train.use_gpu=false"
+    )
     pool(tmp_path, settings)
     store = open_store(settings, spark)
     res = train_lm(store, settings, None, tmp_path / "ckpt")
@@ -172,8 +189,9 @@ def test_torch_distributor_streams_staged_rows_without_delta_rs(tmp_path, spark,
     from prismatic.tables import open_store
     from prismatic.train import lm
 
-    settings = lm_settings(tmp_path / "lake", tiny_model, "train.distributor=local", "train.num_processes=1",
-                           "train.use_gpu=false")
+    settings = lm_settings(
+        tmp_path / "lake", tiny_model, "train.distributor=local", "train.num_processes=1", "train.use_gpu=false"
+    )
     pool(tmp_path, settings)
     store = open_store(settings, spark)
     monkeypatch.setattr(store, "engine", "delta-spark")  # the delta-spark path, on a store this machine can open
@@ -186,10 +204,11 @@ def test_torch_distributor_streams_staged_rows_without_delta_rs(tmp_path, spark,
 
     monkeypatch.setattr(lm, "_stage_rows", spy)
     res = lm.train_lm(store, settings, None, tmp_path / "ckpt")
-    (path, rows), = staged
+    ((path, rows),) = staged
     assert path.parent == settings.root / "_staging" and not path.exists()
     assert sorted((r["prompt"], r["completion"]) for r in rows) == sorted(
-        (r["prompt"], r["completion"]) for r in MATH_ROWS)
+        (r["prompt"], r["completion"]) for r in MATH_ROWS
+    )
     # step 1 is one batch of all 8 staged rows under the untouched weights: the base model's loss on MATH_ROWS
     assert res.steps == 2 and res.losses[0] == pytest.approx(reference_loss(tiny_model, MATH_ROWS), rel=1e-4)
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()

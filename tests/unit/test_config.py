@@ -74,8 +74,10 @@ def test_delta_spark_sql_text():
     q = qualified_name("main", "prismatic", "samples")
     assert q == "`main`.`prismatic`.`samples`"
     sql = merge_sql(q, "prism_src_abc", ("sample_id",), update=False)
-    assert sql == ("MERGE INTO `main`.`prismatic`.`samples` t USING `prism_src_abc` s ON t.`sample_id` = s.`sample_id`"
-                   " WHEN NOT MATCHED THEN INSERT *")
+    assert sql == (
+        "MERGE INTO `main`.`prismatic`.`samples` t USING `prism_src_abc` s ON t.`sample_id` = s.`sample_id`"
+        " WHEN NOT MATCHED THEN INSERT *"
+    )
     assert "WHEN MATCHED THEN UPDATE SET *" in merge_sql(q, "v", ("a", "b"), update=True)
     ddl = create_table_sql(q, TABLES["samples"])
     assert ddl.startswith("CREATE TABLE IF NOT EXISTS `main`.`prismatic`.`samples` (`sample_id` STRING")

@@ -187,8 +187,10 @@ def test_champ_layout(tmp_path):
         "P_3": {"_text": "", "_answer": "1"},
     }, "concepts": {}}))  # fmt: skip
     b = load_champ(f)
-    assert b.examples == [{"problem": "Find x if x^2=4 and x>0.", "answer": "2"},
-                          {"problem": "What is 2+3?", "answer": "5"}]
+    assert b.examples == [
+        {"problem": "Find x if x^2=4 and x>0.", "answer": "2"},
+        {"problem": "What is 2+3?", "answer": "5"},
+    ]
     assert b.skipped == {"malformed": 1}
 
 

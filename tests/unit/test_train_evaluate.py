@@ -58,18 +58,21 @@ def test_score_nli_counts_unparseable_as_wrong():
 
 
 def test_two_way_benchmark_folds_three_way_predictions():
-    rows = [{"premise": "p", "hypothesis": "h", "label": lab} for lab in
-            ["entailment", "non-entailment", "non-entailment", "non-entailment"]]
+    rows = [
+        {"premise": "p", "hypothesis": "h", "label": lab}
+        for lab in ["entailment", "non-entailment", "non-entailment", "non-entailment"]
+    ]
     b = Benchmark("two", "nli", "ood", rows, NLI2)
     res = score_nli(["entailment", "neutral", "contradiction", "entailment"], b)
     assert (res.correct, res.unparsed, res.accuracy) == (3, 0, 0.75)
     assert res.predictions == ["entailment", "non-entailment", "non-entailment", "entailment"]
 
 
-
 def test_balanced_accuracy_is_the_mean_recall_per_gold_label():
-    rows = [{"premise": "p", "hypothesis": "h", "label": lab} for lab in
-            ["entailment", "non-entailment", "non-entailment", "non-entailment"]]
+    rows = [
+        {"premise": "p", "hypothesis": "h", "label": lab}
+        for lab in ["entailment", "non-entailment", "non-entailment", "non-entailment"]
+    ]
     b = Benchmark("two", "nli", "ood", rows, NLI2)
     # a constant majority answer: accuracy 3/4, but recall 0 on entailment and 1 on non-entailment -> 1/2
     const = score_nli(["contradiction"] * 4, b)
@@ -77,11 +80,15 @@ def test_balanced_accuracy_is_the_mean_recall_per_gold_label():
     # recall 1 on entailment, 2/3 on non-entailment (one unparsed answer counts as wrong)
     res = score_nli(["entailment", "neutral", None, "contradiction"], b)
     assert res.balanced_accuracy == pytest.approx((1 + 2 / 3) / 2)
-    three = score_nli(["entailment", "neutral", "neutral", "entailment", "entailment"],
-                      Benchmark("t", "nli", "id", [dict(r) for r in NLI_ROWS], NLI3))
+    three = score_nli(
+        ["entailment", "neutral", "neutral", "entailment", "entailment"],
+        Benchmark("t", "nli", "id", [dict(r) for r in NLI_ROWS], NLI3),
+    )
     assert three.balanced_accuracy == pytest.approx((1.0 + 0.0 + 1.0) / 3)  # entailment, contradiction, neutral
-    assert np.isnan(score_math(["1"], Benchmark("m", "math", "ood", [{"problem": "?", "answer": "1"}]))
-                    .balanced_accuracy)
+    assert np.isnan(
+        score_math(["1"], Benchmark("m", "math", "ood", [{"problem": "?", "answer": "1"}])).balanced_accuracy
+    )
+
 
 def test_math_verify_scoring():
     assert math_correct("The answer is \\boxed{9}.", "9") is True
@@ -121,17 +128,24 @@ def test_eval_stage_writes_eval_results_once(tmp_path):
     settings = load_config(overrides=[f"data_root={tmp_path / 'lake'}", "storage.engine=delta-rs"])
     store = open_store(settings, None)
     bench = write_jsonl(tmp_path / "bench.jsonl", NLI_ROWS)
-    for sid, label, when in [("old", "neutral", "2020-01-01T00:00:00+00:00"),
-                             ("new", "entailment", "2021-01-01T00:00:00+00:00")]:
+    for sid, label, when in [
+        ("old", "neutral", "2020-01-01T00:00:00+00:00"),
+        ("new", "entailment", "2021-01-01T00:00:00+00:00"),
+    ]:
         folder = constant_probe(label, dim=MINILM_DIM).save(settings.root / "students" / sid)
-        (folder / MANIFEST).write_text(json.dumps({"student_id": sid, "kind": "probe", "created_at": when,
-                                                   "lineage": {"subset_id": f"sub-{sid}"}}))
+        (folder / MANIFEST).write_text(
+            json.dumps(
+                {"student_id": sid, "kind": "probe", "created_at": when, "lineage": {"subset_id": f"sub-{sid}"}}
+            )
+        )
     rows = eval_stage(store, settings, benchmarks=[str(bench)])
     assert [(r["run_id"], r["benchmark"], r["accuracy"], r["n"]) for r in rows] == [("new", "bench", 0.4, 5)]
     eval_stage(store, settings, benchmarks=[str(bench)])  # same student, same data: replaced, not duplicated
     eval_stage(store, settings, model_path=settings.root / "students" / "old", benchmarks=[f"again={bench}"])
-    table = sorted((r["run_id"], r["benchmark"], r["accuracy"], r["subset_id"])
-                   for r in store.read_arrow("eval_results").to_pylist())
+    table = sorted(
+        (r["run_id"], r["benchmark"], r["accuracy"], r["subset_id"])
+        for r in store.read_arrow("eval_results").to_pylist()
+    )
     assert table == [("new", "bench", 0.4, "sub-new"), ("old", "again", 0.2, "sub-old")]
 
     import mlflow

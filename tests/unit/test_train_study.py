@@ -99,6 +99,12 @@ def test_study_config_is_a_complete_study():
     s = load_config(path)
     assert s.study.subsets >= 24 and s.study.student == "probe" and s.study.task == "nli"
     assert s.ingest.sources["snli"].premise == "sentence1" and s.ingest.sources["snli"].label == "gold_label"
-    plans = plan_subsets(clustered(n_per=200, k=s.study.clusters), s.study.subset_size, s.study.clusters,
-                         s.study.subsets, random_fraction=s.study.random_fraction, seed=s.study.seed)
+    plans = plan_subsets(
+        clustered(n_per=200, k=s.study.clusters),
+        s.study.subset_size,
+        s.study.clusters,
+        s.study.subsets,
+        random_fraction=s.study.random_fraction,
+        seed=s.study.seed,
+    )
     assert len(plans) == s.study.subsets and sorted({p.n_clusters for p in plans}) == [0, 1, 2, 4, 8, 16]

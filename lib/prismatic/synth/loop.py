@@ -258,11 +258,16 @@ def _sparse_members(store: TableStore, rnd: int, task: str, clusters: list, repo
     sparse_ids = sorted(c["cluster_id"] for c in clusters if c["sparse"])
     sizes = sorted((c["size"] for c in clusters), reverse=True)
     if not sparse_ids:
-        raise RoundSkipped(f"task {task}: no sparse cluster among k={len(clusters)} (sizes {sizes}): nothing is"
-                           f" strictly below the size at cluster.sparse_quantile")
-    rows = (store.read("assignments")
-            .where((F.col("round") == rnd) & (F.col("task") == task) & F.col("cluster_id").isin(sparse_ids))
-            .select("sample_id", "cluster_id").collect())
+        raise RoundSkipped(
+            f"task {task}: no sparse cluster among k={len(clusters)} (sizes {sizes}): nothing is"
+            f" strictly below the size at cluster.sparse_quantile"
+        )
+    rows = (
+        store.read("assignments")
+        .where((F.col("round") == rnd) & (F.col("task") == task) & F.col("cluster_id").isin(sparse_ids))
+        .select("sample_id", "cluster_id")
+        .collect()
+    )
     empty = sorted(set(sparse_ids) - {r["cluster_id"] for r in rows})
     if empty:
         note = f"task {task}: sparse clusters {empty} of round {rnd} have no members (no exemplars drawn from them)"
@@ -292,8 +297,9 @@ def _prepare(store: TableStore, settings: Settings, rnd: int, task: str, report:
     except TooFewToCluster as e:
         raise RoundSkipped(str(e), hint=e.hint) from None
     report.cluster_spec_id, report.k, report.sparse_k = crep.spec_id, crep.k, crep.sparse
-    clusters = (store.read("clusters").where((F.col("round") == rnd) & (F.col("task") == task))
-                .orderBy("cluster_id").collect())
+    clusters = (
+        store.read("clusters").where((F.col("round") == rnd) & (F.col("task") == task)).orderBy("cluster_id").collect()
+    )
     check_round_spec(rnd, {c["spec_id"] for c in clusters}, crep.spec_id, report.feature_space)
     members = _sparse_members(store, rnd, task, clusters, report)
     pool = _pool_rows(store, rnd, task)
@@ -304,20 +310,30 @@ def _prepare(store: TableStore, settings: Settings, rnd: int, task: str, report:
         chosen = [dict(m, problem=m["prompt"]) for m in chosen]
     groups = exemplar_groups(chosen, cfg.calls_per_round, cfg.exemplars, cfg.seed * 1_000_003 + rnd)
     if not groups:
-        raise RoundSkipped(f"task {task}: none of the {len(members)} sparse-cluster members has the {task} prompt"
-                           " form the exemplar template needs")
+        raise RoundSkipped(
+            f"task {task}: none of the {len(members)} sparse-cluster members has the {task} prompt"
+            " form the exemplar template needs"
+        )
     report.seconds["cluster"] = round(time.perf_counter() - t0 - report.seconds["score"], 2)
     centroids = np.asarray([c["centroid"] for c in clusters], dtype=np.float32)
-    return RoundClusters(clusters, centroids, {c["cluster_id"] for c in clusters if c["sparse"]}, pool, groups,
-                         spec, crep.spec_id)
+    return RoundClusters(
+        clusters, centroids, {c["cluster_id"] for c in clusters if c["sparse"]}, pool, groups, spec, crep.spec_id
+    )
 
 
-def _generate(generator, task_obj, rc: RoundClusters, settings: Settings, rnd: int, task: str,
-              report: RoundReport) -> list[Candidate]:
+def _generate(
+    generator, task_obj, rc: RoundClusters, settings: Settings, rnd: int, task: str, report: RoundReport
+) -> list[Candidate]:
     """One generation call per exemplar group -> candidates (a call's tokens charged once, to its first row)."""
     cfg = settings.synth
-    gens = generator.generate(task_obj.generation_prompts(rc.groups), n=1, temperature=cfg.problem_temperature,
-                              top_p=cfg.top_p, max_tokens=cfg.generator.max_new_tokens, seed=cfg.seed * 1000 + rnd)
+    gens = generator.generate(
+        task_obj.generation_prompts(rc.groups),
+        n=1,
+        temperature=cfg.problem_temperature,
+        top_p=cfg.top_p,
+        max_tokens=cfg.generator.max_new_tokens,
+        seed=cfg.seed * 1000 + rnd,
+    )
     candidates: list[Candidate] = []
     for g_idx, (group, out) in enumerate(zip(rc.groups, gens, strict=True)):
         gen = out[0]
@@ -332,28 +348,44 @@ def _generate(generator, task_obj, rc: RoundClusters, settings: Settings, rnd: i
         items = parsed[: cfg.problems_per_call] if isinstance(parsed, list) else []
         if not items:
             c = Candidate(_hid(rnd, task, g_idx, "unparseable"), gen.text[:2000], ex_ids, tokens=gen.completion_tokens)
-            reason, detail = (parsed.reason, parsed.detail) if not isinstance(parsed, list) else (
-                "unparseable", "no problem in the generation")
+            reason, detail = (
+                (parsed.reason, parsed.detail)
+                if not isinstance(parsed, list)
+                else ("unparseable", "no problem in the generation")
+            )
             c.reject(reason, detail)
             candidates.append(c)
             continue
         for i_idx, item in enumerate(items):
             text = task_obj.candidate_text(item)
-            candidates.append(Candidate(_hid(rnd, task, g_idx, i_idx, text), text, ex_ids, item=item,
-                                        tokens=gen.completion_tokens if i_idx == 0 else 0))
+            candidates.append(
+                Candidate(
+                    _hid(rnd, task, g_idx, i_idx, text),
+                    text,
+                    ex_ids,
+                    item=item,
+                    tokens=gen.completion_tokens if i_idx == 0 else 0,
+                )
+            )
     return candidates
 
 
-def _solve(generator, task_obj, candidates: list[Candidate], settings: Settings, rnd: int,
-           report: RoundReport) -> None:
+def _solve(
+    generator, task_obj, candidates: list[Candidate], settings: Settings, rnd: int, report: RoundReport
+) -> None:
     """Solve each live candidate ``n_solutions`` times and keep it when ``tau`` answers agree."""
     cfg = settings.synth
     live = [c for c in candidates if c.status == "pending"]
     if not live:
         return
-    sols = generator.generate(task_obj.solution_prompts([c.item for c in live]), n=cfg.n_solutions,
-                              temperature=cfg.solution_temperature, top_p=cfg.top_p,
-                              max_tokens=cfg.generator.max_new_tokens, seed=cfg.seed * 1000 + rnd + 7)
+    sols = generator.generate(
+        task_obj.solution_prompts([c.item for c in live]),
+        n=cfg.n_solutions,
+        temperature=cfg.solution_temperature,
+        top_p=cfg.top_p,
+        max_tokens=cfg.generator.max_new_tokens,
+        seed=cfg.seed * 1000 + rnd + 7,
+    )
     for c, outs in zip(live, sols, strict=True):
         spent = sum(o.completion_tokens for o in outs)
         c.tokens += spent
@@ -371,8 +403,9 @@ def _solve(generator, task_obj, candidates: list[Candidate], settings: Settings,
         c.completion = c.samples[0]["completion"] if c.samples else ""
 
 
-def _screen(candidates: list[Candidate], pool: list[dict], settings: Settings, decontam,
-            report: RoundReport) -> list[Candidate]:
+def _screen(
+    candidates: list[Candidate], pool: list[dict], settings: Settings, decontam, report: RoundReport
+) -> list[Candidate]:
     """Reject duplicates of the task's pool (and of each other) and contaminated candidates; return the rest."""
     index = PoolIndex([p["prompt"] + "\n" + p["completion"] for p in pool], settings)
     prompt_index = PoolIndex([p["prompt"] for p in pool], settings)
@@ -420,24 +453,53 @@ def _filter(survivors: list[Candidate], rc: RoundClusters, settings: Settings, t
 
 
 def _vector_rows(accepted: list[dict], spec_id: str, cluster_spec_id: str, space: str, now) -> list[dict]:
-    rows = [{"sample_id": s["sample_id"], "spec_id": spec_id, "vector": np.asarray(s["vector"]).tolist(),
-             "loss": s["loss"], "n_tokens": s["n_tokens"], "truncated": s["truncated"], "created_at": now}
-            for s in accepted]
+    rows = [
+        {
+            "sample_id": s["sample_id"],
+            "spec_id": spec_id,
+            "vector": np.asarray(s["vector"]).tolist(),
+            "loss": s["loss"],
+            "n_tokens": s["n_tokens"],
+            "truncated": s["truncated"],
+            "created_at": now,
+        }
+        for s in accepted
+    ]
     if space == "embedding":  # the vectors the next round clusters: no need to embed them again
-        rows += [{"sample_id": s["sample_id"], "spec_id": cluster_spec_id,
-                  "vector": np.asarray(s["embedding"]).tolist(), "loss": None, "n_tokens": s["embedding_tokens"],
-                  "truncated": s["embedding_truncated"], "created_at": now} for s in accepted]
+        rows += [
+            {
+                "sample_id": s["sample_id"],
+                "spec_id": cluster_spec_id,
+                "vector": np.asarray(s["embedding"]).tolist(),
+                "loss": None,
+                "n_tokens": s["embedding_tokens"],
+                "truncated": s["embedding_truncated"],
+                "created_at": now,
+            }
+            for s in accepted
+        ]
     return rows
 
 
-def _write(store: TableStore, settings: Settings, rnd: int, task: str, rc: RoundClusters, generator,
-           candidates: list[Candidate]) -> list[dict]:
+def _write(
+    store: TableStore,
+    settings: Settings,
+    rnd: int,
+    task: str,
+    rc: RoundClusters,
+    generator,
+    candidates: list[Candidate],
+) -> list[dict]:
     """MERGE the accepted samples (and their vectors) and every candidate; returns the accepted samples."""
     now = _now()
     accepted = [s for c in candidates if c.status == "accepted" for s in c.samples]
     if accepted:
-        store.merge("gradients", pa.Table.from_pylist(
-            _vector_rows(accepted, rc.spec.spec_id, rc.cluster_spec_id, settings.cluster.feature_space, now)))
+        store.merge(
+            "gradients",
+            pa.Table.from_pylist(
+                _vector_rows(accepted, rc.spec.spec_id, rc.cluster_spec_id, settings.cluster.feature_space, now)
+            ),
+        )
         store.merge("samples", pa.Table.from_pylist([
             {"sample_id": s["sample_id"], "task": task, "source": "synthetic", "prompt": s["prompt"],
              "completion": s["completion"], "messages": None, "label": s["completion"] if task == "nli" else None,
@@ -484,8 +546,9 @@ def run_round(store: TableStore, settings: Settings, rnd: int, generator, task, 
         # a retried round: the calls that failed last time were asked again (errors are never cached), so their
         # generator_error rows give way to what the calls returned now (ids of real candidates differ)
         quoted = name.replace("'", "''")
-        dropped = store.delete("synth_candidates",
-                               f"round = {int(rnd)} AND task = '{quoted}' AND reason = '{GENERATOR_ERROR}'")
+        dropped = store.delete(
+            "synth_candidates", f"round = {int(rnd)} AND task = '{quoted}' AND reason = '{GENERATOR_ERROR}'"
+        )
         if dropped:
             log.info("round %d (%s): replaced %d generator_error rows of the last try", rnd, name, dropped)
     accepted = _write(store, settings, rnd, name, rc, generator, candidates)
@@ -531,8 +594,12 @@ def _filter_by_embedding(
         return
     dcfg = settings.diversity
     vecs, n_tok, trunc = embed_samples(
-        [s["prompt"] for _, s in flat], [s["completion"] for _, s in flat], dcfg.embedding_model,
-        dcfg.embedding_device, dcfg.embedding_batch_size, dcfg.embedding_max_tokens,
+        [s["prompt"] for _, s in flat],
+        [s["completion"] for _, s in flat],
+        dcfg.embedding_model,
+        dcfg.embedding_device,
+        dcfg.embedding_batch_size,
+        dcfg.embedding_max_tokens,
     )
     labels, _ = assign(vecs, centroids)
     per_candidate: dict[str, list[tuple[dict, int]]] = {}
@@ -589,8 +656,11 @@ class LoopContext:
 def _task_object(settings: Settings, name: str):
     from prismatic.synth.tasks import get_task
 
-    kwargs = ({"labels": settings.ingest.nli_labels, "sample_template": settings.ingest.nli_prompt_template}
-              if name == "nli" else {})
+    kwargs = (
+        {"labels": settings.ingest.nli_labels, "sample_template": settings.ingest.nli_prompt_template}
+        if name == "nli"
+        else {}
+    )
     return get_task(settings.synth.for_task(name), **kwargs)
 
 
@@ -621,14 +691,14 @@ def _run_one(ctx: LoopContext, rnd: int, task: str) -> RoundReport:
 
             tracking.log_table_versions(versions_read, "versions_read")
         if prev is None or prev["status"] != "started":
-            store.merge("rounds", pa.Table.from_pylist([started_row(rnd, task, child_id, versions_read)]),
-                        update=True)
+            store.merge("rounds", pa.Table.from_pylist([started_row(rnd, task, child_id, versions_read)]), update=True)
         try:
             if rnd == 0:
                 _measure_seed_pool(store, settings, task, report)
             else:
-                candidates, clusters = run_round(store, settings, rnd, ctx.generator, ctx.tasks[task], ctx.decontam,
-                                                 report)
+                candidates, clusters = run_round(
+                    store, settings, rnd, ctx.generator, ctx.tasks[task], ctx.decontam, report
+                )
             if ctx.trainer is not None:
                 ctx.trainer.train(store, settings, rnd, task, report)
         except RoundSkipped as e:
@@ -638,8 +708,10 @@ def _run_one(ctx: LoopContext, rnd: int, task: str) -> RoundReport:
         if report.status == "done" and failed:
             # not finished: the next `prism synthesize` runs the round again and asks only the failed calls anew
             report.status = "incomplete"
-            report.detail = (f"{failed} candidates lost to generator errors; run `prism synthesize` again to retry "
-                             "them (answered calls come from the request cache)")
+            report.detail = (
+                f"{failed} candidates lost to generator errors; run `prism synthesize` again to retry "
+                "them (answered calls come from the request cache)"
+            )
             log.warning("round %d (%s): %s", rnd, task, report.detail)
         if report.status in ("done", "incomplete"):
             t0 = time.perf_counter()
@@ -664,11 +736,15 @@ def _measure_seed_pool(store: TableStore, settings: Settings, task: str, report:
     report.gvendi_before, report.pool_before = report.gvendi_after, report.pool_after
     report.spec_id, report.feature_space = spec.spec_id, settings.cluster.feature_space
     if report.pool_after == 0:
-        raise RoundSkipped(f"task {task}: no scored seed rows (round 0) to measure or train on",
-                           hint=f"ingest {task} seed data first (prism ingest ... --task {task})")
+        raise RoundSkipped(
+            f"task {task}: no scored seed rows (round 0) to measure or train on",
+            hint=f"ingest {task} seed data first (prism ingest ... --task {task})",
+        )
     if report.pool_after < min_cluster_rows(settings):
-        report.notes.append(f"task {task}: {report.pool_after} seed rows, fewer than the"
-                            f" {min_cluster_rows(settings)} a round needs to cluster")
+        report.notes.append(
+            f"task {task}: {report.pool_after} seed rows, fewer than the"
+            f" {min_cluster_rows(settings)} a round needs to cluster"
+        )
 
 
 def synthesize(
@@ -714,18 +790,35 @@ def synthesize(
         DecontamIndex.build(eval_texts, n=cfg.decontam_ngram, min_words=cfg.decontam_min_words) if eval_texts else None
     )
     state = round_state(store)
-    todo = [(r, t) for r in range(0 if trainer else 1, rounds + 1) for t in cfg.task_list
-            if state.get((r, t), {}).get("status") not in FINISHED]
-    spent = sum(json.loads(row["counts"] or "{}").get("tokens", 0) for row in state.values()
-                if row["status"] in FINISHED)
-    params = {**tracking.safe_params(settings), "generator": f"{generator.backend}:{generator.model}",
-              "tau": cfg.tau, "n_solutions": cfg.n_solutions}
+    todo = [
+        (r, t)
+        for r in range(0 if trainer else 1, rounds + 1)
+        for t in cfg.task_list
+        if state.get((r, t), {}).get("status") not in FINISHED
+    ]
+    spent = sum(
+        json.loads(row["counts"] or "{}").get("tokens", 0) for row in state.values() if row["status"] in FINISHED
+    )
+    params = {
+        **tracking.safe_params(settings),
+        "generator": f"{generator.backend}:{generator.model}",
+        "tau": cfg.tau,
+        "n_solutions": cfg.n_solutions,
+    }
     reports: list[RoundReport] = []
     if not todo:
         return reports
     with tracking.run(settings, "synthesize", params=params, tags={"rounds": rounds}) as parent:
-        ctx = LoopContext(store, settings, generator, {t: _task_object(settings, t) for t in cfg.task_list},
-                          decontam, trainer, parent, state)
+        ctx = LoopContext(
+            store,
+            settings,
+            generator,
+            {t: _task_object(settings, t) for t in cfg.task_list},
+            decontam,
+            trainer,
+            parent,
+            state,
+        )
         for rnd, task in todo:
             stop = _stop_reason(ctx, target_pool_size, token_budget, spent) if rnd > 0 else ""
             if stop:

@@ -90,9 +90,11 @@ class RoundReport:
         if self.round == 0:
             text = f"{head}: seed pool {self.pool_after}; G-Vendi {self.gvendi_after:.3f}"
         else:
-            text = (f"{head}: {self.generated} candidates -> {self.accepted_candidates} accepted"
-                    f" ({self.accepted_samples} samples); pool {self.pool_before} -> {self.pool_after};"
-                    f" G-Vendi {self.gvendi_before:.3f} -> {self.gvendi_after:.3f}; reasons {dict(self.reasons)}")
+            text = (
+                f"{head}: {self.generated} candidates -> {self.accepted_candidates} accepted"
+                f" ({self.accepted_samples} samples); pool {self.pool_before} -> {self.pool_after};"
+                f" G-Vendi {self.gvendi_before:.3f} -> {self.gvendi_after:.3f}; reasons {dict(self.reasons)}"
+            )
         if self.student_id:
             accs = ", ".join(f"{b} {a['accuracy']:.3f}" for b, a in self.accuracies.items())
             text += f"; student {self.student_id}: {accs}"
@@ -110,15 +112,26 @@ def round_state(store: TableStore) -> dict[tuple[int, str], dict]:
 
 
 def started_row(rnd: int, task: str, run_id: str | None, versions_read: dict) -> dict:
-    return {"round": rnd, "task": task, "status": "started", "mlflow_run_id": run_id,
-            "versions_read": json.dumps(versions_read), "created_at": _now()}
+    return {
+        "round": rnd,
+        "task": task,
+        "status": "started",
+        "mlflow_run_id": run_id,
+        "versions_read": json.dumps(versions_read),
+        "created_at": _now(),
+    }
 
 
 def rounds_row(report: RoundReport, run_id: str | None, versions_read: dict, versions_written: dict) -> dict:
     """The ``rounds`` row of a finished (done or skipped) round: the same figures the MLflow child run gets."""
-    counts = {"generated": report.generated, "accepted_candidates": report.accepted_candidates,
-              "accepted_samples": report.accepted_samples, "tokens": report.tokens,
-              "contamination_hits": report.contamination_hits, **dict(report.reasons)}
+    counts = {
+        "generated": report.generated,
+        "accepted_candidates": report.accepted_candidates,
+        "accepted_samples": report.accepted_samples,
+        "tokens": report.tokens,
+        "contamination_hits": report.contamination_hits,
+        **dict(report.reasons),
+    }
     return {
         "round": report.round, "task": report.task, "status": report.status, "mlflow_run_id": run_id,
         "versions_read": json.dumps(versions_read), "versions_written": json.dumps(versions_written),
@@ -147,9 +160,17 @@ def round_table(store: TableStore):
 
     for (rnd, task), r in sorted(round_state(store).items()):
         accepted = "-" if rnd == 0 or r["candidates"] is None else f"{r['accepted'] or 0}/{r['candidates']}"
-        t.add_row(str(rnd), task, r["status"], "-" if r["pool_after"] is None else str(r["pool_after"]),
-                  f(r["gvendi_after"], 3), f(r["emb_vendi_after"], 3), accepted, f(r["id_accuracy"], 3),
-                  f(r["ood_accuracy"], 3))
+        t.add_row(
+            str(rnd),
+            task,
+            r["status"],
+            "-" if r["pool_after"] is None else str(r["pool_after"]),
+            f(r["gvendi_after"], 3),
+            f(r["emb_vendi_after"], 3),
+            accepted,
+            f(r["id_accuracy"], 3),
+            f(r["ood_accuracy"], 3),
+        )
     return t
 
 
@@ -162,8 +183,14 @@ def round_run(settings: Settings, rnd: int, task: str, run_id: str | None, paren
         return contextlib.nullcontext(None)
     from prismatic import tracking
 
-    return tracking.run(settings, f"round-{rnd}-{task}", nested=True, stage="synthesize.round", run_id=run_id,
-                        tags={"round": rnd, "task": task})
+    return tracking.run(
+        settings,
+        f"round-{rnd}-{task}",
+        nested=True,
+        stage="synthesize.round",
+        run_id=run_id,
+        tags={"round": rnd, "task": task},
+    )
 
 
 def round_metrics(report: RoundReport) -> dict[str, float]:
@@ -190,9 +217,16 @@ def log_round(report: RoundReport, candidates: list, clusters: list, store: Tabl
     from prismatic import tracking
 
     cfg = settings.synth
-    params = {"round": report.round, "task": report.task, "k": report.k, "tau": cfg.tau,
-              "n_solutions": cfg.n_solutions, "spec_id": report.spec_id, "feature_space": report.feature_space,
-              "cluster_spec_id": report.cluster_spec_id}
+    params = {
+        "round": report.round,
+        "task": report.task,
+        "k": report.k,
+        "tau": cfg.tau,
+        "n_solutions": cfg.n_solutions,
+        "spec_id": report.spec_id,
+        "feature_space": report.feature_space,
+        "cluster_spec_id": report.cluster_spec_id,
+    }
     if report.student_id:
         params["student_id"] = report.student_id
     mlflow.log_params(params)
@@ -241,17 +275,22 @@ def cluster_sizes_figure(report: RoundReport, clusters: list):
     """Cluster sizes of the round, largest first; red = the stored ``sparse`` flag."""
     rows = sorted(clusters, key=lambda c: (-c["size"], c["cluster_id"]))
     fig, ax = _figure()
-    ax.bar(range(len(rows)), [c["size"] for c in rows],
-           color=["#d62728" if c["sparse"] else "#1f77b4" for c in rows])
-    ax.set(title=f"round {report.round} ({report.task}): {report.feature_space} cluster sizes (red = sparse)",
-           xlabel="cluster (largest first)", ylabel="samples")
+    ax.bar(range(len(rows)), [c["size"] for c in rows], color=["#d62728" if c["sparse"] else "#1f77b4" for c in rows])
+    ax.set(
+        title=f"round {report.round} ({report.task}): {report.feature_space} cluster sizes (red = sparse)",
+        xlabel="cluster (largest first)",
+        ylabel="samples",
+    )
     return _finish(fig, ax, integer_x=True)
 
 
 def gvendi_by_round_figure(report: RoundReport, store: TableStore):
     """The task's pool G-Vendi after each finished round up to this one (round 0 = the seed pool)."""
-    rows = {r["round"]: r for (_, task), r in round_state(store).items()
-            if task == report.task and r["status"] == "done" and r["gvendi_after"] is not None}
+    rows = {
+        r["round"]: r
+        for (_, task), r in round_state(store).items()
+        if task == report.task and r["status"] == "done" and r["gvendi_after"] is not None
+    }
     points = {rnd: r["gvendi_after"] for rnd, r in rows.items() if rnd < report.round}
     if 0 not in points and report.round > 0 and report.gvendi_before == report.gvendi_before:
         points[0] = report.gvendi_before  # the pool before round 1 when round 0 was not recorded
@@ -278,8 +317,11 @@ def gvendi_vs_ood_figure(store: TableStore):
         ax.plot(xs, ys, marker="o", label=task)
         for r, x, y in zip(rows, xs, ys, strict=True):
             ax.annotate(f"r{r['round']}", (x, y), fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.set(title="pool G-Vendi vs OOD accuracy, one point per round", xlabel="pool G-Vendi (after the round)",
-           ylabel="OOD accuracy (mean over benchmarks)")
+    ax.set(
+        title="pool G-Vendi vs OOD accuracy, one point per round",
+        xlabel="pool G-Vendi (after the round)",
+        ylabel="OOD accuracy (mean over benchmarks)",
+    )
     ax.legend(fontsize="small")
     ax.margins(x=0.15, y=0.2)
     return _finish(fig, ax)
@@ -292,4 +334,3 @@ def log_parent(store: TableStore) -> None:
     fig = gvendi_vs_ood_figure(store)
     if fig is not None:
         mlflow.log_figure(fig, "gvendi_vs_ood.png")
-

@@ -62,8 +62,9 @@ class RoundTrainer:
                 hint="set synth.round_student=lm for math, or synth.tasks=[nli]",
             )
         specs = settings.synth.round_benchmarks
-        specs, key = (specs, "synth.round_benchmarks") if specs is not None else (
-            settings.train.benchmarks, "train.benchmarks")
+        specs, key = (
+            (specs, "synth.round_benchmarks") if specs is not None else (settings.train.benchmarks, "train.benchmarks")
+        )
         by_task: dict[str, list[str]] = {t: [] for t in tasks}
         splits: dict[str, dict[str, str]] = {t: {} for t in tasks}
         for spec in specs:
@@ -102,7 +103,15 @@ class RoundTrainer:
         results = eval_stage(store, tsettings, model_path=rep.path, benchmarks=self.benchmarks[task])
         report.seconds["eval"] = round(time.perf_counter() - t1, 2)
         report.student_id = rep.student_id
-        report.accuracies = {r["benchmark"]: {"split": r["split"], "accuracy": r["accuracy"], "n": r["n"]}
-                             for r in results}
-        log.info("round %d (%s): %s student %s on %d samples: %s", rnd, task, rep.kind, rep.student_id, rep.n_train,
-                 ", ".join(f"{b} {a['accuracy']:.3f}" for b, a in report.accuracies.items()))
+        report.accuracies = {
+            r["benchmark"]: {"split": r["split"], "accuracy": r["accuracy"], "n": r["n"]} for r in results
+        }
+        log.info(
+            "round %d (%s): %s student %s on %d samples: %s",
+            rnd,
+            task,
+            rep.kind,
+            rep.student_id,
+            rep.n_train,
+            ", ".join(f"{b} {a['accuracy']:.3f}" for b, a in report.accuracies.items()),
+        )

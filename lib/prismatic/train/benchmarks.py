@@ -98,8 +98,15 @@ class Benchmark:
             return self
         rng = random.Random(f"{self.name}:{seed}")
         idx = sorted(rng.sample(range(len(self.examples)), n))
-        return Benchmark(f"{self.name}@{n}:{seed}", self.task, self.split, [self.examples[i] for i in idx],
-                         self.labels, self.source, dict(self.skipped))
+        return Benchmark(
+            f"{self.name}@{n}:{seed}",
+            self.task,
+            self.split,
+            [self.examples[i] for i in idx],
+            self.labels,
+            self.source,
+            dict(self.skipped),
+        )
 
     def fingerprint(self) -> str:
         """sha256 (16 hex) of the examples, so two evaluations can tell whether they saw the same data."""
@@ -348,8 +355,7 @@ def load_gsm_symbolic(
             _count(skipped, "malformed")
             continue
         examples.append({"problem": q.strip(), "answer": str(a).strip()})
-    return Benchmark(name, "math", split, examples, (), f"reasoning_gym gsm_symbolic size={size} seed={seed}",
-                     skipped)
+    return Benchmark(name, "math", split, examples, (), f"reasoning_gym gsm_symbolic size={size} seed={seed}", skipped)
 
 
 def _meta_for(path: Path) -> dict:
@@ -386,8 +392,9 @@ def load_file(path: str | Path, name: str | None = None, split: str | None = Non
         label_map = {str(k): v for k, v in (meta.get("label_map") or {}).items()}
         raw_labels = [r.get("label") for _, r in rows if isinstance(r, dict)]
         mapped = [label_map.get(str(x), x) for x in raw_labels]
-        labels = tuple(meta["labels"]) if meta.get("labels") else infer_labels(
-            [x for x in mapped if isinstance(x, str)])
+        labels = (
+            tuple(meta["labels"]) if meta.get("labels") else infer_labels([x for x in mapped if isinstance(x, str)])
+        )
         for line, r in rows:
             if not isinstance(r, dict):
                 raise InputError(f"{path}:{line}: a row must be a JSON object")

@@ -216,8 +216,12 @@ def _bronze_pairs(store: TableStore, rows: list[dict], cfg: IngestConfig) -> dic
 
 def nli_pairs(store: TableStore, settings: Settings, sample_ids: Sequence[str] | None = None) -> NliPairs:
     """NLI pool rows (``task = 'nli'`` with a label) and their premise / hypothesis; see the module docstring."""
-    t = pool_arrow(store, task="nli", sample_ids=sample_ids,
-                   columns=["sample_id", "source", "prompt", "completion", "label", "file", "line"])
+    t = pool_arrow(
+        store,
+        task="nli",
+        sample_ids=sample_ids,
+        columns=["sample_id", "source", "prompt", "completion", "label", "file", "line"],
+    )
     t = t.filter(pc.is_valid(t["label"]))
     template = settings.ingest.nli_prompt_template
     patterns = (template_regex(template), template_regex(template, greedy=True))
@@ -231,8 +235,9 @@ def nli_pairs(store: TableStore, settings: Settings, sample_ids: Sequence[str] |
         else:
             got[r["sample_id"]] = pair
     from_prompt = len(got)
-    bronze = _bronze_pairs(store, [r for r in missing if r["file"] is not None and r["line"] is not None],
-                           settings.ingest)
+    bronze = _bronze_pairs(
+        store, [r for r in missing if r["file"] is not None and r["line"] is not None], settings.ingest
+    )
     got.update(bronze)
     out = NliPairs([], [], [], [], [], from_prompt=from_prompt, from_bronze=len(bronze))
     for r in rows:
@@ -246,8 +251,9 @@ def nli_pairs(store: TableStore, settings: Settings, sample_ids: Sequence[str] |
         out.labels.append(r["label"])
         out.texts.append(f"{r['prompt']}\n{r['completion']}")
     if out.unparsed:
-        log.warning("%d NLI samples: premise / hypothesis not recoverable (template changed?); left out",
-                    len(out.unparsed))
+        log.warning(
+            "%d NLI samples: premise / hypothesis not recoverable (template changed?); left out", len(out.unparsed)
+        )
     return out
 
 

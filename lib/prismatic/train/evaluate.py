@@ -118,8 +118,18 @@ def score_nli(predicted: Sequence[str | None], bench: Benchmark) -> EvalResult:
     folded = [collapse_label(p, bench.labels) for p in predicted]
     correct = sum(1 for p, e in zip(folded, bench.examples, strict=True) if p is not None and p == e["label"])
     unparsed = sum(1 for p in folded if p is None)
-    return EvalResult(bench.name, bench.split, "nli", len(folded), correct, unparsed, bench.labels,
-                      bench.fingerprint(), folded, [e["label"] for e in bench.examples])
+    return EvalResult(
+        bench.name,
+        bench.split,
+        "nli",
+        len(folded),
+        correct,
+        unparsed,
+        bench.labels,
+        bench.fingerprint(),
+        folded,
+        [e["label"] for e in bench.examples],
+    )
 
 
 def score_math(answers: Sequence[str | None], bench: Benchmark) -> EvalResult:
@@ -129,8 +139,9 @@ def score_math(answers: Sequence[str | None], bench: Benchmark) -> EvalResult:
     verdicts = [math_correct(a, e["answer"]) for a, e in zip(answers, bench.examples, strict=True)]
     correct = sum(1 for v in verdicts if v)
     unparsed = sum(1 for v in verdicts if v is None)
-    return EvalResult(bench.name, bench.split, "math", len(verdicts), correct, unparsed, (), bench.fingerprint(),
-                      verdicts)
+    return EvalResult(
+        bench.name, bench.split, "math", len(verdicts), correct, unparsed, (), bench.fingerprint(), verdicts
+    )
 
 
 def evaluate_student(student, bench: Benchmark, settings: Settings, embed=None) -> EvalResult:
@@ -147,25 +158,33 @@ def evaluate_student(student, bench: Benchmark, settings: Settings, embed=None) 
     kind = getattr(student, "kind", None)
     if kind == "probe":
         if bench.task != "nli":
-            raise PrismError(f"the probe student answers NLI only; {bench.name} is a {bench.task} benchmark",
-                             hint="evaluate math benchmarks with an lm student")
+            raise PrismError(
+                f"the probe student answers NLI only; {bench.name} is a {bench.task} benchmark",
+                hint="evaluate math benchmarks with an lm student",
+            )
         if embed is None:
             from prismatic.train.data import embedder_for
 
             embed = embedder_for(settings)
-        preds = student.predict_nli([e["premise"] for e in bench.examples], [e["hypothesis"] for e in bench.examples],
-                                    embed)
+        preds = student.predict_nli(
+            [e["premise"] for e in bench.examples], [e["hypothesis"] for e in bench.examples], embed
+        )
         return score_nli(preds, bench)
     if kind == "lm":
         cfg = settings.train
         if bench.task == "nli":
             premises = [e["premise"] for e in bench.examples]
-            raw = student.predict_nli(premises, [e["hypothesis"] for e in bench.examples],
-                                      settings.ingest.nli_prompt_template, max_new_tokens=cfg.max_new_tokens,
-                                      batch_size=cfg.eval_batch_size)
+            raw = student.predict_nli(
+                premises,
+                [e["hypothesis"] for e in bench.examples],
+                settings.ingest.nli_prompt_template,
+                max_new_tokens=cfg.max_new_tokens,
+                batch_size=cfg.eval_batch_size,
+            )
             return score_nli([parse_nli_answer(t) for t in raw], bench)
-        raw = student.generate([e["problem"] for e in bench.examples], max_new_tokens=cfg.max_new_tokens,
-                               batch_size=cfg.eval_batch_size)
+        raw = student.generate(
+            [e["problem"] for e in bench.examples], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size
+        )
         return score_math(raw, bench)
     raise PrismError(f"cannot evaluate a {type(student).__name__}: not a student")
 
@@ -212,12 +231,20 @@ def eval_stage(
 
         nested = mlflow.active_run() is not None
     tags = {"student_id": manifest["student_id"], "student_kind": student.kind, "student_path": str(folder)}
-    with tracking.run(settings, "eval", nested=nested, tags=tags,
-                      params={"benchmarks": ",".join(b.name for b in benches)}) as run:
+    with tracking.run(
+        settings, "eval", nested=nested, tags=tags, params={"benchmarks": ",".join(b.name for b in benches)}
+    ) as run:
         for b in benches:
             res = evaluate_student(student, b, settings)
-            log.info("%s on %s: accuracy %.4f (%d / %d, %d unparsed)", manifest["student_id"], b.name,
-                     res.accuracy, res.correct, res.n, res.unparsed)
+            log.info(
+                "%s on %s: accuracy %.4f (%d / %d, %d unparsed)",
+                manifest["student_id"],
+                b.name,
+                res.accuracy,
+                res.correct,
+                res.n,
+                res.unparsed,
+            )
             rows.append({
                 "run_id": manifest["student_id"], "benchmark": b.name, "model": str(folder), "split": b.split,
                 "accuracy": res.accuracy, "n": res.n, "created_at": datetime.now(UTC),

@@ -137,8 +137,13 @@ def apply_lora(model, cfg: TrainConfig):
         from peft import LoraConfig, get_peft_model
     except ImportError:
         raise ImportError(PEFT_HINT) from None
-    lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
+    lcfg = LoraConfig(
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, lcfg)
 
 
@@ -198,8 +203,10 @@ def sft(
         _epochs(model, tokenizer, data, cfg, device, pad, opt, sched, params, res, on_step, rank, world)
     res.seconds = time.perf_counter() - t0
     if res.steps == 0:
-        raise PrismError("no training step was taken: the training set is empty after encoding",
-                         hint=f"skipped samples by reason: {res.skipped or 'none'}")
+        raise PrismError(
+            "no training step was taken: the training set is empty after encoding",
+            hint=f"skipped samples by reason: {res.skipped or 'none'}",
+        )
     return res
 
 
@@ -310,8 +317,9 @@ def run_training(payload: dict) -> dict:
             if staged:  # a Parquet snapshot the driver wrote for the workers (delta-spark engine)
                 import pyarrow.dataset as ds
 
-                return ds.dataset(staged, format="parquet").to_batches(columns=["prompt", "completion"],
-                                                                       batch_size=cfg.arrow_batch_rows)
+                return ds.dataset(staged, format="parquet").to_batches(
+                    columns=["prompt", "completion"], batch_size=cfg.arrow_batch_rows
+                )
             return _iter_batches(store, ids, cfg, settings)
 
         res = sft(model, loaded.tokenizer, data, cfg, rank=rank, world=world)
@@ -329,8 +337,9 @@ def run_training(payload: dict) -> dict:
 def _iter_batches(store, ids, cfg: TrainConfig, settings: Settings) -> Iterable[pa.RecordBatch]:
     from prismatic.train.data import iter_sample_batches
 
-    return iter_sample_batches(store, ids, ("prompt", "completion"), cfg.arrow_batch_rows,
-                               task=None if ids is not None else cfg.task)
+    return iter_sample_batches(
+        store, ids, ("prompt", "completion"), cfg.arrow_batch_rows, task=None if ids is not None else cfg.task
+    )
 
 
 def _stage_rows(store, sample_ids: list[str] | None, task: str, path: Path) -> None:
@@ -422,8 +431,9 @@ class LMStudent:
 
     def _render(self, prompt: str) -> str:
         if self.chat_template:
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                      add_generation_prompt=True)
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+            )
         return prompt
 
     def generate(self, prompts: list[str], max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
@@ -458,4 +468,3 @@ class LMStudent:
         """Raw generated answers to the NLI prompts (parse with :func:`prismatic.train.evaluate.parse_nli_answer`)."""
         prompts = [template.format(premise=p, hypothesis=h) for p, h in zip(premises, hypotheses, strict=True)]
         return self.generate(prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-

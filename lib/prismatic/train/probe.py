@@ -52,8 +52,9 @@ class ProbeStudent:
         self.coef = np.asarray(self.coef, dtype=np.float64)
         self.intercept = np.asarray(self.intercept, dtype=np.float64)
         if self.coef.ndim != 2 or self.intercept.shape != (self.coef.shape[0],):
-            raise ValueError(f"coef must be (classes, features) and intercept (classes,): {self.coef.shape}, "
-                             f"{self.intercept.shape}")
+            raise ValueError(
+                f"coef must be (classes, features) and intercept (classes,): {self.coef.shape}, {self.intercept.shape}"
+            )
         if len(self.labels) != self.coef.shape[0]:
             raise ValueError(f"{len(self.labels)} labels for {self.coef.shape[0]} classifier rows")
 
@@ -122,10 +123,17 @@ class ProbeStudent:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({"coef": np.ascontiguousarray(self.coef), "intercept": np.ascontiguousarray(self.intercept)},
-                  str(folder / WEIGHTS_FILE), metadata={"format": "prismatic-probe-1"})
-        meta = {"labels": list(self.labels), "embedding_model": self.embedding_model, "features": self.features,
-                "train_accuracy": self.train_accuracy}
+        save_file(
+            {"coef": np.ascontiguousarray(self.coef), "intercept": np.ascontiguousarray(self.intercept)},
+            str(folder / WEIGHTS_FILE),
+            metadata={"format": "prismatic-probe-1"},
+        )
+        meta = {
+            "labels": list(self.labels),
+            "embedding_model": self.embedding_model,
+            "features": self.features,
+            "train_accuracy": self.train_accuracy,
+        }
         (folder / META_FILE).write_text(json.dumps(meta, indent=2))
         return folder
 
@@ -146,5 +154,11 @@ class ProbeStudent:
         if meta.get("features") != FEATURES:
             raise ValueError(f"probe at {folder} uses features {meta.get('features')!r}; this reads {FEATURES}")
         w = load_file(str(folder / WEIGHTS_FILE))
-        return cls(w["coef"], w["intercept"], list(meta["labels"]), meta.get("embedding_model", "builtin:minilm"),
-                   meta["features"], meta.get("train_accuracy"))
+        return cls(
+            w["coef"],
+            w["intercept"],
+            list(meta["labels"]),
+            meta.get("embedding_model", "builtin:minilm"),
+            meta["features"],
+            meta.get("train_accuracy"),
+        )

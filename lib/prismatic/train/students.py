@@ -63,8 +63,10 @@ def student_id_for(kind: str, settings: Settings, sample_ids: Sequence[str]) -> 
 def read_manifest(folder: str | Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.is_file():
-        raise PrismError(f"{folder} holds no {MANIFEST}: not a student checkpoint",
-                         hint="pass a folder written by `prism train` (see <data_root>/students)")
+        raise PrismError(
+            f"{folder} holds no {MANIFEST}: not a student checkpoint",
+            hint="pass a folder written by `prism train` (see <data_root>/students)",
+        )
     return json.loads(path.read_text())
 
 
@@ -137,15 +139,17 @@ class TrainReport:
         verb = "reused" if self.reused else "trained"
         extra = ", ".join(f"{k} {v:.4g}" for k, v in self.metrics.items())
         return f"{verb} {self.kind} student {self.student_id} on {self.n_train} samples -> {self.path}" + (
-            f" ({extra})" if extra else "")
+            f" ({extra})" if extra else ""
+        )
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _lineage(store: TableStore, settings: Settings, kind: str, ids: Sequence[str], subset_id: str | None,
-             study_id: str | None) -> dict:
+def _lineage(
+    store: TableStore, settings: Settings, kind: str, ids: Sequence[str], subset_id: str | None, study_id: str | None
+) -> dict:
     from prismatic.tracking import git_commit
 
     base = settings.train.embedding_model if kind == "probe" else settings.train.model.path
@@ -162,13 +166,16 @@ def _fit_probe(store: TableStore, settings: Settings, ids: Sequence[str] | None,
 
     pairs = pairs if pairs is not None else nli_pairs(store, settings, ids)
     if len(pairs) == 0:
-        raise PrismError("no NLI samples with a label to train the probe on",
-                         hint="ingest NLI data (`prism ingest --task nli`) or check the subset ids")
+        raise PrismError(
+            "no NLI samples with a label to train the probe on",
+            hint="ingest NLI data (`prism ingest --task nli`) or check the subset ids",
+        )
     embed = embedder_for(settings)
     u, v = embed(pairs.premises), embed(pairs.hypotheses)
     cfg = settings.train
-    return ProbeStudent.fit(u, v, pairs.labels, c=cfg.probe_c, max_iter=cfg.probe_max_iter,
-                            embedding_model=cfg.embedding_model), pairs
+    return ProbeStudent.fit(
+        u, v, pairs.labels, c=cfg.probe_c, max_iter=cfg.probe_max_iter, embedding_model=cfg.embedding_model
+    ), pairs
 
 
 def train_stage(
@@ -214,8 +221,17 @@ def train_stage(
     folder = students_root(settings) / sid
     if (folder / MANIFEST).is_file() and not force:
         man = read_manifest(folder)
-        return TrainReport(sid, kind, str(folder), man.get("n_train", len(pool_ids)), True, man.get("labels", []),
-                           man.get("metrics", {}), man.get("lineage", {}), man.get("mlflow_run_id"))
+        return TrainReport(
+            sid,
+            kind,
+            str(folder),
+            man.get("n_train", len(pool_ids)),
+            True,
+            man.get("labels", []),
+            man.get("metrics", {}),
+            man.get("lineage", {}),
+            man.get("mlflow_run_id"),
+        )
     lineage = _lineage(store, settings, kind, pool_ids, subset_id, study_id)
     tmp = folder.parent / f".{sid}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -240,11 +256,24 @@ def train_stage(
                         mlflow.log_metric("train_loss", loss, step=step)
 
                 res = train_lm(store, settings, None if subset_ids is None else pool_ids, tmp, on_step=on_step)
-                report.metrics = {"first_loss": res.losses[0], "last_loss": res.losses[-1], "steps": res.steps,
-                                  "tokens": res.tokens, "seconds": res.seconds}
-            manifest = {"student_id": sid, "kind": kind, "created_at": _now(), "n_train": report.n_train,
-                        "labels": report.labels, "metrics": report.metrics, "lineage": lineage,
-                        "train": settings.train.model_dump(mode="json"), "mlflow_run_id": report.mlflow_run_id}
+                report.metrics = {
+                    "first_loss": res.losses[0],
+                    "last_loss": res.losses[-1],
+                    "steps": res.steps,
+                    "tokens": res.tokens,
+                    "seconds": res.seconds,
+                }
+            manifest = {
+                "student_id": sid,
+                "kind": kind,
+                "created_at": _now(),
+                "n_train": report.n_train,
+                "labels": report.labels,
+                "metrics": report.metrics,
+                "lineage": lineage,
+                "train": settings.train.model_dump(mode="json"),
+                "mlflow_run_id": report.mlflow_run_id,
+            }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
             if run is not None:
                 import mlflow
@@ -286,6 +315,11 @@ def _tracking(settings: Settings, kind: str, lineage: dict, sid: str):
     if lineage.get("study_id"):
         tags["study_id"] = lineage["study_id"]
     params = {"student": kind, "n_train": lineage["n_train"], "base": lineage["base"]}
-    params.update({f"train.{k}": v for k, v in settings.train.model_dump(mode="json").items()
-                   if k in (PROBE_KEYS if kind == "probe" else LM_KEYS)})
+    params.update(
+        {
+            f"train.{k}": v
+            for k, v in settings.train.model_dump(mode="json").items()
+            if k in (PROBE_KEYS if kind == "probe" else LM_KEYS)
+        }
+    )
     return tracking.run(settings, f"train-{kind}", nested=nested, tags=tags, params=params)

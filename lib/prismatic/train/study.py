@@ -96,8 +96,11 @@ class SubsetPlan:
     rows: np.ndarray  # int positions into the pool
 
     def design(self, cluster_of: np.ndarray) -> dict[str, float]:
-        return {"n_clusters": float(self.n_clusters), "clusters_used": float(len(self.clusters)),
-                "clusters_touched": float(len(np.unique(cluster_of[self.rows])))}
+        return {
+            "n_clusters": float(self.n_clusters),
+            "clusters_used": float(len(self.clusters)),
+            "clusters_touched": float(len(np.unique(cluster_of[self.rows]))),
+        }
 
 
 def _draw(rng: np.random.Generator, members: np.ndarray, size: int, labels: np.ndarray | None) -> np.ndarray:
@@ -285,8 +288,10 @@ def load_study_pool(store: TableStore, settings: Settings, spec_id: str) -> Stud
     if len(keep) < len(ids):
         dropped["not_scored"] = len(ids) - len(keep)
     if not keep:
-        raise PrismError(f"no scored {cfg.task} pool rows under spec {spec_id}",
-                         hint="run `prism score` first (or set study.score_missing=true)")
+        raise PrismError(
+            f"no scored {cfg.task} pool rows under spec {spec_id}",
+            hint="run `prism score` first (or set study.score_missing=true)",
+        )
     g_rows = pa.array([pos[ids[i]] for i in keep], pa.int64())
     g = grads.take(g_rows)
     vectors = vectors_from_arrow(g["vector"])
@@ -334,8 +339,10 @@ def study_benchmarks(settings: Settings):
         specs.append(b)
     specs += list(cfg.ood_files)
     if not specs:
-        raise PrismError("no OOD benchmark: the BIG-bench asset is not fetched and study.ood_files is empty",
-                         hint="run `prism assets fetch bigbench` or set study.ood_files=[path.jsonl, ...]")
+        raise PrismError(
+            "no OOD benchmark: the BIG-bench asset is not fetched and study.ood_files is empty",
+            hint="run `prism assets fetch bigbench` or set study.ood_files=[path.jsonl, ...]",
+        )
     ood = []
     for s in specs:
         b = load_benchmark(s)
@@ -378,21 +385,30 @@ class StudyReport:
         raise KeyError(metric)
 
     def summary(self) -> str:
-        head = (f"study {self.study_id}: {len(self.subsets)} subsets of the {self.pool_size}-row pool, {self.student}"
-                f" students{' (recorded result)' if self.reused else ''}")
+        head = (
+            f"study {self.study_id}: {len(self.subsets)} subsets of the {self.pool_size}-row pool, {self.student}"
+            f" students{' (recorded result)' if self.reused else ''}"
+        )
         bal = any(c["target"] == BAL_TARGET for c in self.correlations)
         ci = "95% CI"
-        lines = [head, f"{'metric':<16}{'rho OOD':>7} {ci:^13} {'p':>7} {'rho ID':>7}"
-                       + (f" {'rho bal':>7} {ci:^13}" if bal else ""),
-                 "(rho bal: vs mean OOD balanced accuracy, the chance-corrected target)" if bal else ""]
+        lines = [
+            head,
+            f"{'metric':<16}{'rho OOD':>7} {ci:^13} {'p':>7} {'rho ID':>7}"
+            + (f" {'rho bal':>7} {ci:^13}" if bal else ""),
+            "(rho bal: vs mean OOD balanced accuracy, the chance-corrected target)" if bal else "",
+        ]
         lines = [x for x in lines if x]
         for c in self.ranked():
-            line = (f"{c['metric']:<16}{c['rho']:>7.3f} [{c['ci_low']:>5.2f},{c['ci_high']:>5.2f}]"
-                    f" {c['p_value']:>7.2g} {self._get(c['metric'], ID_TARGET).get('rho', math.nan):>7.3f}")
+            line = (
+                f"{c['metric']:<16}{c['rho']:>7.3f} [{c['ci_low']:>5.2f},{c['ci_high']:>5.2f}]"
+                f" {c['p_value']:>7.2g} {self._get(c['metric'], ID_TARGET).get('rho', math.nan):>7.3f}"
+            )
             if bal:
                 b = self._get(c["metric"], BAL_TARGET)
-                line += (f" {b.get('rho', math.nan):>7.3f} [{b.get('ci_low', math.nan):>5.2f},"
-                         f"{b.get('ci_high', math.nan):>5.2f}]")
+                line += (
+                    f" {b.get('rho', math.nan):>7.3f} [{b.get('ci_low', math.nan):>5.2f},"
+                    f"{b.get('ci_high', math.nan):>5.2f}]"
+                )
             lines.append(line)
         return "\n".join(lines)
 
@@ -451,11 +467,29 @@ def _report_from_table(store: TableStore, study_id: str) -> StudyReport | None:
         target = {p: t for t, p in PREFIX.items()}.get(prefix)
         if target is None:
             continue
-        correlations.append({"metric": metric, "target": target, "rho": r["value"], "ci_low": r["ci_low"],
-                             "ci_high": r["ci_high"], "p_value": r["p_value"], "n": r["n"]})
-    return StudyReport(study_id, corr[0]["spec_id"] or "", detail0.get("student", ""), detail0.get("pool_size", 0),
-                       [subsets[k] for k in sorted(subsets)], correlations, detail0.get("metrics", []),
-                       detail0.get("benchmarks", {}), corr[0]["mlflow_run_id"], reused=True)
+        correlations.append(
+            {
+                "metric": metric,
+                "target": target,
+                "rho": r["value"],
+                "ci_low": r["ci_low"],
+                "ci_high": r["ci_high"],
+                "p_value": r["p_value"],
+                "n": r["n"],
+            }
+        )
+    return StudyReport(
+        study_id,
+        corr[0]["spec_id"] or "",
+        detail0.get("student", ""),
+        detail0.get("pool_size", 0),
+        [subsets[k] for k in sorted(subsets)],
+        correlations,
+        detail0.get("metrics", []),
+        detail0.get("benchmarks", {}),
+        corr[0]["mlflow_run_id"],
+        reused=True,
+    )
 
 
 def _scatter(report: StudyReport, metric: str, target: str = TARGET):
@@ -470,15 +504,27 @@ def _scatter(report: StudyReport, metric: str, target: str = TARGET):
         pts = [s for s in report.subsets if s.get("strategy") == strategy]
         if not pts:
             continue
-        sc = ax.scatter([s[metric] for s in pts], [s[target] for s in pts], marker=marker, s=36,
-                        c=[s.get("n_clusters", 0) or 0 for s in pts], cmap="viridis", vmin=0,
-                        vmax=max(1, max((s.get("n_clusters", 0) or 0) for s in report.subsets)),
-                        edgecolors="black", linewidths=0.4, label=strategy)
+        sc = ax.scatter(
+            [s[metric] for s in pts],
+            [s[target] for s in pts],
+            marker=marker,
+            s=36,
+            c=[s.get("n_clusters", 0) or 0 for s in pts],
+            cmap="viridis",
+            vmin=0,
+            vmax=max(1, max((s.get("n_clusters", 0) or 0) for s in report.subsets)),
+            edgecolors="black",
+            linewidths=0.4,
+            label=strategy,
+        )
     if report.subsets:
         fig.colorbar(sc, ax=ax, label="clusters drawn from (0 = random)")
     ax.set_xlabel(metric)
-    ax.set_ylabel({TARGET: "mean OOD accuracy", ID_TARGET: "ID accuracy",
-                   BAL_TARGET: "mean OOD balanced accuracy"}.get(target, target))
+    ax.set_ylabel(
+        {TARGET: "mean OOD accuracy", ID_TARGET: "ID accuracy", BAL_TARGET: "mean OOD balanced accuracy"}.get(
+            target, target
+        )
+    )
     ax.set_title(f"{metric}: Spearman ρ = {c['rho']:.3f} [{c['ci_low']:.2f}, {c['ci_high']:.2f}]", fontsize=9)
     ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
@@ -499,8 +545,7 @@ def _rho_bars(report: StudyReport, target: str = TARGET):
     lo = np.array([c["ci_low"] for c in ranked][::-1])
     hi = np.array([c["ci_high"] for c in ranked][::-1])
     err = np.vstack([np.nan_to_num(rho - lo), np.nan_to_num(hi - rho)])
-    ax.barh(names, rho, xerr=err, color=["tab:orange" if n == "g_vendi" else "tab:blue" for n in names],
-            capsize=3)
+    ax.barh(names, rho, xerr=err, color=["tab:orange" if n == "g_vendi" else "tab:blue" for n in names], capsize=3)
     ax.axvline(0, color="black", linewidth=0.6)
     ax.set_xlim(-1.05, 1.05)
     what = "mean OOD balanced accuracy" if target == BAL_TARGET else "mean OOD accuracy"
@@ -517,8 +562,11 @@ def _log_outputs(report: StudyReport) -> None:
     for c in report.correlations:
         key = _metric_key(c["metric"])
         prefix = PREFIX[c["target"]]
-        vals = {f"{prefix}.{key}": c["rho"], f"{prefix}_ci_low.{key}": c["ci_low"],
-                f"{prefix}_ci_high.{key}": c["ci_high"]}
+        vals = {
+            f"{prefix}.{key}": c["rho"],
+            f"{prefix}_ci_low.{key}": c["ci_low"],
+            f"{prefix}_ci_high.{key}": c["ci_high"],
+        }
         mlflow.log_metrics({k: v for k, v in vals.items() if np.isfinite(v)})
     bal = any(c["target"] == BAL_TARGET for c in report.correlations)
     for m in report.metrics:
@@ -583,8 +631,10 @@ def study_stage(
     k_subsets = int(subsets or cfg.subsets)
     kind = student or cfg.student
     if kind == "probe" and cfg.task != "nli":
-        raise PrismError(f"the probe student is an NLI classifier; study.task is {cfg.task}",
-                         hint="use --student lm for math / generic pools")
+        raise PrismError(
+            f"the probe student is an NLI classifier; study.task is {cfg.task}",
+            hint="use --student lm for math / generic pools",
+        )
     if k_subsets < 3:
         raise PrismError(f"a Spearman correlation needs at least 3 subsets, got K={k_subsets}")
     t0 = time.perf_counter()
@@ -603,15 +653,18 @@ def study_stage(
     t1 = time.perf_counter()
     pool = load_study_pool(store, settings, spec.spec_id)
     if len(pool) < cfg.subset_size:
-        raise PrismError(f"the filtered pool has {len(pool)} rows, fewer than study.subset_size={cfg.subset_size}",
-                         hint="score more of the pool or lower study.subset_size")
+        raise PrismError(
+            f"the filtered pool has {len(pool)} rows, fewer than study.subset_size={cfg.subset_size}",
+            hint="score more of the pool or lower study.subset_size",
+        )
     k = min(cfg.clusters, len(pool))
     km = lloyd(pool.vectors, k=k, iterations=settings.cluster.iterations, seed=cfg.seed)
     label_codes = None
     if cfg.balance_labels and pool.labels is not None:
         label_codes = np.unique(np.asarray(pool.labels), return_inverse=True)[1]
-    plans = plan_subsets(km.labels, cfg.subset_size, k, k_subsets, cfg.cluster_levels, cfg.random_fraction,
-                         cfg.seed, label_codes)
+    plans = plan_subsets(
+        km.labels, cfg.subset_size, k, k_subsets, cfg.cluster_levels, cfg.random_fraction, cfg.seed, label_codes
+    )
     seconds["pool_and_clusters"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     idb, ood = study_benchmarks(settings)
@@ -631,8 +684,9 @@ def study_stage(
             embed([x["hypothesis"] for x in b.examples])
     seconds["embed"] = time.perf_counter() - t2
     t3 = time.perf_counter()
-    report = StudyReport(sid, spec.spec_id, kind, len(pool), [], [], [], {b.name: b.split for b in benches},
-                         dropped=pool.dropped)
+    report = StudyReport(
+        sid, spec.spec_id, kind, len(pool), [], [], [], {b.name: b.split for b in benches}, dropped=pool.dropped
+    )
     eval_rows: list[dict] = []
     parent_params = {
         "K": k_subsets, "subset_size": cfg.subset_size, "clusters": k, "levels": cluster_levels(k, cfg.cluster_levels),
@@ -648,17 +702,39 @@ def study_stage(
             rows = plan.rows
             ids = [pool.ids[r] for r in rows]
             labels = None if pool.labels is None else [pool.labels[r] for r in rows]
-            metrics = subset_metrics(pool.vectors[rows], emb_all[rows] if emb_all.shape[1] else None,
-                                     [pool.texts[r] for r in rows], labels, settings.diversity.ngram)
+            metrics = subset_metrics(
+                pool.vectors[rows],
+                emb_all[rows] if emb_all.shape[1] else None,
+                [pool.texts[r] for r in rows],
+                labels,
+                settings.diversity.ngram,
+            )
             if not report.metrics:
                 report.metrics = list(metrics)
             design = plan.design(km.labels)
-            with tracking.run(settings, f"study-subset-{plan.subset_id}", nested=True,
-                              params={"subset_id": plan.subset_id, "strategy": plan.strategy,
-                                      "n_clusters": plan.n_clusters, "clusters": plan.clusters, "size": len(ids)},
-                              tags={"study_id": sid, "subset_id": plan.subset_id}) as child:
-                rep = train_stage(store, settings, kind, ids, subset_id=plan.subset_id, study_id=sid, track=False,
-                                  pairs=subset_pairs(pool.pairs, ids) if kind == "probe" else None)
+            with tracking.run(
+                settings,
+                f"study-subset-{plan.subset_id}",
+                nested=True,
+                params={
+                    "subset_id": plan.subset_id,
+                    "strategy": plan.strategy,
+                    "n_clusters": plan.n_clusters,
+                    "clusters": plan.clusters,
+                    "size": len(ids),
+                },
+                tags={"study_id": sid, "subset_id": plan.subset_id},
+            ) as child:
+                rep = train_stage(
+                    store,
+                    settings,
+                    kind,
+                    ids,
+                    subset_id=plan.subset_id,
+                    study_id=sid,
+                    track=False,
+                    pairs=subset_pairs(pool.pairs, ids) if kind == "probe" else None,
+                )
                 stud = load_student(rep.path, settings)
                 accs, bal = {}, {}
                 for b in benches:
@@ -677,34 +753,61 @@ def study_stage(
                 ood_mean = float(np.mean([accs[b.name] for b in ood]))
                 balanced = {}
                 if len(bal) == len(benches):  # NLI benchmarks only
-                    balanced = {**{bench_bal_key(n): a for n, a in bal.items()}, ID_BAL: bal[idb.name],
-                                BAL_TARGET: float(np.mean([bal[b.name] for b in ood]))}
-                row = {"subset_id": plan.subset_id, "strategy": plan.strategy, "n_clusters": plan.n_clusters,
-                       "clusters": plan.clusters, "size": len(ids), "student_id": rep.student_id, **design,
-                       **metrics, **{bench_key(n): a for n, a in accs.items()}, ID_TARGET: accs[idb.name],
-                       TARGET: ood_mean, "train_accuracy": rep.metrics.get("train_accuracy", math.nan), **balanced}
+                    balanced = {
+                        **{bench_bal_key(n): a for n, a in bal.items()},
+                        ID_BAL: bal[idb.name],
+                        BAL_TARGET: float(np.mean([bal[b.name] for b in ood])),
+                    }
+                row = {
+                    "subset_id": plan.subset_id,
+                    "strategy": plan.strategy,
+                    "n_clusters": plan.n_clusters,
+                    "clusters": plan.clusters,
+                    "size": len(ids),
+                    "student_id": rep.student_id,
+                    **design,
+                    **metrics,
+                    **{bench_key(n): a for n, a in accs.items()},
+                    ID_TARGET: accs[idb.name],
+                    TARGET: ood_mean,
+                    "train_accuracy": rep.metrics.get("train_accuracy", math.nan),
+                    **balanced,
+                }
                 report.subsets.append(row)
                 if child is not None:
                     import mlflow
 
                     mlflow.set_tag("student_id", rep.student_id)
                     mlflow.log_dict({"subset_id": plan.subset_id, "sample_ids": ids}, "subset_ids.json")
-                    vals = {**metrics, **design, **{_metric_key(bench_key(n)): a for n, a in accs.items()},
-                            ID_TARGET: accs[idb.name], TARGET: ood_mean,
-                            **{_metric_key(kk): v for kk, v in balanced.items()}}
+                    vals = {
+                        **metrics,
+                        **design,
+                        **{_metric_key(bench_key(n)): a for n, a in accs.items()},
+                        ID_TARGET: accs[idb.name],
+                        TARGET: ood_mean,
+                        **{_metric_key(kk): v for kk, v in balanced.items()},
+                    }
                     mlflow.log_metrics({_metric_key(kk): float(v) for kk, v in vals.items() if np.isfinite(v)})
             if progress is not None:
                 progress(i + 1, len(plans))
-            log.info("subset %s (%d/%d): g_vendi %.2f, ood %.4f, id %.4f", plan.subset_id, i + 1, len(plans),
-                     metrics["g_vendi"], ood_mean, accs[idb.name])
+            log.info(
+                "subset %s (%d/%d): g_vendi %.2f, ood %.4f, id %.4f",
+                plan.subset_id,
+                i + 1,
+                len(plans),
+                metrics["g_vendi"],
+                ood_mean,
+                accs[idb.name],
+            )
         seconds["train_and_eval"] = time.perf_counter() - t3
         targets = [TARGET, ID_TARGET] + ([BAL_TARGET] if all(BAL_TARGET in s for s in report.subsets) else [])
         for target in targets:
             y = [s[target] for s in report.subsets]
             for m in report.metrics:
                 rho, lo, hi, p = spearman_ci([s[m] for s in report.subsets], y, cfg.bootstrap, cfg.ci, cfg.seed)
-                report.correlations.append({"metric": m, "target": target, "rho": rho, "ci_low": lo, "ci_high": hi,
-                                            "p_value": p, "n": len(y)})
+                report.correlations.append(
+                    {"metric": m, "target": target, "rho": rho, "ci_low": lo, "ci_high": hi, "p_value": p, "n": len(y)}
+                )
         seconds["total"] = time.perf_counter() - t0
         report.seconds = seconds
         if parent is not None:
@@ -720,32 +823,74 @@ def study_stage(
 def _write_tables(store: TableStore, report: StudyReport, eval_rows: list[dict]) -> None:
     now = datetime.now(UTC)
     rows: list[dict] = []
-    base = {"study_id": report.study_id, "created_at": now, "spec_id": report.spec_id,
-            "mlflow_run_id": report.mlflow_run_id}
+    base = {
+        "study_id": report.study_id,
+        "created_at": now,
+        "spec_id": report.spec_id,
+        "mlflow_run_id": report.mlflow_run_id,
+    }
     for s in report.subsets:
         design = {"strategy": s["strategy"], "clusters": s["clusters"], "student_id": s["student_id"]}
         for name in ("n_clusters", "clusters_used", "clusters_touched", "size"):
-            rows.append({**base, "subset_id": s["subset_id"], "metric": name, "value": float(s[name]),
-                         "kind": "design", "n": s["size"], "detail": json.dumps(design)})
+            rows.append(
+                {
+                    **base,
+                    "subset_id": s["subset_id"],
+                    "metric": name,
+                    "value": float(s[name]),
+                    "kind": "design",
+                    "n": s["size"],
+                    "detail": json.dumps(design),
+                }
+            )
         for m in report.metrics:
-            rows.append({**base, "subset_id": s["subset_id"], "metric": m, "value": s[m], "kind": "diversity",
-                         "n": s["size"]})
+            rows.append(
+                {**base, "subset_id": s["subset_id"], "metric": m, "value": s[m], "kind": "diversity", "n": s["size"]}
+            )
         keys = [bench_key(b) for b in report.benchmarks] + [ID_TARGET, TARGET, "train_accuracy"]
         keys += [k for k in [bench_bal_key(b) for b in report.benchmarks] + [ID_BAL, BAL_TARGET] if k in s]
         for key in keys:
-            rows.append({**base, "subset_id": s["subset_id"], "metric": key, "value": s[key], "kind": "accuracy",
-                         "n": s["size"]})
-    detail = json.dumps({"student": report.student, "pool_size": report.pool_size, "metrics": report.metrics,
-                         "benchmarks": report.benchmarks, "dropped": report.dropped, "seconds": report.seconds})
+            rows.append(
+                {
+                    **base,
+                    "subset_id": s["subset_id"],
+                    "metric": key,
+                    "value": s[key],
+                    "kind": "accuracy",
+                    "n": s["size"],
+                }
+            )
+    detail = json.dumps(
+        {
+            "student": report.student,
+            "pool_size": report.pool_size,
+            "metrics": report.metrics,
+            "benchmarks": report.benchmarks,
+            "dropped": report.dropped,
+            "seconds": report.seconds,
+        }
+    )
     for c in report.correlations:
         prefix = PREFIX[c["target"]]
-        rows.append({**base, "subset_id": ALL_SUBSETS, "metric": f"{prefix}.{c['metric']}", "value": c["rho"],
-                     "kind": "correlation", "n": c["n"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
-                     "p_value": c["p_value"], "detail": detail})
+        rows.append(
+            {
+                **base,
+                "subset_id": ALL_SUBSETS,
+                "metric": f"{prefix}.{c['metric']}",
+                "value": c["rho"],
+                "kind": "correlation",
+                "n": c["n"],
+                "ci_low": c["ci_low"],
+                "ci_high": c["ci_high"],
+                "p_value": c["p_value"],
+                "detail": detail,
+            }
+        )
     # an explicit schema: from_pylist would infer the columns from the first row only (dropping ci_low, p_value...)
     store.merge("study", pa.Table.from_pylist(rows, schema=table_def("study").schema), update=True)
     if eval_rows:
         for r in eval_rows:
             r["created_at"] = now
-        store.merge("eval_results", pa.Table.from_pylist(eval_rows, schema=table_def("eval_results").schema),
-                    update=True)
+        store.merge(
+            "eval_results", pa.Table.from_pylist(eval_rows, schema=table_def("eval_results").schema), update=True
+        )
