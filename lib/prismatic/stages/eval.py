@@ -1,0 +1,25 @@
+"""Stage eval: accuracy of a student on benchmark files or built-in benchmarks -> ``eval_results``."""
+
+from __future__ import annotations
+
+from prismatic.stages.base import Context, Option, Stage
+
+
+class EvalStage(Stage):
+    name = "eval"
+    help = "Accuracy of a student on benchmark files or built-in benchmarks -> `eval_results`."
+    section = "train"
+    reads = ()
+    writes = ("eval_results",)
+    options = (
+        Option("model", help="student folder (default: the latest trained)"),
+        Option("benchmark", short="-b", multiple=True, help="built-in name or JSONL file"),
+    )
+
+    def run(self, ctx: Context, *, model, benchmark):
+        from prismatic.train import eval_stage
+
+        return eval_stage(ctx.store, ctx.settings, model_path=model, benchmarks=list(benchmark) or None)
+
+    def pipeline_calls(self, settings):
+        return [{"benchmark": settings.demo.get("benchmarks")}] if settings.demo.get("train") else []
