@@ -16,20 +16,10 @@ from synth_helpers import scripted_generator, seed_pool, tiny_overrides
 from prismatic.config import load_config
 from prismatic.ingest import ingest
 from prismatic.synth.loop import synthesize
+from prismatic.synth.types import Reason, RoundStatus, Status
 from prismatic.tables import open_store
 
 pytestmark = pytest.mark.spark
-REASONS = {
-    "accepted",
-    "no_consensus",
-    "unparseable",
-    "too_long",
-    "dense_cluster",
-    "duplicate",
-    "contaminated",
-    "generator_error",
-    "score_failed",
-}
 
 
 def test_two_rounds_tables_and_mlflow(tmp_path, spark, tiny_model):
@@ -40,17 +30,17 @@ def test_two_rounds_tables_and_mlflow(tmp_path, spark, tiny_model):
     assert [r.round for r in reports] == [1, 2]
     cands = store.read_arrow("synth_candidates").to_pylist()
     assert {c["round"] for c in cands} == {1, 2}
-    assert {c["reason"] for c in cands} <= REASONS
-    assert {"unparseable", "no_consensus"} <= {c["reason"] for c in cands}
+    assert {c["reason"] for c in cands} <= set(Reason)
+    assert {Reason.UNPARSEABLE, Reason.NO_CONSENSUS} <= {c["reason"] for c in cands}
     for r in reports:
         mine = [c for c in cands if c["round"] == r.round]
         assert r.generated == len(mine)
-        assert r.accepted_candidates == sum(c["status"] == "accepted" for c in mine)
+        assert r.accepted_candidates == sum(c["status"] == Status.ACCEPTED for c in mine)
         assert sum(r.reasons.values()) == len(mine)
     samples = store.read_arrow("samples").to_pylist()
     synth = [s for s in samples if s["origin"] == "synthetic"]
     assert len(synth) == sum(r.accepted_samples for r in reports)
-    accepted_prompts = {c["prompt"] for c in cands if c["status"] == "accepted"}
+    accepted_prompts = {c["prompt"] for c in cands if c["status"] == Status.ACCEPTED}
     assert {s["prompt"] for s in synth} == accepted_prompts
     # every accepted sample was scored under the pool's spec and landed in a sparse cluster of its round
     grads = {g["sample_id"] for g in store.read_arrow("gradients").to_pylist()}
@@ -58,12 +48,12 @@ def test_two_rounds_tables_and_mlflow(tmp_path, spark, tiny_model):
     clusters = store.read_arrow("clusters").to_pylist()
     sparse = {(c["round"], c["cluster_id"]) for c in clusters if c["sparse"]}
     for c in cands:
-        if c["status"] == "accepted":
+        if c["status"] == Status.ACCEPTED:
             assert (c["round"], c["cluster_id"]) in sparse
-        if c["reason"] == "dense_cluster":
+        if c["reason"] == Reason.DENSE_CLUSTER:
             assert (c["round"], c["cluster_id"]) not in sparse
     rounds = {r["round"]: r for r in store.read_arrow("rounds").to_pylist()}
-    assert {k: v["status"] for k, v in rounds.items()} == {1: "done", 2: "done"}
+    assert {k: v["status"] for k, v in rounds.items()} == {1: RoundStatus.DONE, 2: RoundStatus.DONE}
 
     import mlflow
 
@@ -80,7 +70,7 @@ def test_two_rounds_tables_and_mlflow(tmp_path, spark, tiny_model):
         m = run.data.metrics
         assert m["candidates"] == r.generated and m["accepted"] == r.accepted_candidates
         assert m["gvendi_after"] == pytest.approx(rounds[r.round]["gvendi_after"])
-        assert m["reason.no_consensus"] == r.reasons["no_consensus"]
+        assert m[f"reason.{Reason.NO_CONSENSUS}"] == r.reasons[Reason.NO_CONSENSUS]
         arts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
         assert {"cluster_sizes.png", "gvendi_by_round.png", "candidates_sample.json"} <= arts
     # a third call with rounds=2 does nothing
@@ -139,5 +129,5 @@ def test_killed_loop_resumes_without_double_rows(tmp_path, spark, tiny_model):
                 assert ra.pop(key) == pytest.approx(rb.pop(key), abs=1e-5)
         assert a == b, table
     rounds = snapshot(results["crashed"], "rounds")
-    assert [r["round"] for r in rounds] == [1, 2] and all(r["status"] == "done" for r in rounds)
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["status"] == RoundStatus.DONE for r in rounds)
     assert json.loads(rounds[0]["counts"])["generated"] > 0

@@ -20,6 +20,7 @@ from prismatic.config import load_config
 from prismatic.ingest import ingest
 from prismatic.synth.loop import synthesize
 from prismatic.synth.secrets import forget_secrets
+from prismatic.synth.types import Reason, RoundStatus
 from prismatic.tables import open_store
 
 pytest.importorskip("httpx", reason="the OpenAI-compatible back end needs the [http] extra")
@@ -126,16 +127,16 @@ def test_a_refusing_server_records_one_generator_error_row_per_call(tmp_path, sp
     settings, store, down, _ = refused_round(tmp_path, spark, tiny_model)
     cands = store.read_arrow("synth_candidates").to_pylist()
     assert len(cands) == settings.synth.calls_per_round
-    assert {c["reason"] for c in cands} == {"generator_error"}
+    assert {c["reason"] for c in cands} == {Reason.GENERATOR_ERROR}
     assert all("connection error" in c["detail"] for c in cands)
-    assert down.reasons == {"generator_error": settings.synth.calls_per_round}
+    assert down.reasons == {Reason.GENERATOR_ERROR: settings.synth.calls_per_round}
     assert not [s for s in store.read_arrow("samples").to_pylist() if s["origin"] == "synthetic"]
 
 
 def test_a_round_whose_generator_was_down_is_run_again(tmp_path, spark, tiny_model):
     settings, store, _, port = refused_round(tmp_path, spark, tiny_model)
     row = {r["round"]: r for r in store.read_arrow("rounds").to_pylist()}[1]
-    assert row["status"] != "done"  # not finished: the next call runs it again
+    assert row["status"] != RoundStatus.DONE  # not finished: the next call runs it again
     httpd = serve(port, echo=False)  # the server is back
     try:
         (again,) = synthesize(store, settings, rounds=1)
@@ -143,7 +144,7 @@ def test_a_round_whose_generator_was_down_is_run_again(tmp_path, spark, tiny_mod
         httpd.shutdown()
         httpd.server_close()
     # the failed calls were asked again and answered (what the verifier keeps of the answers is not this test's)
-    assert again.round == 1 and again.reasons.get("generator_error", 0) == 0 and again.generated > 0
+    assert again.round == 1 and again.reasons.get(Reason.GENERATOR_ERROR, 0) == 0 and again.generated > 0
     rows = store.read_arrow("synth_candidates").to_pylist()
-    assert not [c for c in rows if c["reason"] == "generator_error"]  # the failed calls' rows were replaced
-    assert {r["round"]: r for r in store.read_arrow("rounds").to_pylist()}[1]["status"] == "done"
+    assert not [c for c in rows if c["reason"] == Reason.GENERATOR_ERROR]  # the failed calls' rows were replaced
+    assert {r["round"]: r for r in store.read_arrow("rounds").to_pylist()}[1]["status"] == RoundStatus.DONE

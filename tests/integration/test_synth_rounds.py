@@ -22,6 +22,7 @@ from prismatic.config import load_config
 from prismatic.ingest import ingest
 from prismatic.synth.loop import RoundSkipped, _sparse_members, synthesize
 from prismatic.synth.rounds import RoundReport
+from prismatic.synth.types import Reason, RoundStatus, Status
 from prismatic.tables import open_store
 from prismatic.vendi import g_vendi
 
@@ -61,7 +62,8 @@ def test_mixed_pool_rounds_work_within_each_task(tmp_path, spark, tiny_model):
     seed_ids = {t: {s["sample_id"] for s in samples if s["task"] == t} for t in ("math", "nli")}
 
     reports = synthesize(store, settings, rounds=1, generator=mixed_generator())
-    assert [(r.round, r.task, r.status) for r in reports] == [(1, "math", "done"), (1, "nli", "done")]
+    done = RoundStatus.DONE
+    assert [(r.round, r.task, r.status) for r in reports] == [(1, "math", done), (1, "nli", done)]
     clusters = [c for c in store.read_arrow("clusters").to_pylist() if c["round"] == 1]
     assignments = [a for a in store.read_arrow("assignments").to_pylist() if a["round"] == 1]
     cands = store.read_arrow("synth_candidates").to_pylist()
@@ -78,12 +80,12 @@ def test_mixed_pool_rounds_work_within_each_task(tmp_path, spark, tiny_model):
         for c in task_cands:  # exemplars from the task's own sparse clusters (no fallback to the whole pool)
             assert set(c["exemplar_ids"]) <= members
         for c in task_cands:
-            if c["status"] == "accepted":
+            if c["status"] == Status.ACCEPTED:
                 assert c["cluster_id"] in sparse
-            if c["reason"] == "dense_cluster":
+            if c["reason"] == Reason.DENSE_CLUSTER:
                 assert c["cluster_id"] not in sparse
         row = rounds[1, task]
-        assert row["status"] == "done" and row["pool_before"] == len(seed_ids[task])
+        assert row["status"] == RoundStatus.DONE and row["pool_before"] == len(seed_ids[task])
         assert row["gvendi_before"] == pytest.approx(_pool_vendi(store, reports[0].spec_id, task, 0), rel=1e-6)
         assert row["gvendi_after"] == pytest.approx(_pool_vendi(store, reports[0].spec_id, task, 1), rel=1e-6)
         assert row["emb_vendi_after"] > 1.0
@@ -100,12 +102,12 @@ def test_mixed_pool_rounds_work_within_each_task(tmp_path, spark, tiny_model):
     assert 2 * k_min <= n_math
     strict = load_config(overrides=base + [f"cluster.k_min={k_min}"])
     (rep_math, rep_nli) = synthesize(store, strict, rounds=2, generator=mixed_generator())
-    assert (rep_math.task, rep_math.status) == ("math", "done") and rep_math.k == k_min
-    assert (rep_nli.task, rep_nli.status) == ("nli", "skipped")
+    assert (rep_math.task, rep_math.status) == ("math", RoundStatus.DONE) and rep_math.k == k_min
+    assert (rep_nli.task, rep_nli.status) == ("nli", RoundStatus.SKIPPED)
     assert re.search(rf"task nli: {n_nli} pool rows .* too few to cluster \(need >= {2 * k_min}", rep_nli.detail)
     assert rep_nli.summary().startswith("round 2 (nli): skipped: task nli:")
     row = _by(store.read_arrow("rounds").to_pylist(), "round", "task")[2, "nli"]
-    assert row["status"] == "skipped" and "too few to cluster" in row["detail"]
+    assert row["status"] == RoundStatus.SKIPPED and "too few to cluster" in row["detail"]
     assert not [c for c in store.read_arrow("clusters").to_pylist() if (c["round"], c["task"]) == (2, "nli")]
     assert not [c for c in store.read_arrow("synth_candidates").to_pylist() if (c["round"], c["task"]) == (2, "nli")]
 
@@ -154,11 +156,7 @@ def test_train_each_round_logs_accuracies_in_rounds_and_mlflow(tmp_path, spark, 
     store = open_store(settings, spark)
     ingest(store, [str(seed_pool(tmp_path))], "seed", "math", settings)
     reports = synthesize(store, settings, rounds=2, generator=mixed_generator())
-    assert [(r.round, r.task, r.status) for r in reports] == [
-        (0, "math", "done"),
-        (1, "math", "done"),
-        (2, "math", "done"),
-    ]
+    assert [(r.round, r.task, r.status) for r in reports] == [(r, "math", RoundStatus.DONE) for r in (0, 1, 2)]
     # accuracies computed independently of the pipeline: the fake student's rule on the benchmark files
     id_rows = [json.loads(x) for x in id_bench.read_text().splitlines()]
     expected_id = sum(int(re.search(r"What is (\d+)", r["problem"])[1]) % 2 == 0 for r in id_rows) / len(id_rows)
@@ -176,7 +174,7 @@ def test_train_each_round_logs_accuracies_in_rounds_and_mlflow(tmp_path, spark, 
     parent = runs["synthesize"]
     for rep in reports:
         row = rounds[(rep.round,)]
-        assert row["status"] == "done" and row["student_id"] == rep.student_id
+        assert row["status"] == RoundStatus.DONE and row["student_id"] == rep.student_id
         assert row["id_accuracy"] == pytest.approx(expected_id) and row["ood_accuracy"] == 0.0
         accs = json.loads(row["accuracies"])
         assert accs == {

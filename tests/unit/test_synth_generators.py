@@ -10,13 +10,12 @@ import pytest
 from prismatic.config import GeneratorConfig
 from prismatic.synth.generators import (
     FakeGenerator,
-    Generation,
-    GeneratorError,
     LocalGenerator,
     OpenAICompatibleGenerator,
     make_generator,
     request_seed,
 )
+from prismatic.synth.types import Generation, GeneratorError
 
 
 def test_request_seed_is_stable_and_distinct():

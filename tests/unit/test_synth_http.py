@@ -17,12 +17,12 @@ pytest.importorskip("httpx", reason="the OpenAI-compatible back end needs the [h
 from prismatic.config import GeneratorConfig  # noqa: E402
 from prismatic.errors import ConfigError  # noqa: E402
 from prismatic.synth.generators import (  # noqa: E402
-    GeneratorError,
     OpenAICompatibleGenerator,
     make_generator,
     request_seed,
 )
 from prismatic.synth.secrets import forget_secrets  # noqa: E402
+from prismatic.synth.types import GeneratorError  # noqa: E402
 
 KEY = "sk-test-9f8e7d6c5b4a3210"
 

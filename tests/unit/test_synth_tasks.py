@@ -26,7 +26,7 @@ from prismatic.synth.tasks import (
     render,
     sample_exemplar_groups,
 )
-from prismatic.synth.verify import NO_CONSENSUS, UNPARSEABLE
+from prismatic.synth.types import Reason
 
 EXEMPLARS = [
     "Tom has 3 apples and buys 4 more. How many apples does he have?",
@@ -228,7 +228,7 @@ def test_parse_problems_numbered_list_inside_a_marked_problem_stays_in_it():
 @pytest.mark.parametrize("text", ["", "   \n", "Problem 1:\nProblem 2:", "ok", "Problem 1: hi"])
 def test_parse_problems_unparseable(text):
     r = parse_problems(text)
-    assert isinstance(r, Rejected) and r.reason == UNPARSEABLE and r.detail
+    assert isinstance(r, Rejected) and r.reason == Reason.UNPARSEABLE and r.detail
 
 
 # ---------------------------------------------------------------- NLI parser
@@ -259,7 +259,7 @@ Label: maybe
 
 def test_parse_nli_rejections_say_why():
     r = parse_nli("Premise: A cat sleeps.\nHypothesis: The cat is tired.\nLabel: perhaps")
-    assert isinstance(r, Rejected) and r.reason == UNPARSEABLE and "unknown label 'perhaps'" in r.detail
+    assert isinstance(r, Rejected) and r.reason == Reason.UNPARSEABLE and "unknown label 'perhaps'" in r.detail
     r = parse_nli("Premise: A cat sleeps.\nLabel: neutral")
     assert isinstance(r, Rejected) and "missing hypothesis" in r.detail
     r = parse_nli("just some prose")
@@ -291,7 +291,7 @@ def test_math_task_end_to_end(prompts):
         {"prompt": "What is 6 times 7 exactly?", "completion": sols[2]},
     ]
     bad = task.verify(cands[1], [r"\boxed{6}", r"\boxed{5}", "no idea"])
-    assert not bad.accepted and bad.rejected.reason == NO_CONSENSUS and "groups [1, 1]" in bad.rejected.detail
+    assert not bad.accepted and bad.rejected.reason == Reason.NO_CONSENSUS and "groups [1, 1]" in bad.rejected.detail
     assert task.samples(cands[1], bad, []) == []
 
 
@@ -307,7 +307,9 @@ def test_nli_task_requires_agreement_with_generated_label(prompts):
     ]
     wrong = task.verify(item, [r"\boxed{neutral}", r"\boxed{neutral}", r"\boxed{entailment}"])
     assert (
-        not wrong.accepted and wrong.rejected.reason == NO_CONSENSUS and "generator labelled" in wrong.rejected.detail
+        not wrong.accepted
+        and wrong.rejected.reason == Reason.NO_CONSENSUS
+        and "generator labelled" in wrong.rejected.detail
     )
 
 

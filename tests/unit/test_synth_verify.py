@@ -6,10 +6,8 @@ import threading
 
 import pytest
 
+from prismatic.synth.types import Reason
 from prismatic.synth.verify import (
-    NO_CONSENSUS,
-    TOO_LONG,
-    UNPARSEABLE,
     extract_answer_phrase,
     extract_boxed,
     group_equivalent,
@@ -53,12 +51,12 @@ def test_parse_answer_reasons():
     ok = parse_answer(sol(r"\frac{1}{2}"))
     assert ok.valid and ok.raw == r"\frac{1}{2}" and ok.parsed
     missing = parse_answer("The answer is 4.", fallback=False)
-    assert missing.reason == UNPARSEABLE and missing.parsed is None and missing.raw is None
-    assert parse_answer("I am not sure what to do here.").reason == UNPARSEABLE
+    assert missing.reason == Reason.UNPARSEABLE and missing.parsed is None and missing.raw is None
+    assert parse_answer("I am not sure what to do here.").reason == Reason.UNPARSEABLE
     long = parse_answer(sol("1" * 301), max_answer_chars=300)
-    assert long.reason == TOO_LONG and long.raw == "1" * 301
+    assert long.reason == Reason.TOO_LONG and long.raw == "1" * 301
     assert parse_answer(sol("1" * 300), max_answer_chars=300).valid
-    assert parse_answer(r"\boxed{}").reason == UNPARSEABLE
+    assert parse_answer(r"\boxed{}").reason == Reason.UNPARSEABLE
 
 
 # phrasings seen from SmolLM2-135M-Instruct, which rarely boxes its answer
@@ -110,7 +108,7 @@ def test_two_of_three_agree_keeps_the_agreeing_solutions():
 def test_three_different_answers_do_not_pass():
     v = vote_math([sol("1"), sol("2"), sol("3")], tau=2)
     assert not v.accepted
-    assert v.reason == NO_CONSENSUS
+    assert v.reason == Reason.NO_CONSENSUS
     assert v.indices == ()
     assert v.group_sizes == (1, 1, 1)
 
@@ -125,16 +123,16 @@ def test_equivalent_forms_agree():
 def test_none_answers_never_count():
     # two unparseable + one answer: the missing answers do not agree with each other
     v = vote_math(["no box", "still no box", sol("5")], tau=2)
-    assert not v.accepted and v.reason == NO_CONSENSUS and v.group_sizes == (1,)
+    assert not v.accepted and v.reason == Reason.NO_CONSENSUS and v.group_sizes == (1,)
     # all missing
     v = vote_math(["no box", "nothing", ""], tau=2)
-    assert not v.accepted and v.reason == UNPARSEABLE and v.answer is None and v.group_sizes == ()
+    assert not v.accepted and v.reason == Reason.UNPARSEABLE and v.answer is None and v.group_sizes == ()
     # a too-long answer is dropped, so the remaining two must agree on their own
     v = vote_math([sol("9" * 400), sol("4"), sol("4")], tau=2, max_answer_chars=300)
     assert v.accepted and v.indices == (1, 2)
-    assert v.answers[0].reason == TOO_LONG
+    assert v.answers[0].reason == Reason.TOO_LONG
     v = vote_math([sol("9" * 400), sol("8" * 400), "x"], tau=2, max_answer_chars=300)
-    assert v.reason == TOO_LONG
+    assert v.reason == Reason.TOO_LONG
 
 
 def test_ties_first_group_wins_or_reject():
@@ -142,7 +140,7 @@ def test_ties_first_group_wins_or_reject():
     v = vote_math(sols, tau=2, tie_break="first")
     assert v.accepted and v.answer == "1" and v.indices == (0, 3)
     v = vote_math(sols, tau=2, tie_break="reject")
-    assert not v.accepted and v.reason == NO_CONSENSUS
+    assert not v.accepted and v.reason == Reason.NO_CONSENSUS
     # a larger group beats earlier smaller ones
     v = vote_math([sol("1"), sol("2"), sol("2"), sol("2"), sol("1")], tau=2, tie_break="reject")
     assert v.accepted and v.answer == "2" and v.indices == (1, 2, 3)
@@ -208,6 +206,6 @@ def test_vote_labels():
     v = vote_labels([r"\boxed{neutral}", "Answer: Neutral", r"\boxed{entailment}"], tau=2)
     assert v.accepted and v.answer == "neutral" and v.indices == (0, 1)
     v = vote_labels([r"\boxed{neutral}", "no idea", r"\boxed{entailment}"], tau=2)
-    assert not v.accepted and v.reason == NO_CONSENSUS
+    assert not v.accepted and v.reason == Reason.NO_CONSENSUS
     v = vote_labels(["no idea", "hmm", "?"], tau=2)
-    assert v.reason == UNPARSEABLE
+    assert v.reason == Reason.UNPARSEABLE

@@ -1,16 +1,12 @@
-"""Synthesis round: generators (local, OpenAI-compatible HTTP, vLLM, fake), request cache, tasks (math, NLI),
-τ-of-n verification and decontamination. Heavy packages (torch, transformers, httpx, vllm, math-verify) are
-imported only where used.
+"""Synthesis round: candidate outcome codes (``Reason``, ``Status``), generators (local, OpenAI-compatible HTTP,
+vLLM, fake), request cache, tasks (math, NLI), τ-of-n verification and decontamination. Heavy packages (torch,
+transformers, httpx, vllm, math-verify) are imported only where used.
 """
 
 from prismatic.synth.cache import CachedGenerator, MemoryRequestCache, RequestCache, SQLiteRequestCache, request_key
 from prismatic.synth.decontam import DecontamIndex, Hit
 from prismatic.synth.generators import (
-    GENERATOR_ERROR,
     FakeGenerator,
-    Generation,
-    Generator,
-    GeneratorError,
     LocalGenerator,
     OpenAICompatibleGenerator,
     VLLMGenerator,
@@ -19,13 +15,10 @@ from prismatic.synth.generators import (
 )
 from prismatic.synth.secrets import Secret, install_redaction, redact, resolve_api_key
 from prismatic.synth.tasks import MathTask, NLITask, Rejected, get_task, load_prompts
-from prismatic.synth.verify import NO_CONSENSUS, TOO_LONG, UNPARSEABLE, Vote, vote_labels, vote_math
+from prismatic.synth.types import Generation, Generator, GeneratorError, Reason, Status
+from prismatic.synth.verify import Vote, vote_labels, vote_math
 
 __all__ = [
-    "GENERATOR_ERROR",
-    "NO_CONSENSUS",
-    "TOO_LONG",
-    "UNPARSEABLE",
     "CachedGenerator",
     "DecontamIndex",
     "FakeGenerator",
@@ -39,9 +32,11 @@ __all__ = [
     "NLITask",
     "OpenAICompatibleGenerator",
     "Rejected",
+    "Reason",
     "RequestCache",
     "SQLiteRequestCache",
     "Secret",
+    "Status",
     "VLLMGenerator",
     "Vote",
     "get_task",

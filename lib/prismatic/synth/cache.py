@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prismatic.synth.generators import Generation, Generator
+from prismatic.synth.types import Generation, Generator
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +232,3 @@ class CachedGenerator(Generator):
 
     def close(self) -> None:
         self.inner.close()
-
-
-def cached(inner: Generator, cache: RequestCache | None) -> Generator:
-    """``CachedGenerator(inner, cache)``, or ``inner`` itself when ``cache`` is None."""
-    return inner if cache is None else CachedGenerator(inner, cache)

@@ -21,6 +21,11 @@ never hidden by a dense NLI cluster. One (round, task), paper defaults, every on
 8. with ``synth.train_each_round``: train the student on the task's pool and evaluate it ID / OOD
    (:mod:`prismatic.synth.roundtrain`); round 0 does this for the seed pool, the baseline.
 
+In code, :func:`run_round` is step 1 (``_prepare``) and then named steps over ``list[Candidate]``:
+:func:`draw_exemplars` (2) -> :func:`generate_candidates` (3) -> :func:`solve_and_vote` (4) -> :func:`screen` (5)
+-> :func:`filter_sparse` (6) -> :func:`write_round` (7). Each step accepts or rejects the pending candidates with a
+:class:`~prismatic.synth.types.Reason`, the code stored in ``synth_candidates.reason``.
+
 Tokens: a generation call's completion tokens are charged to the first candidate it produced (or to the one
 rejected row that stands for the call when it produced none), a candidate's solution tokens to that candidate; so
 ``sum(synth_candidates.tokens)`` of a round equals its ``rounds.tokens`` and each call is counted once.
@@ -41,9 +46,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import random
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -56,7 +62,8 @@ from prismatic.errors import PrismError
 from prismatic.ingest import SAMPLE_ID_NORMALIZATION, bucket_of
 from prismatic.normalize import sample_id as make_sample_id
 from prismatic.normalize import text_hash
-from prismatic.synth.generators import GENERATOR_ERROR
+from prismatic.stages.base import Context
+from prismatic.synth.decontam import hits_detail
 from prismatic.synth.rounds import (
     FINISHED,
     RoundReport,
@@ -67,21 +74,11 @@ from prismatic.synth.rounds import (
     rounds_row,
     started_row,
 )
+from prismatic.synth.types import Reason, RoundStatus, Status
 from prismatic.tables import TableStore
 
 log = logging.getLogger(__name__)
 
-REASONS = (
-    "accepted",
-    "no_consensus",
-    "unparseable",
-    "too_long",
-    "dense_cluster",
-    "duplicate",
-    "contaminated",
-    "generator_error",
-    "score_failed",
-)
 NLI_PROMPT_RE = re.compile(r"Premise: (?P<premise>.*?)\nHypothesis: (?P<hypothesis>.*?)\n", re.S)
 
 
@@ -95,21 +92,31 @@ def _hid(*parts: Any) -> str:
 
 @dataclass
 class Candidate:
+    """One proposed problem (or one rejected generation call) on its way through the round's steps: ``pending``
+    until a step accepts or rejects it, with a :class:`~prismatic.synth.types.Reason` either way."""
+
     candidate_id: str
     prompt: str
     exemplar_ids: list[str]
     item: Any = None
     completion: str = ""
     answers: list[str] = field(default_factory=list)
-    status: str = "pending"
-    reason: str = ""
+    status: Status = Status.PENDING
+    reason: Reason | None = None
     detail: str = ""
     cluster_id: int | None = None
     tokens: int = 0
     samples: list[dict] = field(default_factory=list)
 
-    def reject(self, reason: str, detail: str = "") -> None:
-        self.status, self.reason, self.detail = "rejected", reason, detail[:500]
+    @property
+    def pending(self) -> bool:
+        return self.status is Status.PENDING
+
+    def reject(self, reason: Reason, detail: str = "") -> None:
+        self.status, self.reason, self.detail = Status.REJECTED, Reason(reason), detail[:500]
+
+    def accept(self) -> None:
+        self.status, self.reason = Status.ACCEPTED, Reason.ACCEPTED
 
 
 class RoundSkipped(PrismError):
@@ -117,15 +124,6 @@ class RoundSkipped(PrismError):
 
 
 # ---- pieces -----------------------------------------------------------------------------------------------
-
-
-def exemplar_groups(members: list[dict], calls: int, k: int, seed: int) -> list[list[dict]]:
-    """``calls`` groups of ``k`` exemplars drawn (seeded) from ``members``; sorted input gives stable draws."""
-    if not members:
-        return []
-    rng = random.Random(seed)
-    ordered = sorted(members, key=lambda m: m["sample_id"])
-    return [rng.sample(ordered, min(k, len(ordered))) for _ in range(calls)]
 
 
 def nli_fields(prompt: str, label: str | None) -> dict | None:
@@ -138,7 +136,7 @@ def nli_fields(prompt: str, label: str | None) -> dict | None:
 def load_eval_texts(paths: list[str]) -> dict[str, list[str]]:
     """Texts of the configured eval sets (JSONL files) for decontamination: problem / question / prompt, or
     premise + hypothesis."""
-    from prismatic.pipeline import resolve_input_path
+    from prismatic.inputs import resolve_input_path
 
     out: dict[str, list[str]] = {}
     for p in paths:
@@ -204,9 +202,9 @@ class PoolIndex:
 
 
 def _pool_rows(store: TableStore, rnd: int, task: str) -> list[dict]:
-    from pyspark.sql import functions as F
+    from prismatic.stages.common import PoolFilter
 
-    df = store.pool().where((F.col("round") < rnd) & (F.col("task") == task))
+    df = PoolFilter(task=task, round_below=rnd).apply(store.pool())
     return [r.asDict() for r in df.select("sample_id", "prompt", "completion", "label").collect()]
 
 
@@ -216,10 +214,9 @@ def _gvendi(store: TableStore, spec_id: str, max_round: int, task: str | None = 
     from pyspark.sql import functions as F
 
     from prismatic.diversity import gradient_diversity
+    from prismatic.stages.common import PoolFilter
 
-    pool = store.pool().where(F.col("round") <= max_round)
-    if task is not None:
-        pool = pool.where(F.col("task") == task)
+    pool = PoolFilter(task=task, round_at_most=max_round).apply(store.pool())
     df = pool.select("sample_id").join(store.read("gradients").where(F.col("spec_id") == spec_id), "sample_id")
     res = gradient_diversity(df, None, vector_col="vector", spec_col="spec_id").rows
     row = res[res["metric"] == "g_vendi"]
@@ -228,25 +225,25 @@ def _gvendi(store: TableStore, spec_id: str, max_round: int, task: str | None = 
     return float(row["value"].iloc[0]), int(row["n"].iloc[0])
 
 
-def _emb_vendi(store: TableStore, settings: Settings, rnd: int, task: str) -> tuple[float, float]:
+def _emb_vendi(ctx: Context, rnd: int, task: str) -> tuple[float, float]:
     """Embedding Vendi of the task's pool before and after round ``rnd`` (round 0: both the seed pool); embeds
     only the rows not embedded yet (``diversity.embedding_model``, stored in ``gradients`` under its spec)."""
-    from prismatic.stages import embed_stage
+    from prismatic.stages.common import PoolFilter
+    from prismatic.stages.embed import embed_pool
 
-    rep = embed_stage(store, settings, where=f"task = '{task}' AND round <= {int(rnd)}")
-    after = _gvendi(store, rep.spec_id, rnd, task)[0]
-    return (after if rnd == 0 else _gvendi(store, rep.spec_id, rnd - 1, task)[0]), after
+    rep = embed_pool(ctx, PoolFilter(task=task, round_at_most=rnd))
+    after = _gvendi(ctx.store, rep.spec_id, rnd, task)[0]
+    return (after if rnd == 0 else _gvendi(ctx.store, rep.spec_id, rnd - 1, task)[0]), after
 
 
 @dataclass
 class RoundClusters:
-    """The clustering a round works in: centroids, sparse ids, the task's pool and the exemplar groups."""
+    """The clustering a round works in: the clusters, their centroids and sparse ids, the scoring spec and the spec
+    of the clustered vectors."""
 
     clusters: list
     centroids: np.ndarray
     sparse_ids: set[int]
-    pool: list[dict]
-    groups: list[list[dict]]
     spec: Any = None
     cluster_spec_id: str = ""
 
@@ -278,22 +275,24 @@ def _sparse_members(store: TableStore, rnd: int, task: str, clusters: list, repo
     return {r["sample_id"] for r in rows}
 
 
-def _prepare(store: TableStore, settings: Settings, rnd: int, task: str, report: RoundReport) -> RoundClusters:
-    """Score and cluster the task's pool of rounds < rnd, find the sparse clusters, draw the exemplar groups."""
+def _prepare(ctx: Context, rnd: int, task: str, report: RoundReport) -> RoundClusters:
+    """Score and cluster the task's pool of rounds < rnd and read its clusters (the sparse ones flagged)."""
     from pyspark.sql import functions as F
 
-    from prismatic.stages import TooFewToCluster, check_round_spec, cluster_stage, register_spec, score_stage
+    from prismatic.stages.cluster import TooFewToCluster, check_round_spec, cluster_task
+    from prismatic.stages.common import PoolFilter
+    from prismatic.stages.score import score_pool
 
-    cfg = settings.synth
+    store, settings = ctx.store, ctx.settings
     t0 = time.perf_counter()
-    spec = register_spec(store, settings)
+    spec = ctx.spec()
     # the task's pool of rounds < rnd must be scored before it is clustered (and for G-Vendi in either space)
-    score_stage(store, settings, where=f"round < {int(rnd)} AND task = '{task}'")
+    score_pool(ctx, PoolFilter(task=task, round_below=rnd))
     report.gvendi_before, report.pool_before = _gvendi(store, spec.spec_id, rnd - 1, task)
     report.spec_id, report.feature_space = spec.spec_id, settings.cluster.feature_space
     report.seconds["score"] = round(time.perf_counter() - t0, 2)
     try:
-        crep = cluster_stage(store, settings, round=rnd, task=task)  # embedding space: embeds missing rows first
+        crep = cluster_task(ctx, round=rnd, task=task)  # embedding space: embeds missing rows first
     except TooFewToCluster as e:
         raise RoundSkipped(str(e), hint=e.hint) from None
     report.cluster_spec_id, report.k, report.sparse_k = crep.spec_id, crep.k, crep.sparse
@@ -301,155 +300,216 @@ def _prepare(store: TableStore, settings: Settings, rnd: int, task: str, report:
         store.read("clusters").where((F.col("round") == rnd) & (F.col("task") == task)).orderBy("cluster_id").collect()
     )
     check_round_spec(rnd, {c["spec_id"] for c in clusters}, crep.spec_id, report.feature_space)
-    members = _sparse_members(store, rnd, task, clusters, report)
-    pool = _pool_rows(store, rnd, task)
+    report.seconds["cluster"] = round(time.perf_counter() - t0 - report.seconds["score"], 2)
+    centroids = np.asarray([c["centroid"] for c in clusters], dtype=np.float32)
+    return RoundClusters(clusters, centroids, {c["cluster_id"] for c in clusters if c["sparse"]}, spec, crep.spec_id)
+
+
+# ---- the steps of a round: draw exemplars -> generate -> solve and vote -> screen -> filter -> write ----------
+# Each step takes the round's candidates and returns them with its outcome marked: it works on the pending ones
+# and accepts or rejects them with a Reason, which a rejected candidate keeps all the way to `synth_candidates`.
+
+
+@dataclass
+class RoundWork:
+    """What the steps of one (round, task) share: the stages' context, the round, the task (name and object), the
+    generator, the decontamination index and the report they fill."""
+
+    ctx: Context
+    rnd: int
+    task: str
+    task_obj: Any
+    generator: Any
+    decontam: Any
+    report: RoundReport
+
+    @property
+    def settings(self) -> Settings:
+        return self.ctx.settings
+
+    @property
+    def store(self) -> TableStore:
+        return self.ctx.store
+
+
+def draw_exemplars(w: RoundWork, rc: RoundClusters) -> tuple[list[dict], list[list[dict]]]:
+    """The task's pool of rounds < r, and ``synth.calls_per_round`` groups of ``synth.exemplars`` few-shot exemplars
+    drawn (seeded by (seed, r)) from the members of its sparse clusters.
+
+    Raises:
+        RoundSkipped: the sparse clusters have no member, or none with the prompt form the task's template needs.
+    """
+    from prismatic.synth.tasks import sample_exemplar_groups
+
+    cfg = w.settings.synth
+    members = _sparse_members(w.store, w.rnd, w.task, rc.clusters, w.report)
+    pool = _pool_rows(w.store, w.rnd, w.task)
     chosen = [p for p in pool if p["sample_id"] in members]
-    if task == "nli":
+    if w.task == "nli":
         chosen = [dict(m, **f) for m in chosen if (f := nli_fields(m["prompt"], m["label"]))]
     else:
         chosen = [dict(m, problem=m["prompt"]) for m in chosen]
-    groups = exemplar_groups(chosen, cfg.calls_per_round, cfg.exemplars, cfg.seed * 1_000_003 + rnd)
-    if not groups:
+    if not chosen:
         raise RoundSkipped(
-            f"task {task}: none of the {len(members)} sparse-cluster members has the {task} prompt"
+            f"task {w.task}: none of the {len(members)} sparse-cluster members has the {w.task} prompt"
             " form the exemplar template needs"
         )
-    report.seconds["cluster"] = round(time.perf_counter() - t0 - report.seconds["score"], 2)
-    centroids = np.asarray([c["centroid"] for c in clusters], dtype=np.float32)
-    return RoundClusters(
-        clusters, centroids, {c["cluster_id"] for c in clusters if c["sparse"]}, pool, groups, spec, crep.spec_id
-    )
+    ordered = sorted(chosen, key=lambda m: m["sample_id"])  # sorted input gives stable draws
+    return pool, sample_exemplar_groups(ordered, cfg.exemplars, cfg.calls_per_round, cfg.seed * 1_000_003 + w.rnd)
 
 
-def _generate(
-    generator, task_obj, rc: RoundClusters, settings: Settings, rnd: int, task: str, report: RoundReport
-) -> list[Candidate]:
-    """One generation call per exemplar group -> candidates (a call's tokens charged once, to its first row)."""
-    cfg = settings.synth
-    gens = generator.generate(
-        task_obj.generation_prompts(rc.groups),
+def generate_candidates(w: RoundWork, groups: list[list[dict]]) -> list[Candidate]:
+    """One generation call per exemplar group (T ``problem_temperature``) -> the candidates it proposes."""
+    cfg = w.settings.synth
+    gens = w.generator.generate(
+        w.task_obj.generation_prompts(groups),
         n=1,
         temperature=cfg.problem_temperature,
         top_p=cfg.top_p,
         max_tokens=cfg.generator.max_new_tokens,
-        seed=cfg.seed * 1000 + rnd,
+        seed=cfg.seed * 1000 + w.rnd,
     )
     candidates: list[Candidate] = []
-    for g_idx, (group, out) in enumerate(zip(rc.groups, gens, strict=True)):
-        gen = out[0]
-        report.tokens += gen.completion_tokens
-        ex_ids = [m["sample_id"] for m in group]
-        if not gen.ok:
-            c = Candidate(_hid(rnd, task, g_idx, "generator_error"), "", ex_ids, tokens=gen.completion_tokens)
-            c.reject("generator_error", gen.error or "")
-            candidates.append(c)
-            continue
-        parsed = task_obj.parse_generation(gen.text, truncated=gen.finish_reason == "length")
-        items = parsed[: cfg.problems_per_call] if isinstance(parsed, list) else []
-        if not items:
-            c = Candidate(_hid(rnd, task, g_idx, "unparseable"), gen.text[:2000], ex_ids, tokens=gen.completion_tokens)
-            reason, detail = (
-                (parsed.reason, parsed.detail)
-                if not isinstance(parsed, list)
-                else ("unparseable", "no problem in the generation")
-            )
-            c.reject(reason, detail)
-            candidates.append(c)
-            continue
-        for i_idx, item in enumerate(items):
-            text = task_obj.candidate_text(item)
-            candidates.append(
-                Candidate(
-                    _hid(rnd, task, g_idx, i_idx, text),
-                    text,
-                    ex_ids,
-                    item=item,
-                    tokens=gen.completion_tokens if i_idx == 0 else 0,
-                )
-            )
+    for g_idx, (group, out) in enumerate(zip(groups, gens, strict=True)):
+        w.report.tokens += out[0].completion_tokens
+        candidates += _call_candidates(w, g_idx, [m["sample_id"] for m in group], out[0])
     return candidates
 
 
-def _solve(
-    generator, task_obj, candidates: list[Candidate], settings: Settings, rnd: int, report: RoundReport
-) -> None:
-    """Solve each live candidate ``n_solutions`` times and keep it when ``tau`` answers agree."""
-    cfg = settings.synth
-    live = [c for c in candidates if c.status == "pending"]
+def _call_candidates(w: RoundWork, g_idx: int, ex_ids: list[str], gen) -> list[Candidate]:
+    """The candidates of one generation call: one per parsed problem (at most ``problems_per_call``; the call's
+    tokens charged to the first), or one rejected row that stands for the call (failed or unreadable)."""
+    if not gen.ok:
+        c = Candidate(_hid(w.rnd, w.task, g_idx, Reason.GENERATOR_ERROR), "", ex_ids, tokens=gen.completion_tokens)
+        c.reject(Reason.GENERATOR_ERROR, gen.error or "")
+        return [c]
+    parsed = w.task_obj.parse_generation(gen.text, truncated=gen.finish_reason == "length")
+    items = parsed[: w.settings.synth.problems_per_call] if isinstance(parsed, list) else []
+    if not items:
+        c = Candidate(
+            _hid(w.rnd, w.task, g_idx, Reason.UNPARSEABLE), gen.text[:2000], ex_ids, tokens=gen.completion_tokens
+        )
+        if isinstance(parsed, list):
+            c.reject(Reason.UNPARSEABLE, "no problem in the generation")
+        else:
+            c.reject(parsed.reason, parsed.detail)
+        return [c]
+    out = []
+    for i_idx, item in enumerate(items):
+        text = w.task_obj.candidate_text(item)
+        tokens = gen.completion_tokens if i_idx == 0 else 0
+        out.append(Candidate(_hid(w.rnd, w.task, g_idx, i_idx, text), text, ex_ids, item=item, tokens=tokens))
+    return out
+
+
+def solve_and_vote(w: RoundWork, candidates: list[Candidate]) -> list[Candidate]:
+    """Solve each pending candidate ``n_solutions`` times (T ``solution_temperature``); keep it when ``tau``
+    answers agree (its agreeing solutions become its samples), else reject it with the vote's reason."""
+    cfg = w.settings.synth
+    live = [c for c in candidates if c.pending]
     if not live:
-        return
-    sols = generator.generate(
-        task_obj.solution_prompts([c.item for c in live]),
+        return candidates
+    sols = w.generator.generate(
+        w.task_obj.solution_prompts([c.item for c in live]),
         n=cfg.n_solutions,
         temperature=cfg.solution_temperature,
         top_p=cfg.top_p,
         max_tokens=cfg.generator.max_new_tokens,
-        seed=cfg.seed * 1000 + rnd + 7,
+        seed=cfg.seed * 1000 + w.rnd + 7,
     )
     for c, outs in zip(live, sols, strict=True):
         spent = sum(o.completion_tokens for o in outs)
         c.tokens += spent
-        report.tokens += spent
+        w.report.tokens += spent
         if not any(o.ok for o in outs):
-            c.reject("generator_error", next((o.error for o in outs if o.error), ""))
+            c.reject(Reason.GENERATOR_ERROR, next((o.error for o in outs if o.error), ""))
             continue
         texts = [o.text if o.ok else "" for o in outs]
-        verdict = task_obj.verify(c.item, texts)
+        verdict = w.task_obj.verify(c.item, texts)
         c.answers = [a.raw or "" for a in verdict.vote.answers]
         if not verdict.accepted:
             c.reject(verdict.rejected.reason, verdict.rejected.detail)
             continue
-        c.samples = task_obj.samples(c.item, verdict, texts)
+        c.samples = w.task_obj.samples(c.item, verdict, texts)
         c.completion = c.samples[0]["completion"] if c.samples else ""
+    return candidates
 
 
-def _screen(
-    candidates: list[Candidate], pool: list[dict], settings: Settings, decontam, report: RoundReport
-) -> list[Candidate]:
-    """Reject duplicates of the task's pool (and of each other) and contaminated candidates; return the rest."""
-    index = PoolIndex([p["prompt"] + "\n" + p["completion"] for p in pool], settings)
-    prompt_index = PoolIndex([p["prompt"] for p in pool], settings)
+def screen(w: RoundWork, candidates: list[Candidate], pool: list[dict]) -> list[Candidate]:
+    """Reject duplicates of the task's pool (exact or near, by prompt or by prompt + solution) and of each other,
+    and candidates that share a word n-gram with an eval set (decontamination)."""
+    index = PoolIndex([p["prompt"] + "\n" + p["completion"] for p in pool], w.settings)
+    prompt_index = PoolIndex([p["prompt"] for p in pool], w.settings)
     seen: set[str] = set()
-    survivors: list[Candidate] = []
-    for c in [c for c in candidates if c.status == "pending"]:
+    for c in candidates:
+        if not c.pending:
+            continue
         if prompt_index.duplicate_of(c.prompt) or any(
             index.duplicate_of(s["prompt"] + "\n" + s["completion"]) for s in c.samples
         ):
-            c.reject("duplicate", "same or near-same text as a pool sample")
+            c.reject(Reason.DUPLICATE, "same or near-same text as a pool sample")
             continue
         if c.prompt in seen:
-            c.reject("duplicate", "same text as another candidate of this round")
+            c.reject(Reason.DUPLICATE, "same text as another candidate of this round")
             continue
         seen.add(c.prompt)
-        hit, hits = decontam.contaminated(c.prompt) if decontam is not None else (False, [])
+        hit, hits = w.decontam.contaminated(c.prompt) if w.decontam is not None else (False, [])
         if hit:
-            from prismatic.synth.decontam import hits_detail
-
-            c.reject("contaminated", hits_detail(hits))
-            report.contamination_hits += len(hits)
-            continue
-        survivors.append(c)
-    return survivors
+            c.reject(Reason.CONTAMINATED, hits_detail(hits))
+            w.report.contamination_hits += len(hits)
+    return candidates
 
 
-def _filter(survivors: list[Candidate], rc: RoundClusters, settings: Settings, task: str) -> None:
-    """The sparse-cluster filter in the round's feature space; accepted samples get their sample ids."""
+def filter_sparse(w: RoundWork, candidates: list[Candidate], rc: RoundClusters) -> list[Candidate]:
+    """The sparse-cluster filter in the round's feature space: accept a pending candidate whose samples' nearest
+    centroid is sparse (``dense_cluster`` otherwise); accepted samples get their sample ids."""
     from prismatic.gradients.udf import get_scorer
 
-    scorer = get_scorer(settings.scoring)
-    if settings.cluster.feature_space == "embedding":
-        _filter_by_embedding(survivors, rc.centroids, rc.sparse_ids, scorer, settings)
+    live = [c for c in candidates if c.pending]
+    scorer = get_scorer(w.settings.scoring)
+    if w.settings.cluster.feature_space == "embedding":
+        _filter_by_embedding(live, rc.centroids, rc.sparse_ids, scorer, w.settings)
     else:
-        _filter_by_gradient(survivors, rc.centroids, rc.sparse_ids, scorer)
-    for c in survivors:
-        if c.status != "accepted":
+        _filter_by_gradient(live, rc.centroids, rc.sparse_ids, scorer)
+    for c in live:
+        if c.status is not Status.ACCEPTED:
             continue
         # agreeing solutions with the same text are one sample (one row in `samples`, counted once)
         unique: dict[str, dict] = {}
         for s in c.samples:
-            sid = make_sample_id(task, s["prompt"], s["completion"], SAMPLE_ID_NORMALIZATION)
+            sid = make_sample_id(w.task, s["prompt"], s["completion"], SAMPLE_ID_NORMALIZATION)
             unique.setdefault(sid, {**s, "sample_id": sid})
         c.samples = list(unique.values())
+    return candidates
+
+
+def write_round(w: RoundWork, rc: RoundClusters, candidates: list[Candidate]) -> list[dict]:
+    """MERGE the accepted samples into ``samples`` (and their vectors into ``gradients``) and every candidate into
+    ``synth_candidates``; returns the accepted samples."""
+    if w.report.resumed:
+        _drop_failed_calls(w)
+    now = _now()
+    accepted = [s for c in candidates if c.status is Status.ACCEPTED for s in c.samples]
+    if accepted:
+        space = w.settings.cluster.feature_space
+        w.store.merge(
+            "gradients", pa.Table.from_pylist(_vector_rows(accepted, rc.spec.spec_id, rc.cluster_spec_id, space, now))
+        )
+        w.store.merge("samples", pa.Table.from_pylist(_sample_rows(w, accepted, now)))
+    w.store.merge("synth_candidates", pa.Table.from_pylist(_candidate_rows(w, candidates, now)))
+    return accepted
+
+
+def _drop_failed_calls(w: RoundWork) -> None:
+    """A retried round: the calls that failed last time were asked again (errors are never cached), so their
+    generator_error rows give way to what the calls returned now (ids of real candidates differ)."""
+    if not w.store.exists("synth_candidates"):
+        return
+    dropped = w.store.delete(
+        "synth_candidates", {"round": int(w.rnd), "task": w.task, "reason": Reason.GENERATOR_ERROR.value}
+    )
+    if dropped:
+        log.info("round %d (%s): replaced %d generator_error rows of the last try", w.rnd, w.task, dropped)
 
 
 def _vector_rows(accepted: list[dict], spec_id: str, cluster_spec_id: str, space: str, now) -> list[dict]:
@@ -481,43 +541,37 @@ def _vector_rows(accepted: list[dict], spec_id: str, cluster_spec_id: str, space
     return rows
 
 
-def _write(
-    store: TableStore,
-    settings: Settings,
-    rnd: int,
-    task: str,
-    rc: RoundClusters,
-    generator,
-    candidates: list[Candidate],
-) -> list[dict]:
-    """MERGE the accepted samples (and their vectors) and every candidate; returns the accepted samples."""
-    now = _now()
-    accepted = [s for c in candidates if c.status == "accepted" for s in c.samples]
-    if accepted:
-        store.merge(
-            "gradients",
-            pa.Table.from_pylist(
-                _vector_rows(accepted, rc.spec.spec_id, rc.cluster_spec_id, settings.cluster.feature_space, now)
-            ),
-        )
-        store.merge("samples", pa.Table.from_pylist([
-            {"sample_id": s["sample_id"], "task": task, "source": "synthetic", "prompt": s["prompt"],
-             "completion": s["completion"], "messages": None, "label": s["completion"] if task == "nli" else None,
-             "origin": "synthetic", "round": rnd, "bucket": bucket_of(s["sample_id"], settings.ingest.buckets),
-             "file": "", "line": 0, "batch_id": f"round-{rnd}", "created_at": now}
-            for s in accepted
-        ]))  # fmt: skip
-    store.merge("synth_candidates", pa.Table.from_pylist([
-        {"round": rnd, "candidate_id": c.candidate_id, "task": task, "prompt": c.prompt, "completion": c.completion,
-         "generator": generator.backend + ":" + generator.model, "exemplar_ids": c.exemplar_ids,
+def _sample_rows(w: RoundWork, accepted: list[dict], now) -> list[dict]:
+    task, rnd, buckets = w.task, w.rnd, w.settings.ingest.buckets
+    return [
+        {"sample_id": s["sample_id"], "task": task, "source": "synthetic", "prompt": s["prompt"],
+         "completion": s["completion"], "messages": None, "label": s["completion"] if task == "nli" else None,
+         "origin": "synthetic", "round": rnd, "bucket": bucket_of(s["sample_id"], buckets),
+         "file": "", "line": 0, "batch_id": f"round-{rnd}", "created_at": now}
+        for s in accepted
+    ]  # fmt: skip
+
+
+def _candidate_rows(w: RoundWork, candidates: list[Candidate], now) -> list[dict]:
+    generator = w.generator.backend + ":" + w.generator.model
+    return [
+        {"round": w.rnd, "candidate_id": c.candidate_id, "task": w.task, "prompt": c.prompt,
+         "completion": c.completion, "generator": generator, "exemplar_ids": c.exemplar_ids,
          "answers": c.answers, "status": c.status, "reason": c.reason, "detail": c.detail,
          "cluster_id": c.cluster_id, "tokens": c.tokens, "created_at": now}
         for c in candidates
-    ]))  # fmt: skip
-    return accepted
+    ]  # fmt: skip
 
 
-def run_round(store: TableStore, settings: Settings, rnd: int, generator, task, decontam, report: RoundReport):
+@contextmanager
+def _timed(report: RoundReport, step: str) -> Iterator[None]:
+    """Add the wall time of the block (when it finishes) to ``report.seconds[step]``."""
+    t0 = time.perf_counter()
+    yield
+    report.seconds[step] = round(report.seconds.get(step, 0.0) + time.perf_counter() - t0, 2)
+
+
+def run_round(ctx: Context, rnd: int, generator, task, decontam, report: RoundReport):
     """Run round ``rnd`` of ``report.task`` end to end (see the module docstring); fills ``report``.
 
     Args:
@@ -529,34 +583,23 @@ def run_round(store: TableStore, settings: Settings, rnd: int, generator, task, 
     Raises:
         RoundSkipped: the task cannot run this round (too few rows to cluster, no sparse-cluster member).
     """
-    name = report.task
+    w = RoundWork(ctx, rnd, report.task, task, generator, decontam, report)
     t0 = time.perf_counter()
-    rc = _prepare(store, settings, rnd, name, report)
-    t1 = time.perf_counter()
-    candidates = _generate(generator, task, rc, settings, rnd, name, report)
-    report.seconds["generate"] = round(time.perf_counter() - t1, 2)
-    t2 = time.perf_counter()
-    _solve(generator, task, candidates, settings, rnd, report)
-    report.seconds["solve"] = round(time.perf_counter() - t2, 2)
-    t3 = time.perf_counter()
-    survivors = _screen(candidates, rc.pool, settings, decontam, report)
-    _filter(survivors, rc, settings, name)
-    report.seconds["filter"] = round(time.perf_counter() - t3, 2)
-    if report.resumed and store.exists("synth_candidates"):
-        # a retried round: the calls that failed last time were asked again (errors are never cached), so their
-        # generator_error rows give way to what the calls returned now (ids of real candidates differ)
-        quoted = name.replace("'", "''")
-        dropped = store.delete(
-            "synth_candidates", f"round = {int(rnd)} AND task = '{quoted}' AND reason = '{GENERATOR_ERROR}'"
-        )
-        if dropped:
-            log.info("round %d (%s): replaced %d generator_error rows of the last try", rnd, name, dropped)
-    accepted = _write(store, settings, rnd, name, rc, generator, candidates)
+    rc = _prepare(ctx, rnd, w.task, report)
+    with _timed(report, "cluster"):
+        pool, groups = draw_exemplars(w, rc)
+    with _timed(report, "generate"):
+        candidates = generate_candidates(w, groups)
+    with _timed(report, "solve"):
+        candidates = solve_and_vote(w, candidates)
+    with _timed(report, "filter"):
+        candidates = filter_sparse(w, screen(w, candidates, pool), rc)
+    accepted = write_round(w, rc, candidates)
     report.generated = len(candidates)
-    report.accepted_candidates = sum(c.status == "accepted" for c in candidates)
+    report.accepted_candidates = sum(c.status is Status.ACCEPTED for c in candidates)
     report.accepted_samples = len(accepted)
     report.reasons.update(c.reason for c in candidates)
-    report.gvendi_after, report.pool_after = _gvendi(store, rc.spec.spec_id, rnd, name)
+    report.gvendi_after, report.pool_after = _gvendi(ctx.store, rc.spec.spec_id, rnd, w.task)
     report.seconds["total"] = round(time.perf_counter() - t0, 2)
     return candidates, rc.clusters
 
@@ -569,15 +612,15 @@ def _filter_by_gradient(survivors: list[Candidate], centroids: np.ndarray, spars
         scored = scorer.score([(s["prompt"], s["completion"]) for s in c.samples])
         good = [(s, r) for s, r in zip(c.samples, scored, strict=True) if r.error is None]
         if not good:
-            c.reject("score_failed", "; ".join(r.error or "" for r in scored))
+            c.reject(Reason.SCORE_FAILED, "; ".join(r.error or "" for r in scored))
             continue
         labels, _ = assign(np.stack([r.vector for _, r in good]), centroids)
         kept = [(s, r, int(lab)) for (s, r), lab in zip(good, labels, strict=True) if int(lab) in sparse_ids]
         c.cluster_id = int(labels[0])
         if not kept:
-            c.reject("dense_cluster", f"nearest cluster {int(labels[0])} is not sparse")
+            c.reject(Reason.DENSE_CLUSTER, f"nearest cluster {int(labels[0])} is not sparse")
             continue
-        c.status, c.reason = "accepted", "accepted"
+        c.accept()
         c.samples = [_with_gradient(s, r, lab) for s, r, lab in kept]
 
 
@@ -609,19 +652,19 @@ def _filter_by_embedding(
     for c in survivors:
         mine = per_candidate.get(c.candidate_id, [])
         if not mine:  # a candidate without samples cannot pass the filter
-            c.reject("score_failed", "no samples to embed")
+            c.reject(Reason.SCORE_FAILED, "no samples to embed")
             continue
         c.cluster_id = mine[0][1]
         kept = [(s, lab) for s, lab in mine if lab in sparse_ids]
         if not kept:
-            c.reject("dense_cluster", f"nearest cluster {c.cluster_id} (embedding space) is not sparse")
+            c.reject(Reason.DENSE_CLUSTER, f"nearest cluster {c.cluster_id} (embedding space) is not sparse")
             continue
         scored = scorer.score([(s["prompt"], s["completion"]) for s, _ in kept])
         good = [(s, r, lab) for (s, lab), r in zip(kept, scored, strict=True) if r.error is None]
         if not good:
-            c.reject("score_failed", "; ".join(r.error or "" for r in scored))
+            c.reject(Reason.SCORE_FAILED, "; ".join(r.error or "" for r in scored))
             continue
-        c.status, c.reason = "accepted", "accepted"
+        c.accept()
         c.samples = [_with_gradient(s, r, lab) for s, r, lab in good]
 
 
@@ -651,6 +694,7 @@ class LoopContext:
     trainer: Any  # RoundTrainer or None
     parent: Any  # the parent MLflow run or None
     state: dict = field(default_factory=dict)  # (round, task) -> rounds row
+    stages: Context | None = None  # the stages' context of this call: specs resolved (and recorded) once
 
 
 def _task_object(settings: Settings, name: str):
@@ -690,32 +734,22 @@ def _run_one(ctx: LoopContext, rnd: int, task: str) -> RoundReport:
             from prismatic import tracking
 
             tracking.log_table_versions(versions_read, "versions_read")
-        if prev is None or prev["status"] != "started":
+        if prev is None or prev["status"] != RoundStatus.STARTED:
             store.merge("rounds", pa.Table.from_pylist([started_row(rnd, task, child_id, versions_read)]), update=True)
         try:
             if rnd == 0:
-                _measure_seed_pool(store, settings, task, report)
+                _measure_seed_pool(ctx.stages, task, report)
             else:
-                candidates, clusters = run_round(
-                    store, settings, rnd, ctx.generator, ctx.tasks[task], ctx.decontam, report
-                )
+                candidates, clusters = run_round(ctx.stages, rnd, ctx.generator, ctx.tasks[task], ctx.decontam, report)
             if ctx.trainer is not None:
                 ctx.trainer.train(store, settings, rnd, task, report)
         except RoundSkipped as e:
-            report.status, report.detail = "skipped", e.args[0] + (f" ({e.hint})" if e.hint else "")
+            report.status, report.detail = RoundStatus.SKIPPED, e.args[0] + (f" ({e.hint})" if e.hint else "")
             log.warning("round %d (%s) skipped: %s", rnd, task, report.detail)
-        failed = report.reasons.get(GENERATOR_ERROR, 0)
-        if report.status == "done" and failed:
-            # not finished: the next `prism synthesize` runs the round again and asks only the failed calls anew
-            report.status = "incomplete"
-            report.detail = (
-                f"{failed} candidates lost to generator errors; run `prism synthesize` again to retry "
-                "them (answered calls come from the request cache)"
-            )
-            log.warning("round %d (%s): %s", rnd, task, report.detail)
-        if report.status in ("done", "incomplete"):
+        _mark_incomplete(report)
+        if report.status in (RoundStatus.DONE, RoundStatus.INCOMPLETE):
             t0 = time.perf_counter()
-            report.emb_vendi_before, report.emb_vendi_after = _emb_vendi(store, settings, rnd, task)
+            report.emb_vendi_before, report.emb_vendi_after = _emb_vendi(ctx.stages, rnd, task)
             report.seconds["emb_vendi"] = round(time.perf_counter() - t0, 2)
         if child is not None:
             log_round(report, candidates, clusters, store, settings)
@@ -726,13 +760,29 @@ def _run_one(ctx: LoopContext, rnd: int, task: str) -> RoundReport:
     return report
 
 
-def _measure_seed_pool(store: TableStore, settings: Settings, task: str, report: RoundReport) -> None:
-    """Round 0: score the task's seed pool and measure it (no generation); the student comes after."""
-    from prismatic.stages import min_cluster_rows, register_spec, score_stage
+def _mark_incomplete(report: RoundReport) -> None:
+    """A done round that lost candidates to generator errors is not finished: the next ``prism synthesize`` runs it
+    again and asks only the failed calls anew."""
+    failed = report.reasons.get(Reason.GENERATOR_ERROR, 0)
+    if report.status == RoundStatus.DONE and failed:
+        report.status = RoundStatus.INCOMPLETE
+        report.detail = (
+            f"{failed} candidates lost to generator errors; run `prism synthesize` again to retry "
+            "them (answered calls come from the request cache)"
+        )
+        log.warning("round %d (%s): %s", report.round, report.task, report.detail)
 
-    spec = register_spec(store, settings)
-    score_stage(store, settings, where=f"round < 1 AND task = '{task}'")
-    report.gvendi_after, report.pool_after = _gvendi(store, spec.spec_id, 0, task)
+
+def _measure_seed_pool(ctx: Context, task: str, report: RoundReport) -> None:
+    """Round 0: score the task's seed pool and measure it (no generation); the student comes after."""
+    from prismatic.stages.cluster import min_cluster_rows
+    from prismatic.stages.common import PoolFilter
+    from prismatic.stages.score import score_pool
+
+    settings = ctx.settings
+    spec = ctx.spec()
+    score_pool(ctx, PoolFilter(task=task, round_below=1))
+    report.gvendi_after, report.pool_after = _gvendi(ctx.store, spec.spec_id, 0, task)
     report.gvendi_before, report.pool_before = report.gvendi_after, report.pool_after
     report.spec_id, report.feature_space = spec.spec_id, settings.cluster.feature_space
     if report.pool_after == 0:
@@ -740,11 +790,22 @@ def _measure_seed_pool(store: TableStore, settings: Settings, task: str, report:
             f"task {task}: no scored seed rows (round 0) to measure or train on",
             hint=f"ingest {task} seed data first (prism ingest ... --task {task})",
         )
-    if report.pool_after < min_cluster_rows(settings):
+    if report.pool_after < min_cluster_rows(settings.cluster):
         report.notes.append(
             f"task {task}: {report.pool_after} seed rows, fewer than the"
-            f" {min_cluster_rows(settings)} a round needs to cluster"
+            f" {min_cluster_rows(settings.cluster)} a round needs to cluster"
         )
+
+
+def _decontam_index(settings: Settings):
+    """The n-gram index of the configured eval sets (``synth.eval_sets``), or None when there are none."""
+    from prismatic.synth.decontam import DecontamIndex
+
+    cfg = settings.synth
+    eval_texts = load_eval_texts(cfg.eval_sets)
+    if not eval_texts:
+        return None
+    return DecontamIndex.build(eval_texts, n=cfg.decontam_ngram, min_words=cfg.decontam_min_words)
 
 
 def synthesize(
@@ -772,7 +833,6 @@ def synthesize(
     """
     from prismatic import tracking
     from prismatic.synth.cache import SQLiteRequestCache
-    from prismatic.synth.decontam import DecontamIndex
     from prismatic.synth.generators import make_generator
     from prismatic.synth.roundtrain import RoundTrainer
     from prismatic.synth.secrets import install_redaction
@@ -785,10 +845,7 @@ def synthesize(
     trainer = RoundTrainer.plan(settings, cfg.task_list) if cfg.train_each_round else None  # checked before work
     if generator is None:
         generator = make_generator(cfg.generator, SQLiteRequestCache(settings.root / "synth_cache"))
-    eval_texts = load_eval_texts(cfg.eval_sets)
-    decontam = (
-        DecontamIndex.build(eval_texts, n=cfg.decontam_ngram, min_words=cfg.decontam_min_words) if eval_texts else None
-    )
+    decontam = _decontam_index(settings)
     state = round_state(store)
     todo = [
         (r, t)
@@ -796,9 +853,7 @@ def synthesize(
         for t in cfg.task_list
         if state.get((r, t), {}).get("status") not in FINISHED
     ]
-    spent = sum(
-        json.loads(row["counts"] or "{}").get("tokens", 0) for row in state.values() if row["status"] in FINISHED
-    )
+    spent = sum(json.loads(r["counts"] or "{}").get("tokens", 0) for r in state.values() if r["status"] in FINISHED)
     params = {
         **tracking.safe_params(settings),
         "generator": f"{generator.backend}:{generator.model}",
@@ -818,6 +873,7 @@ def synthesize(
             trainer,
             parent,
             state,
+            Context(settings, store),
         )
         for rnd, task in todo:
             stop = _stop_reason(ctx, target_pool_size, token_budget, spent) if rnd > 0 else ""

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from prismatic.config import Settings
+from prismatic.synth.types import RoundStatus, Status
 from prismatic.tables import TableStore
 
-FINISHED = ("done",)  # statuses a later call does not redo ("skipped" is retried: the pool may have grown)
+FINISHED = (RoundStatus.DONE,)  # statuses a later call does not redo ("skipped" is retried: the pool may have grown)
 
 
 def _now() -> datetime:
@@ -37,11 +38,11 @@ def metric_key(name: str) -> str:
 
 @dataclass
 class RoundReport:
-    """What one (round, task) did; ``status`` is ``done`` or ``skipped`` (``detail`` says why)."""
+    """What one (round, task) did; ``status`` is ``done``, ``incomplete`` or ``skipped`` (``detail`` says why)."""
 
     round: int
     task: str = "math"
-    status: str = "done"
+    status: RoundStatus = RoundStatus.DONE
     detail: str = ""
     generated: int = 0
     accepted_candidates: int = 0
@@ -85,7 +86,7 @@ class RoundReport:
 
     def summary(self) -> str:
         head = f"round {self.round} ({self.task})"
-        if self.status == "skipped":
+        if self.status == RoundStatus.SKIPPED:
             return f"{head}: skipped: {self.detail}"
         if self.round == 0:
             text = f"{head}: seed pool {self.pool_after}; G-Vendi {self.gvendi_after:.3f}"
@@ -115,7 +116,7 @@ def started_row(rnd: int, task: str, run_id: str | None, versions_read: dict) ->
     return {
         "round": rnd,
         "task": task,
-        "status": "started",
+        "status": RoundStatus.STARTED,
         "mlflow_run_id": run_id,
         "versions_read": json.dumps(versions_read),
         "created_at": _now(),
@@ -243,9 +244,9 @@ def log_round(report: RoundReport, candidates: list, clusters: list, store: Tabl
     mlflow.log_figure(gvendi_by_round_figure(report, store), "gvendi_by_round.png")
     if report.round > 0:
         sample = {
-            "accepted": [c.prompt for c in candidates if c.status == "accepted"][:20],
+            "accepted": [c.prompt for c in candidates if c.status == Status.ACCEPTED][:20],
             "rejected": [{"reason": c.reason, "prompt": c.prompt[:300], "detail": c.detail}
-                         for c in candidates if c.status != "accepted"][:40],
+                         for c in candidates if c.status != Status.ACCEPTED][:40],
             "notes": report.notes,
         }  # fmt: skip
         mlflow.log_dict(sample, "candidates_sample.json")
@@ -289,7 +290,7 @@ def gvendi_by_round_figure(report: RoundReport, store: TableStore):
     rows = {
         r["round"]: r
         for (_, task), r in round_state(store).items()
-        if task == report.task and r["status"] == "done" and r["gvendi_after"] is not None
+        if task == report.task and r["status"] == RoundStatus.DONE and r["gvendi_after"] is not None
     }
     points = {rnd: r["gvendi_after"] for rnd, r in rows.items() if rnd < report.round}
     if 0 not in points and report.round > 0 and report.gvendi_before == report.gvendi_before:
@@ -307,7 +308,7 @@ def gvendi_vs_ood_figure(store: TableStore):
     """One point per finished round and task that has an OOD accuracy: pool G-Vendi against OOD accuracy."""
     by_task: dict[str, list[dict]] = {}
     for (_, task), r in sorted(round_state(store).items()):
-        if r["status"] == "done" and r["ood_accuracy"] is not None and r["gvendi_after"] is not None:
+        if r["status"] == RoundStatus.DONE and r["ood_accuracy"] is not None and r["gvendi_after"] is not None:
             by_task.setdefault(task, []).append(r)
     if not by_task:
         return None

@@ -7,7 +7,9 @@ resumed or out-of-order run trains on the same set), then evaluates it on the be
 whose task is the round's task (``synth.round_student`` / ``synth.round_benchmarks`` override those two keys, so
 the demo can train an lm student on math per round while ``prism train`` keeps its own defaults). The student id
 is a hash of the training ids and settings, so a round re-run after a crash reuses the checkpoint; the train and
-eval runs nest under the round's MLflow child run.
+eval runs nest under the round's MLflow child run. The lm student is scored by ``train.eval_method`` like ``prism
+eval`` (option log-likelihood for NLI and multiple-choice math, generation + answer parsing otherwise); each
+``eval_results`` row of the round says which.
 
 Everything that can be checked before any work starts is: the probe student answers NLI only, and each task needs
 at least one benchmark of its own task (one clear error naming the key, not a failure after an hour of generation).
@@ -28,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def resolve_benchmark(spec: str) -> str:
     """A builtin benchmark name unchanged; a relative file path resolved like ``demo.inputs`` (repo root, wheel)."""
-    from prismatic.pipeline import resolve_input_path
+    from prismatic.inputs import resolve_input_path
     from prismatic.train.benchmarks import BUILTINS
 
     if spec in BUILTINS:

@@ -26,10 +26,9 @@ from typing import Any, TypeVar
 import yaml
 
 from prismatic.errors import ConfigError
+from prismatic.synth.types import Reason
 from prismatic.synth.verify import (
     DEFAULT_NLI_LABELS,
-    NO_CONSENSUS,
-    UNPARSEABLE,
     Vote,
     normalize_label,
     vote_labels,
@@ -55,7 +54,7 @@ _DETAIL_CHARS = 200
 class Rejected:
     """A generation or candidate that is not kept, with a reason code (see DESIGN.md) and a short detail."""
 
-    reason: str
+    reason: Reason
     detail: str = ""
 
 
@@ -348,7 +347,7 @@ def parse_problems(
         The problems (at most ``max_problems``), or ``Rejected("unparseable", …)`` when none is left.
     """
     if not text or not text.strip():
-        return Rejected(UNPARSEABLE, "empty generation")
+        return Rejected(Reason.UNPARSEABLE, "empty generation")
     markers = [m for m in _MARKER_RE.finditer(text) if m.group("num") or m.group("sep") == ":"]
     if markers:
         pieces = _split_on(text, [(m.start(), m.end()) for m in markers])
@@ -372,7 +371,7 @@ def parse_problems(
             out.append(prob)
     if not out:
         cut = " (generation cut off)" if truncated else ""
-        return Rejected(UNPARSEABLE, f"no problem found{cut} in: {_snippet(text)}")
+        return Rejected(Reason.UNPARSEABLE, f"no problem found{cut} in: {_snippet(text)}")
     return out[:max_problems] if max_problems else out
 
 
@@ -396,7 +395,7 @@ def parse_nli(
         The complete triples (at most ``max_items``), or ``Rejected("unparseable", …)`` saying what was wrong.
     """
     if not text or not text.strip():
-        return Rejected(UNPARSEABLE, "empty generation")
+        return Rejected(Reason.UNPARSEABLE, "empty generation")
     blocks: list[dict[str, str]] = []
     cur: dict[str, str] | None = None
     field: str | None = None
@@ -431,7 +430,7 @@ def parse_nli(
             items.append(item)
     if not items:
         why = "; ".join(dict.fromkeys(problems)) if problems else "no Premise:/Hypothesis:/Label: lines"
-        return Rejected(UNPARSEABLE, f"{why} in: {_snippet(text)}"[:_DETAIL_CHARS])
+        return Rejected(Reason.UNPARSEABLE, f"{why} in: {_snippet(text)}"[:_DETAIL_CHARS])
     return items[:max_items] if max_items else items
 
 
@@ -492,7 +491,7 @@ class MathTask:
         )
         if vote.accepted:
             return Verdict(vote, None)
-        return Verdict(vote, Rejected(vote.reason or NO_CONSENSUS, _vote_detail(vote)))
+        return Verdict(vote, Rejected(vote.reason or Reason.NO_CONSENSUS, _vote_detail(vote)))
 
     def samples(self, candidate: MathProblem, verdict: Verdict, solutions: Sequence[str]) -> list[dict[str, str]]:
         """One (prompt, completion) per agreeing solution."""
@@ -545,10 +544,10 @@ class NLITask:
         """Kept when τ solver labels agree and the agreed label is the generated one."""
         vote = vote_labels(solutions, self.cfg.tau, self.labels, getattr(self.cfg, "tie_break", "first"))
         if not vote.accepted:
-            return Verdict(vote, Rejected(vote.reason or NO_CONSENSUS, _vote_detail(vote)))
+            return Verdict(vote, Rejected(vote.reason or Reason.NO_CONSENSUS, _vote_detail(vote)))
         if vote.answer != candidate.label:
             detail = f"solvers agree on {vote.answer!r}, generator labelled {candidate.label!r}"
-            return Verdict(vote, Rejected(NO_CONSENSUS, detail))
+            return Verdict(vote, Rejected(Reason.NO_CONSENSUS, detail))
         return Verdict(vote, None)
 
     def samples(self, candidate: NLIItem, verdict: Verdict, solutions: Sequence[str]) -> list[dict[str, str]]:

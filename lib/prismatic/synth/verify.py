@@ -18,8 +18,9 @@ Vote rule, precisely:
   (``tie_break="reject"``);
 - kept when the winner has ≥ τ members; the result names the winning answer and the indices of its solutions.
 
-Reason codes: ``unparseable`` (no solution gave a usable answer), ``too_long`` (none did, and at least one
-was over the length limit), ``no_consensus`` (usable answers, but no group reaches τ).
+Reason codes (:class:`~prismatic.synth.types.Reason`): ``unparseable`` (no solution gave a usable answer),
+``too_long`` (none did, and at least one was over the length limit), ``no_consensus`` (usable answers, but no
+group reaches τ).
 
 NLI uses the same rule on labels normalized to the configured label set.
 """
@@ -32,9 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-NO_CONSENSUS = "no_consensus"
-UNPARSEABLE = "unparseable"
-TOO_LONG = "too_long"
+from prismatic.synth.types import Reason
 
 DEFAULT_NLI_LABELS = ("entailment", "neutral", "contradiction")
 # words a solver uses for the three standard labels
@@ -135,7 +134,7 @@ class Answer:
 
     raw: str | None
     parsed: Any = None
-    reason: str | None = None
+    reason: Reason | None = None
     source: str = "boxed"
 
     @property
@@ -159,7 +158,7 @@ class Vote:
     accepted: bool
     answer: str | None
     indices: tuple[int, ...]
-    reason: str | None
+    reason: Reason | None
     group_sizes: tuple[int, ...]
     answers: tuple[Answer, ...]
 
@@ -183,9 +182,9 @@ def parse_answer(text: str, max_answer_chars: int = 300, fallback: bool = True) 
     if raw is None and fallback:
         raw, source = extract_answer_phrase(text or ""), "phrase"
     if raw is None or not raw:
-        return Answer(raw, None, UNPARSEABLE, source)
+        return Answer(raw, None, Reason.UNPARSEABLE, source)
     if len(raw) > max_answer_chars:
-        return Answer(raw, None, TOO_LONG, source)
+        return Answer(raw, None, Reason.TOO_LONG, source)
     timeout = 5 if _in_main_thread() else None
     try:
         parsed = parse(
@@ -194,7 +193,7 @@ def parse_answer(text: str, max_answer_chars: int = 300, fallback: bool = True) 
     except Exception:
         parsed = []
     if not parsed:
-        return Answer(raw, None, UNPARSEABLE, source)
+        return Answer(raw, None, Reason.UNPARSEABLE, source)
     return Answer(raw, parsed, None, source)
 
 
@@ -256,11 +255,11 @@ def _vote(answers: list[Answer], tau: int, tie_break: str, same: Callable[[Answe
     if winner is not None:
         return Vote(True, answers[winner[0]].raw, tuple(winner), None, sizes, tuple(answers))
     if not groups:
-        reason = TOO_LONG if any(a.reason == TOO_LONG for a in answers) else UNPARSEABLE
+        reason = Reason.TOO_LONG if any(a.reason == Reason.TOO_LONG for a in answers) else Reason.UNPARSEABLE
         return Vote(False, None, (), reason, sizes, tuple(answers))
     # no group reached tau: report the largest (earliest on ties) for the record
     largest = max(groups, key=len)
-    return Vote(False, answers[largest[0]].raw, (), NO_CONSENSUS, sizes, tuple(answers))
+    return Vote(False, answers[largest[0]].raw, (), Reason.NO_CONSENSUS, sizes, tuple(answers))
 
 
 def vote_math(
@@ -333,5 +332,5 @@ def vote_labels(
     answers = []
     for s in solutions:
         label = normalize_label(s, labels)
-        answers.append(Answer(label, label, None) if label else Answer(None, None, UNPARSEABLE))
+        answers.append(Answer(label, label, None) if label else Answer(None, None, Reason.UNPARSEABLE))
     return _vote(answers, tau, tie_break, lambda a, b: a.parsed == b.parsed)
