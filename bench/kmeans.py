@@ -26,9 +26,9 @@ cosine to the nearest unit-normalized centroid, computed by ``prismatic.cluster.
 * Before the first "ours" run an untimed warm-up on 4,096 rows starts the session's Python workers (a fresh
   session's first jobs pay ~10 s of process start-up and imports that a long-lived session has paid).
 * numpy lloyd (1 process) - ``prismatic.cluster.lloyd``: our Lloyd steps without Spark (BLAS on all cores).
-* mllib - ``pyspark.ml.clustering.KMeans(distanceMeasure="cosine", seed)``. It compares points to centres one
-  by one, so it runs at ``--mllib-n`` points (ours and faiss are rerun at that size for its objective) and its
-  time is extrapolated linearly to N (cost per iteration is proportional to N k d).
+* mllib - ``prismatic.cluster.mllib_kmeans``: ``pyspark.ml.clustering.KMeans(distanceMeasure="cosine", seed)``.
+  It compares points to centres one by one, so it runs at ``--mllib-n`` points (ours and faiss are rerun at that
+  size for its objective) and its time is extrapolated linearly to N (cost per iteration is proportional to N k d).
 
 Usage::
 
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from prismatic.config import SparkConfig
+    from prismatic.config import ClusterConfig, SparkConfig
     from prismatic.spark import get_spark
 
     lines: list[str] = []
@@ -262,10 +262,11 @@ def main(argv: list[str] | None = None) -> int:
             obj = cl.objective(xs, c)
             return Row(name, len(xs), secs, CPU["faiss"], None, iters, obj, f"{note}load {load_avg()}")
 
-        def ours_row(name: str, frame, xs: np.ndarray, storage: str, tol: float | None, **kw) -> Row:
-            r, secs = timed(
-                lambda: cl.spherical_kmeans(frame, k, it, seed=args.seed, tol=tol, storage=storage, **kw), "ours"
-            )
+        def ours_row(
+            name: str, frame, xs: np.ndarray, storage: str, tol: float | None, prune: bool = True, **kw
+        ) -> Row:
+            cfg = ClusterConfig(iterations=it, seed=args.seed, tol=tol, storage=storage, **kw)
+            r, secs = timed(lambda: cl.spherical_kmeans(frame, k, cfg, prune=prune), "ours")
             obj = cl.objective(xs, r.centroids)
             assert abs(obj - r.objective) <= 1e-5 * obj, (obj, r.objective)
             phases = ", ".join(f"{p} {v:.1f}" for p, v in r.seconds.items())
@@ -292,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(Row("faiss (read + all points)", n, secs, CPU["faiss"], None, it, cl.objective(x, c), note))
         # a fresh session's first Python-worker jobs pay process start-up and imports (about 10 s here); a
         # long-lived session (a Databricks cluster, a synthesis loop) has paid it, so warm up untimed
-        _, secs = timed(lambda: cl.spherical_kmeans(df.where("sample_id < 4096"), k, 2, seed=args.seed, tol=None))
+        warm = ClusterConfig(iterations=2, seed=args.seed, tol=None)
+        _, secs = timed(lambda: cl.spherical_kmeans(df.where("sample_id < 4096"), k, warm))
         say(f"warm-up (untimed in the table): ours on 4,096 rows, 2 steps, {secs:.1f} s")
         if not args.skip_numpy:
             r, secs = timed(lambda: cl.lloyd(x, k, it, seed=args.seed, tol=None), "numpy")
@@ -323,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             m = min(args.mllib_n, n)
             xs = x[:m]
             small = df.where(f"sample_id < {m}")
-            res, secs = timed(lambda: cl.spherical_kmeans(small, k, it, seed=args.seed, method="mllib"), "mllib")
+            res, secs = timed(lambda: cl.mllib_kmeans(small, k, ClusterConfig(iterations=it, seed=args.seed)), "mllib")
             fit = res.seconds["fit"]
             note = f"fit {fit:.1f} s, extrapolated to N = {n:,}: {fit * n / m:.0f} s; load {load_avg()}"
             obj = cl.objective(xs, res.centroids)

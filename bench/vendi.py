@@ -4,7 +4,8 @@ For each N (random unit vectors, d = 1024, float32, written once as a Delta tabl
 
 * baseline  - one process: pyarrow reads the table's files batch by batch, numpy accumulates float64 ``G.T @ G``
               (BLAS syrk on all cores), then eigvalsh. No Spark.
-* ours      - ``prismatic.diversity.gradient_diversity`` on ``spark.read.parquet(<the table's current files>)``, as
+* ours      - ``prismatic.diversity.group_sums`` + ``diversity_from_sums`` (the ungrouped path of
+              ``gradient_diversity``) on ``spark.read.parquet(<the table's current files>)``, as
               ``prismatic.tables`` reads a delta-rs table. That DataFrame is a plain scan of local parquet files, so
               the default path distributes the file list: ``spark.range(tasks)``, each task reads its row-range
               slices of the files with pyarrow and accumulates float64 ``Xᵀ X`` of the unit-normalized rows; the
@@ -49,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "lib"))
 
 from prismatic import vendi  # noqa: E402
-from prismatic.diversity import gradient_diversity, vectors_from_arrow  # noqa: E402
+from prismatic.diversity import diversity_from_sums, group_sums, vectors_from_arrow  # noqa: E402
 
 
 def parse_size(text: str) -> int:
@@ -190,7 +191,7 @@ PATH_LOG = _PathLog()
 def ours(spark, files: list[str], root: Path, direct_read: bool = True) -> tuple[float, int]:
     """Spark path end to end (plan, read, sums, eigvalsh, collect). Returns (G-Vendi, n)."""
     df = spark.read.option("basePath", str(root)).parquet(*files)
-    res = gradient_diversity(df, direct_read=direct_read)
+    res = diversity_from_sums(group_sums(df, direct_read=direct_read))  # what gradient_diversity(df) runs
     row = res.rows[res.rows["metric"] == "g_vendi"].iloc[0]
     return float(row["value"]), int(row["n"])
 

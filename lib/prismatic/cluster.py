@@ -15,8 +15,11 @@ than the median cluster size. This module holds:
   re-seed candidates); the driver adds the rows and renormalizes. With storage="files" each task also keeps
   its rows' labels and cosine bounds on disk between steps and skips the k-wide product for rows whose label
   provably cannot change (``prune``; same labels, less work once centroids settle), and steps run as RDD
-  jobs where a SparkContext exists (less fixed cost per step than a DataFrame job).
-  ``method="mllib"`` runs ``pyspark.ml.clustering.KMeans(distanceMeasure="cosine")`` instead, as a reference.
+  jobs where a SparkContext exists (less fixed cost per step than a DataFrame job). It takes the
+  ``ClusterConfig``; both it and :func:`lloyd` run :func:`lloyd_iterations`, so only the source of each step's
+  partials differs;
+* :func:`mllib_kmeans`, ``pyspark.ml.clustering.KMeans(distanceMeasure="cosine")``, the reference
+  (``cluster.method="mllib"``).
 
 Objective everywhere: sum over points of the cosine to the nearest (unit-normalized) centroid; higher is
 better, at most N.
@@ -36,15 +39,20 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from prismatic.config import ClusterConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "KMeansResult",
+    "LloydLoop",
     "LloydResult",
     "assign",
     "assign_blocked",
@@ -55,7 +63,9 @@ __all__ = [
     "init_centroids",
     "kmeans_plus_plus",
     "lloyd",
+    "lloyd_iterations",
     "lowest_cosine",
+    "mllib_kmeans",
     "normalize_rows",
     "objective",
     "renormalize",
@@ -480,6 +490,112 @@ def _shift(new: np.ndarray, old: np.ndarray) -> float:
     return float(np.max(np.abs(new.astype(np.float64) - old.astype(np.float64)))) if new.size else 0.0
 
 
+@dataclass
+class LloydLoop:
+    """What the Lloyd iterations of :func:`lloyd_iterations` produced (before the final assignment pass).
+
+    Attributes:
+        centroids: float32 (k, d) unit centroids after the last step.
+        history: objective under the centroids entering each step.
+        steps: Lloyd steps run.
+        converged: True when a step moved no centroid coordinate by more than ``tol`` and the loop stopped.
+        reseeded: empty clusters re-seeded, summed over steps.
+    """
+
+    centroids: np.ndarray
+    history: list[float] = field(default_factory=list)
+    steps: int = 0
+    converged: bool = False
+    reseeded: int = 0
+
+
+StepPartials = Callable[[np.ndarray], tuple[float, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def lloyd_iterations(
+    centroids: np.ndarray,
+    iterations: int,
+    tol: float | None,
+    partials: StepPartials,
+    on_step: Callable[[int, float, int, float], None] | None = None,
+) -> LloydLoop:
+    """The Lloyd loop shared by :func:`lloyd` (numpy) and :func:`spherical_kmeans` (Spark).
+
+    Each step asks ``partials(centroids)`` for ``(objective, per-cluster float64 sums, counts, re-seed
+    candidates farthest first)`` under the current centroids, then renormalizes (:func:`renormalize`). Where the
+    partials come from is the only difference between the two implementations.
+
+    Args:
+        centroids: (k, d) float32 unit starting centroids.
+        iterations: maximum steps.
+        tol: stop when no centroid coordinate moves by more than ``tol``; None runs every step.
+        partials: the statistics of one step under the given centroids.
+        on_step: called after each step with (step number, objective, clusters re-seeded, largest shift).
+    """
+    loop = LloydLoop(centroids)
+    for _ in range(iterations):
+        obj, sums, counts, reseed_vectors = partials(loop.centroids)
+        loop.history.append(obj)
+        new, reseeded = renormalize(sums, counts, loop.centroids, reseed_vectors)
+        loop.reseeded += len(reseeded)
+        loop.steps += 1
+        moved = _shift(new, loop.centroids)
+        loop.centroids = new
+        if on_step is not None:
+            on_step(loop.steps, obj, len(reseeded), moved)
+        if tol is not None and moved <= tol:
+            loop.converged = True
+            break
+    return loop
+
+
+def _numpy_partials(x: np.ndarray, ids: np.ndarray | None, reseed_pool: int, block_rows: int | None) -> StepPartials:
+    """One Lloyd step's statistics over all rows in memory: assign, sum per cluster, pick re-seed candidates."""
+
+    def partials(c: np.ndarray):
+        labels, cos = assign_blocked(x, c, block_rows)
+        sums, counts = cluster_sums(x, labels, len(c))
+        cand = lowest_cosine(cos, reseed_pool, ids)
+        return float(cos.sum(dtype=np.float64)), sums, counts, x[cand]
+
+    return partials
+
+
+def _lloyd_args(
+    x: np.ndarray, k: int | None, initial: Any, ids: Any, iterations: int, tol: float | None, reseed_pool: int
+) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+    """Check :func:`lloyd`'s arguments against the rows ``x``; return ``(k, initial unit rows or None, ids)``."""
+    n, d = x.shape
+    c = None
+    if initial is not None:
+        c = normalize_rows(initial, name="initial")
+        if c.shape[1] != d:
+            raise ValueError(f"initial has d = {c.shape[1]} but vectors have d = {d}")
+        if k is not None and k != c.shape[0]:
+            raise ValueError(f"k = {k} but initial has {c.shape[0]} rows")
+        k = c.shape[0]
+    if k is None:
+        raise ValueError("pass k or initial")
+    _check_common(k, iterations, tol, reseed_pool)
+    if k > n:
+        raise ValueError(f"k = {k} exceeds the number of vectors n = {n}")
+    if ids is not None:
+        ids = np.asarray(ids)
+        if ids.shape != (n,):
+            raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
+    return k, c, ids
+
+
+def _lloyd_init(x: np.ndarray, k: int, seed: int, init: str, init_sample: int | None) -> np.ndarray:
+    """Seeded init on ``init_sample`` rows drawn with ``seed`` (sorted, so the sample keeps the rows' order)."""
+    n = x.shape[0]
+    m = default_init_sample(n, k) if init_sample is None else int(init_sample)
+    if not k <= m <= n:
+        raise ValueError(f"init_sample must be in [k, n] = [{k}, {n}], got {m}")
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
+    return init_centroids(x[rows], k, seed, init)
+
+
 def lloyd(
     vectors: Any,
     k: int | None = None,
@@ -499,7 +615,7 @@ def lloyd(
     Each step assigns every row to its nearest centroid by cosine, sums the rows per cluster (float64) and
     renormalizes; empty clusters are re-seeded with the ``reseed_pool`` points farthest from their centroid
     (ascending cosine, then ascending id). Given the same initial centroids, the distributed version runs
-    exactly these steps.
+    exactly these steps (both through :func:`lloyd_iterations`).
 
     Args:
         vectors: (n, d) finite nonzero rows (normalized here).
@@ -519,59 +635,22 @@ def lloyd(
         A :class:`LloydResult`.
     """
     x = normalize_rows(vectors, name="vectors")
-    n, d = x.shape
-    if initial is not None:
-        c = normalize_rows(initial, name="initial")
-        if c.shape[1] != d:
-            raise ValueError(f"initial has d = {c.shape[1]} but vectors have d = {d}")
-        if k is not None and k != c.shape[0]:
-            raise ValueError(f"k = {k} but initial has {c.shape[0]} rows")
-        k = c.shape[0]
-    if k is None:
-        raise ValueError("pass k or initial")
-    _check_common(k, iterations, tol, reseed_pool)
-    if k > n:
-        raise ValueError(f"k = {k} exceeds the number of vectors n = {n}")
-    if ids is not None:
-        ids = np.asarray(ids)
-        if ids.shape != (n,):
-            raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
-    if initial is None:
-        m = default_init_sample(n, k) if init_sample is None else int(init_sample)
-        if not k <= m <= n:
-            raise ValueError(f"init_sample must be in [k, n] = [{k}, {n}], got {m}")
-        rows = np.sort(np.random.default_rng(seed).choice(n, size=m, replace=False))
-        c = init_centroids(x[rows], k, seed, init)
-    start = c.copy()
-    history: list[float] = []
-    reseeded = 0
-    converged = False
-    steps = 0
-    for _ in range(iterations):
-        labels, cos = assign_blocked(x, c, block_rows)
-        history.append(float(cos.sum(dtype=np.float64)))
-        sums, counts = cluster_sums(x, labels, k)
-        cand = lowest_cosine(cos, reseed_pool, ids)
-        new, re = renormalize(sums, counts, c, x[cand])
-        reseeded += len(re)
-        steps += 1
-        moved = _shift(new, c)
-        c = new
-        if tol is not None and moved <= tol:
-            converged = True
-            break
-    labels, cos = assign_blocked(x, c, block_rows)
+    k, c, ids = _lloyd_args(x, k, initial, ids, iterations, tol, reseed_pool)
+    if c is None:
+        c = _lloyd_init(x, k, seed, init, init_sample)
+    loop = lloyd_iterations(c.copy(), iterations, tol, _numpy_partials(x, ids, reseed_pool, block_rows))
+    labels, cos = assign_blocked(x, loop.centroids, block_rows)
     return LloydResult(
-        centroids=c,
+        centroids=loop.centroids,
         labels=labels,
         cosines=cos,
         sizes=np.bincount(labels, minlength=k).astype(np.int64),
         objective=float(cos.sum(dtype=np.float64)),
-        history=history,
-        iterations=steps,
-        converged=converged,
-        reseeded=reseeded,
-        init_centroids=start,
+        history=loop.history,
+        iterations=loop.steps,
+        converged=loop.converged,
+        reseeded=loop.reseeded,
+        init_centroids=c,
     )
 
 
@@ -1195,7 +1274,6 @@ class _Runner:
 
         self.store, self.k, self.d, self.r = store, k, d, reseed_pool
         self.block_rows = block_rows
-        self.reduce = reduce
         self.schema = _partial_schema(id_type)
         self.arrow_schema = to_arrow_schema(self.schema)
         self.block_clusters = SHUFFLE_BLOCK_CLUSTERS if reduce == "shuffle" else None
@@ -1203,6 +1281,7 @@ class _Runner:
         self.steps_run = 0
         self.prev: np.ndarray | None = None  # centroids of the last step (its state is on disk)
         self.gemm_rows = 0
+        self.gemm_history: list[int] = []  # gemm_rows of every Lloyd step (not the final pass)
 
     def step(self, centroids: np.ndarray, with_sums: bool = True):
         """Partials of every partition under ``centroids``, reduced: see :func:`_reduce_partials`."""
@@ -1236,6 +1315,20 @@ class _Runner:
         self.steps_run += 1
         self.prev = c
         return tuple(out)
+
+    def lloyd_partials(self, centroids: np.ndarray):
+        """One Lloyd step for :func:`lloyd_iterations`: ``(objective, sums, counts, re-seed vectors)``."""
+        counts, sums, obj, seen, (_, _, cand_vecs) = self.step(centroids)
+        if seen != self.store.n:
+            raise RuntimeError(f"a k-means step saw {seen} rows, expected {self.store.n}: the staged vectors changed")
+        self.gemm_history.append(self.gemm_rows)
+        return obj, sums, counts, cand_vecs
+
+    def log_step(self, step: int, obj: float, reseeded: int, moved: float) -> None:
+        log.info(
+            "k-means step %d: objective %.6f, %d re-seeded, max shift %.3g, %d of %d rows through the k-wide "
+            "product", step, obj, reseeded, moved, self.gemm_rows, self.store.n,
+        )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -1481,263 +1574,234 @@ def _final_from_assignments(assignments, k: int) -> tuple[np.ndarray, float, int
     return sizes, obj, int(sizes.sum())
 
 
+class _Laps:
+    """Wall seconds per phase: ``lap(name)`` records the time since the previous lap (or the start)."""
+
+    def __init__(self) -> None:
+        self.start = self.tick = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = now - self.tick
+        self.tick = now
+
+    def done(self) -> dict[str, float]:
+        self.seconds["total"] = time.perf_counter() - self.start
+        return self.seconds
+
+
+def _resolve_config(cfg: ClusterConfig | None) -> ClusterConfig:
+    if cfg is None:
+        from prismatic.config import ClusterConfig
+
+        return ClusterConfig()
+    return cfg
+
+
+def _check_inputs(df, k: int, cfg: ClusterConfig, vector_col: str, id_col: str):
+    """Validate k against the config and the two columns; return the Spark type of the id column.
+
+    The config is validated when it is built; these checks also hold for one built with ``model_copy``.
+    """
+    for arg, value, allowed in (
+        ("method", cfg.method, ("blocked", "mllib")),
+        ("init", cfg.init, ("kmeans++", "sample")),
+        ("storage", cfg.storage, ("auto", "files", "cache")),
+        ("reduce", cfg.reduce, ("auto", "driver", "shuffle")),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{arg} must be one of {allowed}, got {value!r}")
+    if cfg.num_partitions is not None and cfg.num_partitions < 1:
+        raise ValueError(f"num_partitions must be >= 1, got {cfg.num_partitions}")
+    if cfg.init_sample is not None and cfg.init_sample < k:
+        raise ValueError(f"init_sample must be >= k = {k}, got {cfg.init_sample}")
+    _check_common(k, cfg.iterations, cfg.tol, cfg.reseed_pool)
+    _block_rows(k, cfg.block_rows)
+    return _check_columns(df, vector_col, id_col)
+
+
+def _sample_cap(cfg: ClusterConfig, k: int) -> int:
+    """Rows the init sample may hold: ``init_sample``, else :func:`default_init_sample` before n is known."""
+    return int(cfg.init_sample) if cfg.init_sample is not None else default_init_sample(2**62, k)
+
+
+def _stage_vectors(df, k: int, cfg: ClusterConfig, vector_col: str, id_col: str, id_type):
+    """Validate, normalize and stage the vectors once, with their seeded init hash: a ``_FileStore`` or a
+    ``_CacheStore`` (``storage="auto"``: files when the master is ``local[...]``)."""
+    from pyspark.sql import functions as F
+
+    spark = df.sparkSession
+    hash_col = "__prism_init_hash"
+    src = df.select(id_col, vector_col, F.xxhash64(F.col(id_col), F.lit(int(cfg.seed))).alias(hash_col))
+    sample_cap = _sample_cap(cfg, k)
+    current = _num_partitions(src)
+    target = cfg.num_partitions if cfg.num_partitions is not None else _default_parallelism(spark)
+    if target is not None and current is not None and current > target:
+        src = src.coalesce(target)
+    elif cfg.num_partitions is not None and current != cfg.num_partitions:
+        src = src.repartition(cfg.num_partitions)
+    storage = cfg.storage
+    if storage == "auto":
+        storage = "files" if _spark_master(spark).startswith("local") else "cache"
+    if storage == "files":
+        return _FileStore(spark, src, id_col, vector_col, hash_col, sample_cap, cfg.staging_dir)
+    return _CacheStore(spark, src, id_col, vector_col, hash_col, sample_cap, id_type)
+
+
+def _staged_shape(store, k: int, vector_col: str) -> tuple[int, int]:
+    """(n, d) of the staged vectors; ValueError for bad vectors, no rows, or k > n."""
+    problem = _stats_problem(store.stats, vector_col)
+    if problem:
+        raise ValueError(problem)
+    if store.n == 0:
+        raise ValueError("the DataFrame has no rows to cluster")
+    if k > store.n:
+        raise ValueError(f"k = {k} exceeds the number of rows n = {store.n}")
+    return store.n, store.stats["d_max"]
+
+
+def _pick_reduce(reduce: str, partitions: int, k: int, d: int) -> str:
+    """``"auto"``: shuffle when the driver would receive more than ``DRIVER_REDUCE_LIMIT_BYTES`` per step."""
+    if reduce != "auto":
+        return reduce
+    return "shuffle" if partitions * k * (d + 1) * 8 > DRIVER_REDUCE_LIMIT_BYTES else "driver"
+
+
+def _start_centroids(store, k: int, d: int, cfg: ClusterConfig, initial: np.ndarray | None, id_type) -> np.ndarray:
+    """``initial`` (checked against (k, d)) or the seeded init on the driver sample (:func:`_sample_from_store`)."""
+    if initial is not None:
+        if initial.shape != (k, d):
+            raise ValueError(f"initial must have shape ({k}, {d}), got {initial.shape}")
+        return initial
+    sample = _sample_from_store(store, min(_sample_cap(cfg, k), store.n), id_type)
+    return init_centroids(sample, k, cfg.seed, cfg.init)
+
+
+def _bytes_per_step(k: int, d: int, partitions: int, reduce: str, reseed_pool: int) -> dict[str, int]:
+    return {
+        "broadcast": k * d * 4,
+        "partials_per_partition": k * (d + 1) * 8 + reseed_pool * (d * 4 + 16),
+        "partials_to_driver": (partitions if reduce == "driver" else 1) * k * (d + 1) * 8,
+    }
+
+
 def spherical_kmeans(
     df,
     k: int,
-    iterations: int = 20,
-    seed: int = 0,
+    cfg: ClusterConfig | None = None,
+    *,
     vector_col: str = "vector",
     id_col: str = "sample_id",
-    *,
-    method: Literal["blocked", "mllib"] = "blocked",
-    init: Literal["kmeans++", "sample"] = "kmeans++",
-    init_sample: int | None = None,
     initial: Any = None,
-    tol: float | None = 0.0,
-    storage: Literal["auto", "files", "cache"] = "auto",
-    staging_dir: str | None = None,
-    reduce: Literal["auto", "driver", "shuffle"] = "auto",
-    num_partitions: int | None = None,
-    reseed_pool: int = DEFAULT_RESEED_POOL,
-    block_rows: int | None = None,
     prune: bool = True,
 ) -> KMeansResult:
-    """Distributed spherical k-means over a DataFrame of vectors.
+    """Distributed spherical k-means over a DataFrame of vectors, configured by a ``ClusterConfig``.
 
-    Each Lloyd step is one Spark job: the centroids (k·d float32) go out with the task closure (PySpark
-    broadcasts a pickled command over 1 MB), every partition assigns its rows by a blocked float32 matrix
-    product and returns one row of partials (float64 per-cluster sums, counts, objective and its
-    ``reseed_pool`` points farthest from their centroid); the driver adds them, renormalizes and re-seeds
-    empty clusters exactly as :func:`lloyd` does, so both give the same labels from the same init.
+    Each Lloyd step is one Spark job: the centroids (k·d float32) go out with the task closure, every partition
+    assigns its rows by a blocked float32 matrix product and returns one row of partials (float64 per-cluster
+    sums, counts, objective and its ``reseed_pool`` points farthest from their centroid); the driver adds them
+    and runs the same :func:`lloyd_iterations` as :func:`lloyd`, so both give the same labels from the same init.
 
-    Init is seeded and independent of partitioning: the ``init_sample`` rows with the smallest
-    ``xxhash64(id, seed)`` come to the driver, which runs k-means++ (or draws k of them) there. A final
-    pass computes sizes and objective under the final centroids; ``assignments`` is a lazy DataFrame over
-    ``df`` with those centroids (``df`` is read again when it is evaluated, so it should be a table read or
-    persisted). Bytes per step: k·d·4 out to every task, P·k·(d+1)·8 back (reduce="driver"), or through the
-    shuffle and k·(d+1)·8 to the driver (reduce="shuffle").
+    Phases (``KMeansResult.seconds``): prepare (stage the vectors: ``storage="files"``, one Arrow IPC file per
+    partition under ``staging_dir``, memory-mapped by every step; ``"cache"``, packed rows in Spark's cache),
+    init (the ``init_sample`` rows with the smallest ``xxhash64(id, seed)`` come to the driver, which runs
+    ``init``; independent of partitioning), steps, final (sizes and objective under the final centroids).
+    ``reduce="shuffle"`` adds partials per block of ``SHUFFLE_BLOCK_CLUSTERS`` clusters on the executors
+    (``"auto"``: when the driver would receive over 512 MiB per step). ``assignments`` is a lazy DataFrame over
+    ``df``, which should therefore be a table read or persisted.
 
     Args:
         df: DataFrame with ``id_col`` (unique, atomic type) and ``vector_col`` (array<float> or array<double>;
             rows are normalized; null, non-finite, all-zero or wrong-length vectors raise ValueError).
         k: number of clusters, 1 <= k <= number of rows (see :func:`choose_k`).
-        iterations: maximum Lloyd steps (paper: 20).
-        seed: seed of the init (and of MLlib).
+        cfg: the ``cluster`` settings (default ``ClusterConfig()``): iterations, seed, init, init_sample, tol,
+            storage, staging_dir, reduce, num_partitions, reseed_pool, block_rows; ``method="mllib"`` runs
+            :func:`mllib_kmeans` instead.
         vector_col: vector column.
         id_col: id column; also breaks ties in the re-seed order.
-        method: ``"blocked"`` (this implementation) or ``"mllib"``: ``pyspark.ml.clustering.KMeans`` with
-            ``distanceMeasure="cosine"``, its k-means|| init and ``seed``; sizes, objective and assignments
-            then come from the same final pass as ours, so objectives compare directly.
-        init: ``"kmeans++"`` (greedy k-means++) or ``"sample"`` (k of the sampled rows).
-        init_sample: rows drawn for the init (default :func:`default_init_sample`).
         initial: (k, d) starting centroids; skips the init.
-        tol: early stop when no centroid coordinate moves by more than ``tol``; 0.0 stops only when a step
-            changes nothing (the same result as running on); None runs every iteration.
-        storage: where the vectors live between steps. ``"files"``: one Arrow IPC file per partition under
-            ``staging_dir`` (default the system temp folder; n·d·4 bytes plus ids, deleted at the end),
-            memory-mapped by each step, so no vector data moves through Spark after staging; every executor
-            must see the folder. ``"cache"``: packed rows
-            persisted in Spark's cache and shipped to the Python workers every step; works on any cluster.
-            ``"auto"``: files when the master is ``local[...]``, else cache.
-        staging_dir: parent folder for storage="files" (a shared path on a multi-node cluster).
-        reduce: ``"driver"`` collects one partial row per partition; ``"shuffle"`` first adds partials per
-            block of ``SHUFFLE_BLOCK_CLUSTERS`` clusters on the executors; ``"auto"`` picks shuffle when the
-            driver would receive more than 512 MiB per step.
-        num_partitions: partitions of the vectors (tasks per step). Default: ``df``'s partitioning, coalesced
-            to Spark's default parallelism when larger.
-        reseed_pool: re-seed candidates kept per partition and step (at most this many clusters re-seeded per
-            step).
-        block_rows: rows per matrix product (see :func:`assign_blocked`).
         prune: storage="files" only: keep each row's label and cosine bounds between steps and skip the k-wide
-            product for rows whose bounds prove the label unchanged (Hamerly-style, see :func:`_prune_rows`).
-            The labels, and so the centroids, are those of full products; once centroids settle a step costs
-            one pass over the rows instead of N·k·d multiply-adds. ``KMeansResult.gemm_rows`` shows the effect.
-
-    Returns:
-        A :class:`KMeansResult`.
+            product for rows whose bounds prove the label unchanged (see :func:`_prune_rows`); the labels are
+            those of full products. ``KMeansResult.gemm_rows`` shows the effect.
 
     Raises:
         ValueError: a bad argument or bad vectors (named in the message).
     """
-    t_start = time.perf_counter()
-    for arg, value, allowed in (
-        ("method", method, ("blocked", "mllib")),
-        ("init", init, ("kmeans++", "sample")),
-        ("storage", storage, ("auto", "files", "cache")),
-        ("reduce", reduce, ("auto", "driver", "shuffle")),
-    ):
-        if value not in allowed:
-            raise ValueError(f"{arg} must be one of {allowed}, got {value!r}")
-    if num_partitions is not None and num_partitions < 1:
-        raise ValueError(f"num_partitions must be >= 1, got {num_partitions}")
-    if init_sample is not None and init_sample < k:
-        raise ValueError(f"init_sample must be >= k = {k}, got {init_sample}")
-    _check_common(k, iterations, tol, reseed_pool)
-    _block_rows(k, block_rows)
-    id_type = _check_columns(df, vector_col, id_col)
-    spark = df.sparkSession
-    seconds: dict[str, float] = {}
-    if method == "mllib":
-        src = df.select(id_col, vector_col)
-        t0 = time.perf_counter()
-        n = src.count()
-        if k > n:
-            raise ValueError(f"k = {k} exceeds the number of rows n = {n}")
-        centroids, steps = _fit_mllib(src, vector_col, k, iterations, seed, tol)
-        seconds["fit"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        assignments = assign_spark(df, centroids, vector_col, id_col)
-        sizes, obj, _ = _final_from_assignments(assignments, k)
-        seconds["final"] = time.perf_counter() - t0
-        seconds["total"] = time.perf_counter() - t_start
-        d = centroids.shape[1]
-        return KMeansResult(
-            method="mllib", k=k, n=n, d=d, seed=seed, centroids=centroids, sizes=sizes, objective=obj,
-            history=[], iterations=steps, converged=steps < iterations, reseeded=0, init_centroids=None,
-            assignments=assignments, seconds=seconds, storage="mllib", reduce="mllib",
-            partitions=_num_partitions(src) or 0, bytes_per_step={"broadcast": k * d * 8}, spark=spark,
-        )  # fmt: skip
-
+    cfg = _resolve_config(cfg)
+    if cfg.method == "mllib":
+        return mllib_kmeans(df, k, cfg, vector_col=vector_col, id_col=id_col)
+    laps = _Laps()
+    id_type = _check_inputs(df, k, cfg, vector_col, id_col)
     if initial is not None:
         initial = normalize_rows(initial, name="initial")
         if initial.shape[0] != k:
             raise ValueError(f"initial has {initial.shape[0]} rows but k = {k}")
-
-    # ---- prepare: validate, normalize and stage the vectors (with their seeded init hash) once
-    t0 = time.perf_counter()
-    from pyspark.sql import functions as F
-
-    hash_col = "__prism_init_hash"
-    src = df.select(id_col, vector_col, F.xxhash64(F.col(id_col), F.lit(int(seed))).alias(hash_col))
-    sample_cap = int(init_sample) if init_sample is not None else default_init_sample(2**62, k)
-    current = _num_partitions(src)
-    target = num_partitions if num_partitions is not None else _default_parallelism(spark)
-    if target is not None and current is not None and current > target:
-        src = src.coalesce(target)
-    elif num_partitions is not None and current != num_partitions:
-        src = src.repartition(num_partitions)
-    if storage == "auto":
-        storage = "files" if _spark_master(spark).startswith("local") else "cache"
-    if storage == "files":
-        store = _FileStore(spark, src, id_col, vector_col, hash_col, sample_cap, staging_dir)
-    else:
-        store = _CacheStore(spark, src, id_col, vector_col, hash_col, sample_cap, id_type)
+    store = _stage_vectors(df, k, cfg, vector_col, id_col, id_type)
     try:
-        n = store.n
-        problem = _stats_problem(store.stats, vector_col)
-        if problem:
-            raise ValueError(problem)
-        if n == 0:
-            raise ValueError("the DataFrame has no rows to cluster")
-        d = store.stats["d_max"]
-        if k > n:
-            raise ValueError(f"k = {k} exceeds the number of rows n = {n}")
-        partitions = store.partitions
-        partial_bytes = partitions * k * (d + 1) * 8
-        if reduce == "auto":
-            reduce = "shuffle" if partial_bytes > DRIVER_REDUCE_LIMIT_BYTES else "driver"
-        seconds["prepare"] = time.perf_counter() - t0
-
-        # ---- init on the driver
-        t0 = time.perf_counter()
-        if initial is not None:
-            c = initial
-            if c.shape != (k, d):
-                raise ValueError(f"initial must have shape ({k}, {d}), got {c.shape}")
-        else:
-            c = init_centroids(_sample_from_store(store, min(sample_cap, n), id_type), k, seed, init)
-        start = c.copy()
-        seconds["init"] = time.perf_counter() - t0
-
-        # ---- Lloyd steps, one Spark job each
-        t0 = time.perf_counter()
-        runner = _Runner(store, k, d, id_type, reseed_pool, block_rows, reduce, prune)
-        history: list[float] = []
-        gemm_rows: list[int] = []
-        reseeded, steps, converged = 0, 0, False
-        for _ in range(iterations):
-            counts, sums, obj, seen, (_, _, cand_vecs) = runner.step(c)
-            if seen != n:
-                raise RuntimeError(f"a k-means step saw {seen} rows, expected {n}: the staged vectors changed")
-            history.append(obj)
-            gemm_rows.append(runner.gemm_rows)
-            new, re = renormalize(sums, counts, c, cand_vecs)
-            reseeded += len(re)
-            steps += 1
-            moved = _shift(new, c)
-            c = new
-            log.info(
-                "k-means step %d: objective %.6f, %d re-seeded, max shift %.3g, %d of %d rows through the k-wide "
-                "product", steps, obj, len(re), moved, runner.gemm_rows, n,
-            )  # fmt: skip
-            if tol is not None and moved <= tol:
-                converged = True
-                break
-        seconds["steps"] = time.perf_counter() - t0
-
-        # ---- final pass: sizes and objective under the final centroids
-        t0 = time.perf_counter()
-        sizes, _, obj, _, _ = runner.step(c, with_sums=False)
-        seconds["final"] = time.perf_counter() - t0
+        n, d = _staged_shape(store, k, vector_col)
+        reduce = _pick_reduce(cfg.reduce, store.partitions, k, d)
+        laps.lap("prepare")
+        start = _start_centroids(store, k, d, cfg, initial, id_type)
+        laps.lap("init")
+        runner = _Runner(store, k, d, id_type, cfg.reseed_pool, cfg.block_rows, reduce, prune)
+        loop = lloyd_iterations(start.copy(), cfg.iterations, cfg.tol, runner.lloyd_partials, runner.log_step)
+        laps.lap("steps")
+        sizes, _, obj, _, _ = runner.step(loop.centroids, with_sums=False)
+        laps.lap("final")
     finally:
         store.close()
-    seconds["total"] = time.perf_counter() - t_start
+    c = loop.centroids
     return KMeansResult(
-        method="blocked",
-        k=k,
-        n=n,
-        d=d,
-        seed=seed,
-        centroids=c,
-        sizes=sizes,
-        objective=obj,
-        history=history,
-        iterations=steps,
-        converged=converged,
-        reseeded=reseeded,
-        init_centroids=start,
-        assignments=assign_spark(df, c, vector_col, id_col),
-        gemm_rows=gemm_rows,
-        seconds=seconds,
-        storage=storage,
-        reduce=reduce,
-        partitions=partitions,
-        bytes_per_step={
-            "broadcast": k * d * 4,
-            "partials_per_partition": k * (d + 1) * 8 + reseed_pool * (d * 4 + 16),
-            "partials_to_driver": (partitions if reduce == "driver" else 1) * k * (d + 1) * 8,
-        },
-        spark=spark,
-    )
+        method="blocked", k=k, n=n, d=d, seed=cfg.seed, centroids=c, sizes=sizes, objective=obj,
+        history=loop.history, iterations=loop.steps, converged=loop.converged, reseeded=loop.reseeded,
+        init_centroids=start, assignments=assign_spark(df, c, vector_col, id_col), gemm_rows=runner.gemm_history,
+        seconds=laps.done(), storage=store.kind, reduce=reduce, partitions=store.partitions,
+        bytes_per_step=_bytes_per_step(k, d, store.partitions, reduce, cfg.reseed_pool), spark=df.sparkSession,
+    )  # fmt: skip
 
 
-def cluster_pool(df, cfg, vector_col: str = "vector", id_col: str = "sample_id", n: int | None = None) -> KMeansResult:
+def mllib_kmeans(
+    df, k: int, cfg: ClusterConfig | None = None, *, vector_col: str = "vector", id_col: str = "sample_id"
+) -> KMeansResult:
+    """The reference: ``pyspark.ml.clustering.KMeans(distanceMeasure="cosine")`` with its k-means|| init.
+
+    Uses ``cfg.iterations``, ``cfg.seed`` and ``cfg.tol``; sizes, objective and assignments come from the same
+    final pass as :func:`spherical_kmeans` (:func:`assign_spark`), so the objectives compare directly.
+    """
+    cfg = _resolve_config(cfg)
+    laps = _Laps()
+    _check_inputs(df, k, cfg, vector_col, id_col)
+    src = df.select(id_col, vector_col)
+    n = src.count()
+    if k > n:
+        raise ValueError(f"k = {k} exceeds the number of rows n = {n}")
+    centroids, steps = _fit_mllib(src, vector_col, k, cfg.iterations, cfg.seed, cfg.tol)
+    laps.lap("fit")
+    assignments = assign_spark(df, centroids, vector_col, id_col)
+    sizes, obj, _ = _final_from_assignments(assignments, k)
+    laps.lap("final")
+    d = centroids.shape[1]
+    return KMeansResult(
+        method="mllib", k=k, n=n, d=d, seed=cfg.seed, centroids=centroids, sizes=sizes, objective=obj,
+        history=[], iterations=steps, converged=steps < cfg.iterations, reseeded=0, init_centroids=None,
+        assignments=assignments, seconds=laps.done(), storage="mllib", reduce="mllib",
+        partitions=_num_partitions(src) or 0, bytes_per_step={"broadcast": k * d * 8}, spark=df.sparkSession,
+    )  # fmt: skip
+
+
+def cluster_pool(
+    df, cfg: ClusterConfig, vector_col: str = "vector", id_col: str = "sample_id", n: int | None = None
+) -> KMeansResult:
     """Cluster a pool with a :class:`prismatic.config.ClusterConfig`: ``k = choose_k(n, k_fraction, k_min)``.
 
     Args:
         df: the pool's vectors (one spec_id).
-        cfg: the ``cluster`` section of the settings.
+        cfg: the ``cluster`` section of the settings (``method`` picks ours or the MLlib reference).
         vector_col: vector column.
         id_col: id column.
         n: rows in ``df`` when already known (else counted).
     """
     if n is None:
         n = df.count()
-    return spherical_kmeans(
-        df,
-        choose_k(n, cfg.k_fraction, cfg.k_min),
-        cfg.iterations,
-        cfg.seed,
-        vector_col,
-        id_col,
-        method=cfg.method,
-        init=cfg.init,
-        init_sample=cfg.init_sample,
-        tol=cfg.tol,
-        storage=cfg.storage,
-        staging_dir=cfg.staging_dir,
-        reduce=cfg.reduce,
-        num_partitions=cfg.num_partitions,
-        reseed_pool=cfg.reseed_pool,
-        block_rows=cfg.block_rows,
-    )
+    return spherical_kmeans(df, choose_k(n, cfg.k_fraction, cfg.k_min), cfg, vector_col=vector_col, id_col=id_col)

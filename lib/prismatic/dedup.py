@@ -543,78 +543,87 @@ def _components_spark(edges, max_rounds: int = 10_000):
     )
 
 
-def run_dedup(samples_df, cfg: DedupConfig):
-    """Find exact and near duplicates; see the module docstring for the method and the output contract.
+class _Laps:
+    """Wall seconds per step into ``seconds`` (rounded to ms): ``lap(name)`` records the time since the last lap."""
 
-    Args:
-        samples_df: Spark DataFrame with at least ``sample_id, task, prompt, completion`` (strings).
-        cfg: dedup settings.
+    def __init__(self, seconds: dict[str, float]):
+        self.seconds = seconds
+        self.start = self.tick = time.perf_counter()
 
-    Returns:
-        ``(duplicates, stats)``: a DataFrame with :data:`DUPLICATES_SCHEMA` (one row per removed sample, locally
-        checkpointed) and a :class:`DedupStats`.
-
-    Raises:
-        ValueError: a required column is missing (at once) or a sample_id is null (when the job runs).
-    """
-    from pyspark.sql import functions as F
-
-    spark = samples_df.sparkSession
-    stats = DedupStats()
-    t0 = time.perf_counter()
-    tick = t0
-
-    def lap(name: str) -> None:
-        nonlocal tick
+    def lap(self, name: str) -> None:
         now = time.perf_counter()
-        stats.seconds[name] = round(now - tick, 3)
-        tick = now
+        self.seconds[name] = round(now - self.tick, 3)
+        self.tick = now
 
-    base, base_persisted = _prepare(samples_df)
+    def total(self) -> None:
+        self.seconds["total"] = round(time.perf_counter() - self.start, 3)
+
+
+def _sketch_step(base, cfg: DedupConfig, stats: DedupStats):
+    """Count the rows, size the pair-building partitions, run and persist the sketch pass.
+
+    Returns ``(sketch, partitions for the band blobs)``.
+    """
     stats.rows = base.count()
-    shuffle_parts = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    shuffle_parts = int(base.sparkSession.conf.get("spark.sql.shuffle.partitions"))
     n_parts = max(shuffle_parts, math.ceil(stats.rows * cfg.bands / _BAND_ROWS_PER_PARTITION))
     sketch = _sketch_stage(base, cfg, groups=n_parts * _GROUPS_PER_PARTITION)
     sketch.count()
-    lap("sketch")
+    return sketch, n_parts
 
+
+def _exact_step(sketch, stats: DedupStats):
+    """Exact duplicates (see :func:`_exact_stage`), checkpointed and counted."""
     exact = _exact_stage(sketch).localCheckpoint()
     stats.exact = exact.count()
-    lap("exact")
     log.info("dedup: %d rows, %d exact duplicates", stats.rows, stats.exact)
+    return exact
 
-    cleanup = [sketch]
-    near_map = None
-    if cfg.near and stats.rows - stats.exact >= 2:
-        reps = base.join(exact.select("sample_id"), "sample_id", "left_anti")
-        if cfg.method == "banded":
-            cand = _candidate_pairs_banded(sketch, exact, n_parts, cfg).localCheckpoint()
-            stats.candidate_pairs = cand.count()
-            lap("candidates")
-            verified, texts = _verify_stage(cand, reps, cfg)
-            cleanup.append(texts)
-        elif cfg.method == "mllib":
-            verified, feats = _mllib_pairs(reps, cfg)
-            cleanup.append(feats)
-        else:  # pragma: no cover - the config type rules this out
-            raise ValueError(f"unknown dedup method {cfg.method!r} (allowed: banded, mllib)")
-        verified = verified.localCheckpoint()
-        stats.verified_pairs = verified.count()
-        lap("verify")
-        if stats.verified_pairs <= cfg.driver_max_edges:
-            stats.components_on = "driver"
-            edges = verified.toArrow()
-            comp = connected_components(
-                edges.column("a").to_numpy(zero_copy_only=False),
-                edges.column("b").to_numpy(zero_copy_only=False),
-                edges.column("similarity").to_numpy(),
-            )
-            near_map = spark.createDataFrame(comp, "sample_id string, kept_id string, similarity double")
-        else:
-            stats.components_on = "spark"
-            near_map = _components_spark(verified)
-        near_map = near_map.localCheckpoint()
-        lap("components")
+
+def _near_pairs_step(base, sketch, exact, n_parts: int, cfg: DedupConfig, stats: DedupStats, laps: _Laps):
+    """Verified near pairs ``(a, b, similarity)`` among the exact-group representatives: LSH candidates, then
+    the exact Jaccard (``method="banded"``), or MLlib's MinHashLSH join (``"mllib"``).
+
+    Returns ``(verified pairs, checkpointed and counted; a persisted DataFrame to unpersist at the end)``.
+    """
+    reps = base.join(exact.select("sample_id"), "sample_id", "left_anti")
+    if cfg.method == "banded":
+        cand = _candidate_pairs_banded(sketch, exact, n_parts, cfg).localCheckpoint()
+        stats.candidate_pairs = cand.count()
+        laps.lap("candidates")
+        verified, persisted = _verify_stage(cand, reps, cfg)
+    elif cfg.method == "mllib":
+        verified, persisted = _mllib_pairs(reps, cfg)
+    else:  # pragma: no cover - the config type rules this out
+        raise ValueError(f"unknown dedup method {cfg.method!r} (allowed: banded, mllib)")
+    verified = verified.localCheckpoint()
+    stats.verified_pairs = verified.count()
+    laps.lap("verify")
+    return verified, persisted
+
+
+def _components_step(verified, cfg: DedupConfig, stats: DedupStats):
+    """Connected components of the verified pairs: ``(sample_id, kept_id, similarity)`` per non-minimal node, on
+    the driver when there are at most ``driver_max_edges`` pairs, else in Spark."""
+    if stats.verified_pairs <= cfg.driver_max_edges:
+        stats.components_on = "driver"
+        edges = verified.toArrow()
+        comp = connected_components(
+            edges.column("a").to_numpy(zero_copy_only=False),
+            edges.column("b").to_numpy(zero_copy_only=False),
+            edges.column("similarity").to_numpy(),
+        )
+        near_map = verified.sparkSession.createDataFrame(comp, "sample_id string, kept_id string, similarity double")
+    else:
+        stats.components_on = "spark"
+        near_map = _components_spark(verified)
+    return near_map.localCheckpoint()
+
+
+def _union_step(exact, near_map, stats: DedupStats):
+    """The union of the exact and near relations as :data:`DUPLICATES_SCHEMA` rows (see the module docstring);
+    an exact copy of a near-duplicate representative points at the near group's root. Counts the kinds."""
+    from pyspark.sql import functions as F
 
     if near_map is None:
         result = exact.select(
@@ -638,12 +647,45 @@ def run_dedup(samples_df, cfg: DedupConfig):
     ).localCheckpoint()
     kinds = {r["kind"]: r["n"] for r in result.groupBy("kind").agg(F.count("*").alias("n")).collect()}
     stats.exact, stats.near = int(kinds.get("exact", 0)), int(kinds.get("near", 0))
-    lap("assemble")
-    for df in cleanup:
+    return result
+
+
+def run_dedup(samples_df, cfg: DedupConfig):
+    """Find exact and near duplicates; see the module docstring for the method and the output contract.
+
+    Steps (their seconds in ``stats.seconds``): sketch, exact, candidates and verify (near pairs), components,
+    assemble (the union of the exact and near relations).
+
+    Args:
+        samples_df: Spark DataFrame with at least ``sample_id, task, prompt, completion`` (strings).
+        cfg: dedup settings.
+
+    Returns:
+        ``(duplicates, stats)``: a DataFrame with :data:`DUPLICATES_SCHEMA` (one row per removed sample, locally
+        checkpointed) and a :class:`DedupStats`.
+
+    Raises:
+        ValueError: a required column is missing (at once) or a sample_id is null (when the job runs).
+    """
+    stats = DedupStats()
+    laps = _Laps(stats.seconds)
+    base, base_persisted = _prepare(samples_df)
+    sketch, n_parts = _sketch_step(base, cfg, stats)
+    laps.lap("sketch")
+    exact = _exact_step(sketch, stats)
+    laps.lap("exact")
+    persisted = [sketch] + ([base] if base_persisted else [])
+    near_map = None
+    if cfg.near and stats.rows - stats.exact >= 2:
+        verified, pairs_persisted = _near_pairs_step(base, sketch, exact, n_parts, cfg, stats, laps)
+        persisted.append(pairs_persisted)
+        near_map = _components_step(verified, cfg, stats)
+        laps.lap("components")
+    result = _union_step(exact, near_map, stats)
+    laps.lap("assemble")
+    for df in persisted:
         df.unpersist()
-    if base_persisted:
-        base.unpersist()
-    stats.seconds["total"] = round(time.perf_counter() - t0, 3)
+    laps.total()
     log.info(
         "dedup: %d rows -> %d exact + %d near duplicates (%d candidate, %d verified pairs; components: %s), %.1f s",
         stats.rows, stats.exact, stats.near, stats.candidate_pairs, stats.verified_pairs,

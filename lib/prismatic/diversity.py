@@ -12,12 +12,14 @@ G-Vendi needs only S = Σ g gᵀ (d × d), Σ g and n per group (see :mod:`prism
    ``fanout`` partitions (``groupBy(group, partition // fanout).applyInArrow``), so no task holds more than ``fanout``
    partials and the driver never receives one partial per partition.
 3. ``groupBy(group).applyInArrow``: the last sum per group, then ``eigvalsh`` of Σ = S / n on the executors; only the
-   metrics (or, with ``keep_sums``, the sums for storing) travel to the driver. Without grouping there is one group
-   and at most ``fanout`` partials: the driver collects and sums them (no extra shuffle) and runs ``eigvalsh``.
+   metrics (or, for :func:`group_sums`, the sums for storing) travel to the driver. Without grouping there is one
+   group and at most ``fanout`` partials: the driver collects and sums them (no extra shuffle) and runs ``eigvalsh``.
 
-A new round costs O(new · d²): keep the sums (``keep_sums=True``) and pass them back as ``base_sums`` with the new
-rows only. Vectors of two projection specs are never pooled: a group whose rows carry more than one ``spec_id``
-raises :class:`~prismatic.errors.SpecMismatchError` (group by ``spec_id`` to score several specs side by side).
+The steps have names: :func:`group_sums` computes each group's sums (:class:`GroupSums`), :func:`add_sums` adds
+stored sums of earlier rows, :func:`diversity_from_sums` turns sums into metrics; :func:`gradient_diversity` is the
+one-pass path. A new round costs O(new · d²): keep the sums and add the new rows' sums to them. Vectors of two
+projection specs are never pooled: a group whose rows carry more than one ``spec_id`` raises
+:class:`~prismatic.errors.SpecMismatchError` (group by ``spec_id`` to score several specs side by side).
 
 Text baselines (n-gram entropy, distinct-n) count n-grams per group with Spark; embedding Vendi embeds the texts with
 :mod:`prismatic.embeddings` in ``mapInPandas`` and reuses the covariance path. Every function takes a DataFrame and
@@ -248,7 +250,6 @@ def _partial_batches(
     vector_col: str,
     group_cols: list[str],
     spec_col: str | None,
-    normalize: bool,
     threads: int | None,
     part: int,
 ) -> Iterator[pa.RecordBatch]:
@@ -264,7 +265,7 @@ def _partial_batches(
                 entry = acc.get(key)
                 if entry is None:
                     entry = acc[key] = [CovarianceSums.zeros(X.shape[1]), vals, set()]
-                entry[0].update(X if rows is None else X[rows], normalize=normalize)
+                entry[0].update(X if rows is None else X[rows])
                 if spec_arr is not None:
                     sub = spec_arr if rows is None else spec_arr.take(pa.array(rows))
                     entry[2].update(pc.unique(sub).to_pylist())
@@ -282,13 +283,13 @@ def _partial_batches(
         yield pa.RecordBatch.from_arrays(arrays, names=[*group_cols, _PART, _N, _D, _VSUM, _COV, _SPECS])
 
 
-def _partials_fn(vector_col: str, group_cols: list[str], spec_col: str | None, normalize: bool, threads: int | None):
+def _partials_fn(vector_col: str, group_cols: list[str], spec_col: str | None, threads: int | None):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
         ctx = TaskContext.get()
         part = ctx.partitionId() if ctx is not None else 0
-        yield from _partial_batches(batches, vector_col, group_cols, spec_col, normalize, threads, part)
+        yield from _partial_batches(batches, vector_col, group_cols, spec_col, threads, part)
 
     return run
 
@@ -428,14 +429,13 @@ def _direct_partials_fn(
     vector_col: str,
     group_cols: list[str],
     spec_col: str | None,
-    normalize: bool,
     threads: int | None,
 ):
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:  # rows of spark.range(tasks): the task ids this partition reads
             for task in batch.column(0).to_pylist():
                 rows = _read_slices(units_by_task[task], columns, types)
-                yield from _partial_batches(rows, vector_col, group_cols, spec_col, normalize, threads, task)
+                yield from _partial_batches(rows, vector_col, group_cols, spec_col, threads, task)
 
     return run
 
@@ -567,7 +567,6 @@ def _direct_partials(
     vector_col: str,
     cols: list[str],
     spec_col: str | None,
-    normalize: bool,
     read_tasks: int | None,
 ):
     """Partials of a plain parquet scan: ``spark.range(tasks)`` whose task i reads its file slices with pyarrow.
@@ -599,7 +598,7 @@ def _direct_partials(
     units = units or [[]]
     threads = task_cpus * max(1, slots // tasks)  # fewer tasks than slots: each task's BLAS uses the idle cores
     columns = {c: scan.columns[c] for c in [vector_col, *carried]}
-    fn = _direct_partials_fn(units, columns, types, vector_col, cols, spec_col, normalize, threads)
+    fn = _direct_partials_fn(units, columns, types, vector_col, cols, spec_col, threads)
     log.info(
         "covariance sums: direct parquet read of %d file(s) in %d task(s), %d BLAS thread(s) each",
         len(scan.files),
@@ -643,33 +642,32 @@ def _raise_mixed(scope: str, key: tuple, specs: Sequence[str | None], spec_col: 
     )
 
 
-def covariance_sums_frame(
-    df,
-    group_cols: str | Sequence[str] | None = None,
-    *,
-    vector_col: str = "vector",
-    spec_col: str | None = "spec_id",
-    q: float = 1.0,
-    keep_sums: bool = False,
-    normalize: bool = True,
-    fanout: int = 32,
-    finalize: bool = True,
-    direct_read: bool = True,
-    read_tasks: int | None = None,
-):
-    """Build (lazily) the Spark plan of per-group sums → metrics; one row per group.
+def _group_fields(src, cols: list[str]) -> list:
+    from pyspark.sql.types import StructField
 
-    Columns: the group columns, then internal ``__prism_*`` columns (n, d, vendi, vendi_q, mean_cos, specs, and the
-    packed sums when ``keep_sums``). Most callers want :func:`gradient_diversity`; this is exposed for plans that
-    want to join or write the per-group results without collecting them. With ``finalize=False`` the plan stops
-    before the last per-group sum: at most ``fanout`` partial rows per group (n, d, packed sums, specs).
+    fields = [StructField(f.name, f.dataType, True) for f in src.schema.fields if f.name in cols]
+    return sorted(fields, key=lambda f: cols.index(f.name))
 
-    With ``direct_read`` and a DataFrame that is a plain scan of local parquet files (e.g. a delta-rs table's current
-    files, as :mod:`prismatic.tables` reads them), Spark tasks read the files with pyarrow instead of receiving the
-    rows from the JVM (which costs about as much as the sums themselves); ``read_tasks`` sets how many (default:
-    the session's task slots, fewer for small data). Any other DataFrame takes the ``mapInArrow`` path.
-    """
-    from pyspark.sql import functions as F
+
+def _partial_schema(group_fields: list):
+    """Rows of per-partition (and tree-level) partials: group values, partition, n, d, packed sums, specs."""
+    from pyspark.sql.types import ArrayType, BinaryType, IntegerType, LongType, StringType, StructField, StructType
+
+    return StructType(
+        [
+            *group_fields,
+            StructField(_PART, LongType(), False),
+            StructField(_N, LongType(), False),
+            StructField(_D, IntegerType(), False),
+            StructField(_VSUM, BinaryType(), False),
+            StructField(_COV, BinaryType(), False),
+            StructField(_SPECS, ArrayType(StringType(), True), False),
+        ]
+    )
+
+
+def _final_schema(group_fields: list):
+    """One row per group: n, d, the metrics (null when the driver scores) and the packed sums when kept."""
     from pyspark.sql.types import (
         ArrayType,
         BinaryType,
@@ -681,64 +679,9 @@ def covariance_sums_frame(
         StructType,
     )
 
-    cols = _as_cols(group_cols)
-    if isinstance(fanout, bool) or not isinstance(fanout, int) or fanout < 2:
-        raise ValueError(f"fanout must be an integer >= 2, got {fanout=}")
-    q = normalize_q(q)
-    _check_columns(df, vector_col, cols, spec_col)
-    keep = [*cols, vector_col] + ([spec_col] if spec_col and spec_col not in cols else [])
-    src = df.select(*keep)
-    gfields = [StructField(f.name, f.dataType, True) for f in src.schema.fields if f.name in cols]
-    gfields = sorted(gfields, key=lambda f: cols.index(f.name))
-    partial_schema = StructType(
+    return StructType(
         [
-            *gfields,
-            StructField(_PART, LongType(), False),
-            StructField(_N, LongType(), False),
-            StructField(_D, IntegerType(), False),
-            StructField(_VSUM, BinaryType(), False),
-            StructField(_COV, BinaryType(), False),
-            StructField(_SPECS, ArrayType(StringType(), True), False),
-        ]
-    )
-    if read_tasks is not None and (isinstance(read_tasks, bool) or not isinstance(read_tasks, int) or read_tasks < 1):
-        raise ValueError(f"read_tasks must be a positive integer or None, got {read_tasks=}")
-    direct = None
-    if direct_read:
-        scan = _parquet_scan(df, keep)
-        if scan is not None:
-            direct = _direct_partials(df, scan, partial_schema, vector_col, cols, spec_col, normalize, read_tasks)
-    if direct is not None:
-        partials, partitions = direct
-        threads = None
-    else:
-        partitions = _num_partitions(src)
-        threads = _task_threads(src, partitions)
-        partials = src.mapInArrow(_partials_fn(vector_col, cols, spec_col, normalize, threads), partial_schema)
-
-    # tree levels: sum partials of `fanout` consecutive partitions until at most `fanout` remain per group
-    levels = 0
-    remaining = partitions if partitions is not None else fanout * fanout
-    while remaining > fanout:
-        partials = (
-            partials.withColumn(_PART, F.floor(F.col(_PART) / fanout).cast("long"))
-            .groupBy(*cols, _PART)
-            .applyInArrow(_combine_fn(cols), partial_schema)
-        )
-        remaining = -(-remaining // fanout)
-        levels += 1
-
-    log.debug(
-        "covariance sums: %s partitions (%s), %d tree levels",
-        partitions,
-        "direct read" if direct is not None else f"mapInArrow, {threads} BLAS threads per task",
-        levels,
-    )
-    if not finalize:
-        return partials
-    final_schema = StructType(
-        [
-            *gfields,
+            *group_fields,
             StructField(_N, LongType(), False),
             StructField(_D, IntegerType(), False),
             StructField(_VENDI, DoubleType(), True),
@@ -749,7 +692,87 @@ def covariance_sums_frame(
             StructField(_COV, BinaryType(), True),
         ]
     )
-    return partials.groupBy(*cols).applyInArrow(_finalize_fn(cols, q, keep_sums), final_schema)
+
+
+def _partials(df, src, keep: list[str], schema, vector_col: str, cols: list[str], spec_col, direct_read, read_tasks):
+    """Per-partition partials: the direct parquet read when ``df`` allows it, else ``mapInArrow`` over ``src``.
+
+    Returns (partials DataFrame, number of partitions or None when unknown, a note for the log).
+    """
+    if direct_read:
+        scan = _parquet_scan(df, keep)
+        direct = None if scan is None else _direct_partials(df, scan, schema, vector_col, cols, spec_col, read_tasks)
+        if direct is not None:
+            return direct[0], direct[1], "direct read"
+    partitions = _num_partitions(src)
+    threads = _task_threads(src, partitions)
+    partials = src.mapInArrow(_partials_fn(vector_col, cols, spec_col, threads), schema)
+    return partials, partitions, f"mapInArrow, {threads} BLAS threads per task"
+
+
+def _tree_levels(partials, cols: list[str], schema, partitions: int | None, fanout: int):
+    """Sum partials of ``fanout`` consecutive partitions until at most ``fanout`` remain per group.
+
+    Returns (partials, number of levels added); an unknown partition count (Spark Connect) gets one level.
+    """
+    from pyspark.sql import functions as F
+
+    levels = 0
+    remaining = partitions if partitions is not None else fanout * fanout
+    while remaining > fanout:
+        partials = (
+            partials.withColumn(_PART, F.floor(F.col(_PART) / fanout).cast("long"))
+            .groupBy(*cols, _PART)
+            .applyInArrow(_combine_fn(cols), schema)
+        )
+        remaining = -(-remaining // fanout)
+        levels += 1
+    return partials, levels
+
+
+def covariance_sums_frame(
+    df,
+    group_cols: str | Sequence[str] | None = None,
+    *,
+    vector_col: str = "vector",
+    spec_col: str | None = "spec_id",
+    q: float = 1.0,
+    keep_sums: bool = False,
+    fanout: int = 32,
+    finalize: bool = True,
+    direct_read: bool = True,
+    read_tasks: int | None = None,
+):
+    """Build (lazily) the Spark plan of per-group sums → metrics; one row per group.
+
+    Columns: the group columns, then internal ``__prism_*`` columns (n, d, vendi, vendi_q, mean_cos, specs, and the
+    packed sums when ``keep_sums``, in which case the metrics are left null for the driver to compute). Most callers
+    want :func:`gradient_diversity` or :func:`group_sums`; this is exposed for plans that want to join or write the
+    per-group results without collecting them. With ``finalize=False`` the plan stops before the last per-group sum:
+    at most ``fanout`` partial rows per group (n, d, packed sums, specs).
+
+    With ``direct_read`` and a DataFrame that is a plain scan of local parquet files (e.g. a delta-rs table's current
+    files, as :mod:`prismatic.tables` reads them), Spark tasks read the files with pyarrow instead of receiving the
+    rows from the JVM (which costs about as much as the sums themselves); ``read_tasks`` sets how many (default:
+    the session's task slots, fewer for small data). Any other DataFrame takes the ``mapInArrow`` path.
+    """
+    cols = _as_cols(group_cols)
+    if isinstance(fanout, bool) or not isinstance(fanout, int) or fanout < 2:
+        raise ValueError(f"fanout must be an integer >= 2, got {fanout=}")
+    if read_tasks is not None and (isinstance(read_tasks, bool) or not isinstance(read_tasks, int) or read_tasks < 1):
+        raise ValueError(f"read_tasks must be a positive integer or None, got {read_tasks=}")
+    q = normalize_q(q)
+    _check_columns(df, vector_col, cols, spec_col)
+    keep = [*cols, vector_col] + ([spec_col] if spec_col and spec_col not in cols else [])
+    src = df.select(*keep)
+    gfields = _group_fields(src, cols)
+    schema = _partial_schema(gfields)
+    partials, partitions, how = _partials(df, src, keep, schema, vector_col, cols, spec_col, direct_read, read_tasks)
+    partials, levels = _tree_levels(partials, cols, schema, partitions, fanout)
+    log.debug("covariance sums: %s partitions (%s), %d tree levels", partitions, how, levels)
+    if not finalize:
+        return partials
+    return partials.groupBy(*cols).applyInArrow(_finalize_fn(cols, q, keep_sums), _final_schema(gfields))
 
 
 def _rows(scope: str, key: tuple, n: int, spec_id: str | None, metrics: Mapping[str, float]) -> list[dict]:
@@ -782,6 +805,135 @@ def _collect(frame, group_cols: Sequence[str]) -> list:
     return frame.collect()
 
 
+def _single_spec(scope: str, key: tuple, specs: Sequence[str | None], spec_col: str | None, spec_id: str | None):
+    """The one spec_id of a group's vectors (``spec_id`` when there is no spec column); two or more raise."""
+    if not spec_col:
+        return spec_id
+    if len(specs) > 1:
+        _raise_mixed(scope, key, list(specs), spec_col)
+    return specs[0] if specs else None
+
+
+def _named(v1: float, vq: float, mc: float, q: float, metric_prefix: str, cosine_metric: str) -> dict[str, float]:
+    """A group's metrics by name: ``<prefix>``, ``cosine_metric`` and, for q ≠ 1, ``<prefix>_q<q>``."""
+    metrics = {metric_prefix: v1, cosine_metric: mc}
+    if q != 1.0:
+        metrics[vendi_metric(metric_prefix, q)] = vq
+    return metrics
+
+
+@dataclass
+class GroupSums:
+    """Per-group covariance sums of one grouping (the seam between computing sums and scoring them).
+
+    Attributes:
+        group_cols: the grouping columns (empty: one group, key ``()``).
+        sums: group key (tuple of the group columns' values) → :class:`CovarianceSums`.
+        spec_ids: group key → the single spec_id its vectors carry.
+    """
+
+    group_cols: list[str]
+    sums: dict[tuple, CovarianceSums] = field(default_factory=dict)
+    spec_ids: dict[tuple, str | None] = field(default_factory=dict)
+
+
+def group_sums(
+    df,
+    group_cols: str | Sequence[str] | None = None,
+    *,
+    vector_col: str = "vector",
+    spec_col: str | None = "spec_id",
+    spec_id: str | None = None,
+    fanout: int = 32,
+    direct_read: bool = True,
+    read_tasks: int | None = None,
+) -> GroupSums:
+    """Each group's :class:`CovarianceSums` of ``df``'s unit-normalized vectors, in one pass, on the driver.
+
+    Without grouping the (at most ``fanout``) partials are summed here, with no last shuffle; with groups each is
+    summed on an executor and its sums (4.2 MB at d = 1024) come back. Arguments as in :func:`gradient_diversity`
+    and :func:`covariance_sums_frame`.
+
+    Raises:
+        SpecMismatchError: vectors of more than one spec in a group.
+        ValueError: missing or mistyped columns, vectors of unequal length, zero / NaN / null vectors.
+    """
+    cols = _as_cols(group_cols)
+    scope = scope_name(cols)
+    frame = covariance_sums_frame(
+        df,
+        cols,
+        vector_col=vector_col,
+        spec_col=spec_col,
+        keep_sums=True,
+        fanout=fanout,
+        finalize=bool(cols),
+        direct_read=direct_read,
+        read_tasks=read_tasks,
+    )
+    collected = _collect(frame, cols)
+    out = GroupSums(cols)
+    if cols:
+        for r in collected:
+            key = tuple(r[c] for c in cols)
+            record = {"n": r[_N], "d": r[_D], "vector_sum": r[_VSUM], "cov_upper": r[_COV]}
+            out.sums[key] = CovarianceSums.from_record(record)
+            out.spec_ids[key] = _single_spec(scope, key, list(r[_SPECS]), spec_col, spec_id)
+        return out
+    acc: _Packed | None = None  # one group: its partials are summed here
+    for r in collected:
+        acc = acc or _Packed(r[_D])
+        acc.add(r[_N], r[_D], bytes(r[_VSUM]), bytes(r[_COV]), r[_SPECS] or [])
+    if acc is not None:
+        out.sums[()] = acc.sums()
+        out.spec_ids[()] = _single_spec(scope, (), _sorted_specs(acc.specs), spec_col, spec_id)
+    return out
+
+
+def add_sums(base: GroupSums, new: GroupSums) -> GroupSums:
+    """The sums of two disjoint sets of rows per group, e.g. the stored sums of earlier rounds plus the new rows.
+
+    Groups in only one of them are kept as they are (a new round need not touch every group).
+
+    Raises:
+        ValueError: the two were grouped by different columns.
+        SpecMismatchError: a group's base and new vectors carry different spec_ids.
+    """
+    if list(base.group_cols) != list(new.group_cols):
+        raise ValueError(f"cannot add sums grouped by {base.group_cols} to sums grouped by {new.group_cols}")
+    out = GroupSums(list(new.group_cols), dict(new.sums), dict(new.spec_ids))
+    scope = scope_name(out.group_cols)
+    for key, base_sums in base.sums.items():
+        base_spec = base.spec_ids.get(key)
+        if key in out.sums:
+            if base_spec != out.spec_ids[key]:
+                _raise_mixed(scope, key, _sorted_specs([base_spec, out.spec_ids[key]]), "spec_id")
+            out.sums[key] = base_sums + out.sums[key]
+        else:
+            out.sums[key], out.spec_ids[key] = base_sums + CovarianceSums.zeros(base_sums.d), base_spec
+    return out
+
+
+def diversity_from_sums(
+    sums: GroupSums, *, q: float = 1.0, metric_prefix: str = G_VENDI, cosine_metric: str = G_MEAN_COSINE
+) -> DiversityResult:
+    """G-Vendi (and order-q Vendi, mean pairwise cosine) of every group with rows, from its sums (``eigvalsh`` of
+    the d × d covariance on the driver); the result keeps the sums. Metric names as in :func:`gradient_diversity`.
+    """
+    q = normalize_q(q)
+    scope = scope_name(sums.group_cols)
+    rows: list[dict] = []
+    out = DiversityResult(pd.DataFrame(), {}, {})
+    for key, s in sums.sums.items():
+        if s.n == 0:
+            continue
+        spec = sums.spec_ids.get(key)
+        rows += _rows(scope, key, s.n, spec, _named(*_metrics(s, q), q, metric_prefix, cosine_metric))
+        out.sums[key], out.spec_ids[key] = s, spec
+    out.rows = _frame(rows)
+    return out
+
+
 def gradient_diversity(
     df,
     group_cols: str | Sequence[str] | None = None,
@@ -790,131 +942,54 @@ def gradient_diversity(
     spec_col: str | None = "spec_id",
     spec_id: str | None = None,
     q: float = 1.0,
-    keep_sums: bool = False,
-    base_sums: Mapping[tuple, CovarianceSums] | None = None,
-    base_spec_ids: Mapping[tuple, str | None] | None = None,
     metric_prefix: str = G_VENDI,
     cosine_metric: str = G_MEAN_COSINE,
     fanout: int = 32,
-    direct_read: bool = True,
-    read_tasks: int | None = None,
 ) -> DiversityResult:
     """G-Vendi (and order-q Vendi, mean pairwise cosine) per group of a DataFrame of vectors, in one pass.
 
     G-Vendi = exp(−Σ λ log λ), λ = eig((1/n) Σ g gᵀ) over each group's unit-normalized vectors
-    (https://arxiv.org/abs/2505.20161); mean pairwise cosine = (‖Σ g‖² − n) / (n (n − 1)).
+    (https://arxiv.org/abs/2505.20161); mean pairwise cosine = (‖Σ g‖² − n) / (n (n − 1)). Without grouping the
+    sums come to the driver (:func:`group_sums`, :func:`diversity_from_sums`); with groups each group is summed and
+    scored on an executor, so the driver gets one small row per group. To keep or extend the sums (a new round
+    costs O(new · d²)), use :func:`group_sums`, :func:`add_sums` and :func:`diversity_from_sums`.
 
     Args:
-        df: Spark DataFrame with ``vector_col`` (array<float>), the group columns and ``spec_col``.
+        df: Spark DataFrame with ``vector_col`` (array<float>), the group columns and ``spec_col``; a plain scan of
+            local parquet files is read by the tasks with pyarrow (see :func:`covariance_sums_frame`).
         group_cols: columns to group by (``None`` / empty: the whole DataFrame is one group, scope ``all``).
         vector_col: vector column; vectors are unit-normalized inside (zero, null or NaN vectors raise).
         spec_col: projection-spec column. A group holding two spec_ids raises SpecMismatchError unless ``spec_col``
             is one of the group columns. ``None``: the input carries no spec column; ``spec_id`` labels the rows.
         spec_id: label written when ``spec_col`` is None.
         q: extra Vendi order reported as ``<prefix>_q<q>`` (G-Vendi at q = 1 is always reported).
-        keep_sums: return each group's :class:`CovarianceSums` (to store; 4.2 MB per group at d = 1024).
-        base_sums: stored sums of earlier rows per group key; they are added to the sums of ``df`` (so a new round
-            passes only its new rows). Groups with base sums but no new rows are reported too.
-        base_spec_ids: spec_id of each base group (checked against the new rows; default: trust ``spec_id``).
         metric_prefix, cosine_metric: metric names (embedding Vendi uses ``emb_vendi`` / ``emb_mean_cosine``).
         fanout: most partials summed by one task (bounds executor memory at ``fanout`` × 4.2 MB per group).
-        direct_read: when ``df`` is a plain scan of local parquet files, let Spark tasks read the files with pyarrow
-            (same sums, no JVM → Python transfer of the vectors); see :func:`covariance_sums_frame`.
-        read_tasks: number of such reading tasks (default: the session's task slots).
 
     Returns:
-        :class:`DiversityResult`; rows hold, per group, ``<prefix>``, ``<prefix>_q<q>`` (q ≠ 1), ``cosine_metric``.
+        :class:`DiversityResult` (no sums); rows hold, per group, ``<prefix>``, ``<prefix>_q<q>`` (q ≠ 1) and
+        ``cosine_metric``.
 
     Raises:
-        SpecMismatchError: vectors of more than one spec in a group (or base sums of another spec).
+        SpecMismatchError: vectors of more than one spec in a group.
         ValueError: missing or mistyped columns, vectors of unequal length, zero / NaN / null vectors.
     """
     cols = _as_cols(group_cols)
     q = normalize_q(q)
+    names = {"q": q, "metric_prefix": metric_prefix, "cosine_metric": cosine_metric}
+    if not cols:
+        sums = group_sums(df, vector_col=vector_col, spec_col=spec_col, spec_id=spec_id, fanout=fanout)
+        res = diversity_from_sums(sums, **names)
+        return DiversityResult(res.rows, {}, res.spec_ids)
+    frame = covariance_sums_frame(df, cols, vector_col=vector_col, spec_col=spec_col, q=q, fanout=fanout)
     scope = scope_name(cols)
-    need_sums = keep_sums or bool(base_sums)
-    # one group: sum its (at most `fanout`) partials on the driver and skip the last shuffle and Python stage;
-    # several groups: sum and score each group on an executor, so the driver gets one small row per group
-    on_driver = not cols
-    frame = covariance_sums_frame(
-        df,
-        cols,
-        vector_col=vector_col,
-        spec_col=spec_col,
-        q=q,
-        keep_sums=need_sums,
-        fanout=fanout,
-        finalize=not on_driver,
-        direct_read=direct_read,
-        read_tasks=read_tasks,
-    )
-    collected = _collect(frame, cols)
-    spec_name = spec_col or "spec_id"
-
-    def single_spec(key: tuple, specs: Sequence[str | None]) -> str | None:
-        if not spec_col:
-            return spec_id
-        if len(specs) > 1:
-            _raise_mixed(scope, key, list(specs), spec_name)
-        return specs[0] if specs else None
-
     rows: list[dict] = []
-    sums_out: dict[tuple, CovarianceSums] = {}
-    spec_out: dict[tuple, str | None] = {}
-    name_q = vendi_metric(metric_prefix, q)
-    merged: dict[tuple, tuple[CovarianceSums, str | None]] = {}
-    if on_driver:
-        packed: dict[tuple, _Packed] = {}
-        for r in collected:
-            key = tuple(r[c] for c in cols)
-            acc = packed.get(key)
-            if acc is None:
-                acc = packed[key] = _Packed(r[_D])
-            acc.add(r[_N], r[_D], bytes(r[_VSUM]), bytes(r[_COV]), r[_SPECS] or [])
-        for key, acc in packed.items():
-            merged[key] = (acc.sums(), single_spec(key, _sorted_specs(acc.specs)))
-    elif not need_sums:
-        for r in collected:
-            key = tuple(r[c] for c in cols)
-            spec = single_spec(key, list(r[_SPECS]))
-            metrics = {metric_prefix: r[_VENDI], cosine_metric: r[_MCOS]}
-            if q != 1.0:
-                metrics[name_q] = r[_VENDI_Q]
-            rows += _rows(scope, key, r[_N], spec, metrics)
-            spec_out[key] = spec
-        return DiversityResult(_frame(rows), {}, spec_out)
-    else:
-        for r in collected:
-            key = tuple(r[c] for c in cols)
-            record = {"n": r[_N], "d": r[_D], "vector_sum": r[_VSUM], "cov_upper": r[_COV]}
-            merged[key] = (CovarianceSums.from_record(record), single_spec(key, list(r[_SPECS])))
-    for raw_key, base in (base_sums or {}).items():
-        key = tuple(raw_key) if isinstance(raw_key, tuple | list) else (raw_key,)
-        if len(key) != len(cols):
-            raise ValueError(f"base_sums key {raw_key!r} does not match group columns {cols}")
-        if not isinstance(base, CovarianceSums):
-            raise ValueError(f"base_sums[{raw_key!r}] must be CovarianceSums, got {type(base).__name__}")
-        known = base_spec_ids is not None and key in base_spec_ids
-        bspec = base_spec_ids[key] if known else spec_id
-        if key in merged:
-            new, nspec = merged[key]
-            if known and bspec != nspec:
-                _raise_mixed(scope, key, _sorted_specs([bspec, nspec]), spec_name)
-            merged[key] = (base + new, nspec)
-        else:
-            merged[key] = (base + CovarianceSums.zeros(base.d), bspec)
-    for key, (sums, spec) in merged.items():
-        if sums.n == 0:
-            continue
-        v1, vq, mc = _metrics(sums, q)
-        metrics = {metric_prefix: v1, cosine_metric: mc}
-        if q != 1.0:
-            metrics[name_q] = vq
-        rows += _rows(scope, key, sums.n, spec, metrics)
-        spec_out[key] = spec
-        if keep_sums:
-            sums_out[key] = sums
-    return DiversityResult(_frame(rows), sums_out, spec_out)
+    spec_ids: dict[tuple, str | None] = {}
+    for r in _collect(frame, cols):
+        key = tuple(r[c] for c in cols)
+        spec_ids[key] = _single_spec(scope, key, list(r[_SPECS]), spec_col, spec_id)
+        rows += _rows(scope, key, r[_N], spec_ids[key], _named(r[_VENDI], r[_VENDI_Q], r[_MCOS], **names))
+    return DiversityResult(_frame(rows), {}, spec_ids)
 
 
 def embed_frame(
@@ -946,7 +1021,6 @@ def embedding_diversity(
     batch_size: int = 64,
     max_tokens: int | None = None,
     q: float = 1.0,
-    keep_sums: bool = False,
     fanout: int = 32,
 ) -> DiversityResult:
     """Embedding Vendi per group: embed ``text_col`` (cosine kernel of unit sentence embeddings), then the d × d path.
@@ -975,7 +1049,6 @@ def embedding_diversity(
         spec_col=None,
         spec_id=embedding_spec_id(model),
         q=q,
-        keep_sums=keep_sums,
         metric_prefix=EMB_VENDI,
         cosine_metric=EMB_MEAN_COSINE,
         fanout=fanout,

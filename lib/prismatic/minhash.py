@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pandas.util import hash_array
 
-from prismatic.config import DedupConfig, NormalizeConfig
+from prismatic.config import DedupConfig
 from prismatic.normalize import normalize_many
 
 __all__ = [
@@ -235,7 +235,7 @@ def shingle_hashes(texts: Any, ngram: int = 3, kind: str = "word") -> Shingles:
     return Shingles(fmix64(acc), offsets)
 
 
-def shingle_batch(texts: Any, cfg: DedupConfig | None = None, normalize: NormalizeConfig | None = None) -> Shingles:
+def shingle_batch(texts: Any, cfg: DedupConfig | None = None) -> Shingles:
     """Normalize a batch of raw texts and shingle it as ``cfg`` says (``cfg.normalize``, ``shingle``, ``ngram``).
 
     Whitespace is collapsed even when ``collapse_whitespace`` is off: word tokens do not depend on spacing, and
@@ -244,13 +244,12 @@ def shingle_batch(texts: Any, cfg: DedupConfig | None = None, normalize: Normali
     Args:
         texts: raw texts (list / Series / pyarrow string array, no nulls).
         cfg: dedup settings (default :class:`DedupConfig`).
-        normalize: override of ``cfg.normalize``.
 
     Returns:
         :class:`Shingles` with one row per text.
     """
     cfg = cfg or DedupConfig()
-    ncfg = normalize or cfg.normalize
+    ncfg = cfg.normalize
     if not ncfg.collapse_whitespace:  # tokens are whitespace-separated either way; collapse so Python defines it
         ncfg = ncfg.model_copy(update={"collapse_whitespace": True})
     return shingle_hashes(normalize_many(texts, ncfg), cfg.ngram, cfg.shingle)

@@ -59,7 +59,7 @@ def test_distributed_equals_numpy_lloyd_for_any_partitioning(df, data):
     ]
     inits = []
     for kw in runs:
-        r = cl.spherical_kmeans(df, K, iterations=5, seed=7, tol=None, **kw)
+        r = cl.spherical_kmeans(df, K, ClusterConfig(iterations=5, seed=7, tol=None, **kw))
         expected = (kw["storage"], kw["reduce"], kw["num_partitions"], 5)
         assert (r.storage, r.reduce, r.partitions, r.iterations) == expected
         ref = cl.lloyd(x, initial=r.init_centroids, iterations=5, tol=None)
@@ -85,7 +85,8 @@ def test_init_sample_is_the_spark_sql_hash_order(df, init, storage):
     m, seed = 40, 13
     ref = df.orderBy(F.xxhash64("sample_id", F.lit(seed)), "sample_id").limit(m).select("vector").toPandas()["vector"]
     sample = cl.normalize_rows(np.stack(ref.to_list()))
-    r = cl.spherical_kmeans(df, K, 0, seed=seed, init=init, init_sample=m, storage=storage, num_partitions=3)
+    cfg = ClusterConfig(seed=seed, init=init, init_sample=m, storage=storage, num_partitions=3)
+    r = cl.spherical_kmeans(df, K, cfg.model_copy(update={"iterations": 0}))  # init only (configs need >= 1)
     np.testing.assert_array_equal(r.init_centroids, cl.init_centroids(sample, K, seed, init))
     assert r.iterations == 0 and r.sizes.sum() == N
 
@@ -114,7 +115,7 @@ def test_many_arrow_batches_per_partition(spark, data, small_arrow_batches):
     assert min(batches_per_partition(sdf)) > 5
     x = cl.normalize_rows(raw)
     for storage in ("files", "cache"):
-        r = cl.spherical_kmeans(sdf, K, 3, seed=4, tol=None, storage=storage)
+        r = cl.spherical_kmeans(sdf, K, ClusterConfig(iterations=3, seed=4, tol=None, storage=storage))
         ref = cl.lloyd(x, initial=r.init_centroids, iterations=3, tol=None)
         np.testing.assert_allclose(r.centroids, ref.centroids, atol=1e-5)
         np.testing.assert_array_equal(r.sizes, ref.sizes)
@@ -123,7 +124,7 @@ def test_many_arrow_batches_per_partition(spark, data, small_arrow_batches):
     bad = spark.createDataFrame(rows, "sample_id bigint, vector array<double>").coalesce(1)
     for storage in ("files", "cache"):
         with pytest.raises(ValueError, match=r"different lengths \(2 to 3\)"):
-            cl.spherical_kmeans(bad, 2, storage=storage)
+            cl.spherical_kmeans(bad, 2, ClusterConfig(storage=storage))
 
 
 def test_empty_clusters_reseeded_across_partitions_like_numpy(spark, data):
@@ -133,7 +134,8 @@ def test_empty_clusters_reseeded_across_partitions_like_numpy(spark, data):
     sdf = frame(spark, raw, ids, 4, id_type="string")
     # K - 2 real directions plus two centroids pointing away from the data: at least one starts empty
     initial = np.vstack([dirs[: K - 2], -dirs[0], -dirs[1]])
-    r = cl.spherical_kmeans(sdf, K, 4, seed=0, initial=initial, tol=None, reseed_pool=3, storage="files")
+    cfg = ClusterConfig(iterations=4, seed=0, tol=None, reseed_pool=3, storage="files")
+    r = cl.spherical_kmeans(sdf, K, cfg, initial=initial)
     ref = cl.lloyd(x, initial=initial, iterations=4, tol=None, ids=ids, reseed_pool=3)
     assert r.reseeded == ref.reseeded >= 1
     np.testing.assert_allclose(r.centroids, ref.centroids, atol=1e-5)
@@ -145,7 +147,9 @@ def test_empty_clusters_reseeded_across_partitions_like_numpy(spark, data):
 def test_pruned_steps_skip_rows_and_match_full_products(df, data):
     raw, _, _ = data
     runs = {
-        name: cl.spherical_kmeans(df, K, 8, seed=2, tol=None, storage=storage, prune=prune, num_partitions=2)
+        name: cl.spherical_kmeans(
+            df, K, ClusterConfig(iterations=8, seed=2, tol=None, storage=storage, num_partitions=2), prune=prune
+        )
         for name, storage, prune in [("pruned", "files", True), ("full", "files", False), ("cache", "cache", True)]
     }
     ref = cl.lloyd(cl.normalize_rows(raw), initial=runs["full"].init_centroids, iterations=8, tol=None)
@@ -160,7 +164,7 @@ def test_pruned_steps_skip_rows_and_match_full_products(df, data):
 
 def test_early_stop_records_iterations(df, data):
     raw, _, _ = data
-    r = cl.spherical_kmeans(df, K, iterations=30, seed=3, tol=0.0)
+    r = cl.spherical_kmeans(df, K, ClusterConfig(iterations=30, seed=3, tol=0.0))
     ref = cl.lloyd(cl.normalize_rows(raw), initial=r.init_centroids, iterations=30, tol=0.0)
     assert r.converged and r.iterations == ref.iterations < 30 and len(r.history) == r.iterations
     np.testing.assert_allclose(r.centroids, ref.centroids, atol=1e-5)
@@ -168,7 +172,7 @@ def test_early_stop_records_iterations(df, data):
 
 def test_recovers_directions_and_outputs(df, data):
     _, truth, dirs = data
-    r = cl.spherical_kmeans(df, K, seed=1)
+    r = cl.spherical_kmeans(df, K, ClusterConfig(seed=1))
     assert (dirs @ r.centroids.T).max(axis=1).min() > 0.98
     labels, cosines = labels_of(r, N)
     assert cosines.sum() == pytest.approx(r.objective, rel=1e-6)
@@ -184,10 +188,12 @@ def test_recovers_directions_and_outputs(df, data):
 
 
 def test_mllib_reference_objective_within_a_few_percent(df):
-    ours = cl.spherical_kmeans(df, K, 20, seed=5)
-    ref = cl.spherical_kmeans(df, K, 20, seed=5, method="mllib")
+    ours = cl.spherical_kmeans(df, K, ClusterConfig(iterations=20, seed=5))
+    ref = cl.mllib_kmeans(df, K, ClusterConfig(iterations=20, seed=5))
+    via_config = cl.spherical_kmeans(df, K, ClusterConfig(iterations=20, seed=5, method="mllib"))
     assert ref.method == "mllib" and ref.sizes.sum() == N and ref.centroids.shape == (K, D)
     assert abs(ref.objective - ours.objective) / ours.objective < 0.03
+    assert via_config.method == "mllib" and via_config.objective == pytest.approx(ref.objective, rel=1e-9)
 
 
 def test_assign_spark_matches_numpy(df, data):
@@ -215,7 +221,7 @@ def test_bad_input_is_a_clear_value_error(spark, data, tmp_path):
     with pytest.raises(ValueError, match="k = 21 exceeds the number of rows n = 20"):
         cl.spherical_kmeans(good, 21)
     with pytest.raises(ValueError, match="storage must be one of"):
-        cl.spherical_kmeans(good, 2, storage="disk")
+        cl.spherical_kmeans(good, 2, ClusterConfig().model_copy(update={"storage": "disk"}))
     bad_type = spark.createDataFrame([(1, "x")], "sample_id bigint, vector string")
     with pytest.raises(ValueError, match="must be array<float> or array<double>"):
         cl.spherical_kmeans(bad_type, 1)
@@ -228,5 +234,5 @@ def test_bad_input_is_a_clear_value_error(spark, data, tmp_path):
         bdf = spark.createDataFrame(bad, "sample_id bigint, vector array<double>")
         for storage in ("files", "cache"):
             with pytest.raises(ValueError, match=match):
-                cl.spherical_kmeans(bdf, 1, storage=storage, staging_dir=str(tmp_path))
+                cl.spherical_kmeans(bdf, 1, ClusterConfig(storage=storage, staging_dir=str(tmp_path)))
     assert list(tmp_path.iterdir()) == []  # staged files are removed on errors too

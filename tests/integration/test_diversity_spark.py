@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -50,6 +51,13 @@ def numpy_by_group(X, keys, select):
     return out
 
 
+def scored_sums(df, group_cols=None, q: float = 1.0, **kw):
+    """The keep-the-sums path: per-group sums (``group_sums``), then metrics from them on the driver."""
+    from prismatic.diversity import diversity_from_sums, group_sums
+
+    return diversity_from_sums(group_sums(df, group_cols, **kw), q=q)
+
+
 def metric(rows: pd.DataFrame, group: str, name: str) -> tuple[float, int, str]:
     hit = rows[(rows["group"] == group) & (rows["metric"] == name)]
     assert len(hit) == 1, f"expected one {name} row for {group}, got {len(hit)}"
@@ -89,7 +97,7 @@ def test_two_group_columns_and_no_grouping(vectors, data):
     assert set(whole["scope"]) == {"all"} and set(whole["group"]) == {"all"}
     assert metric(whole, "all", "g_vendi")[:2] == (pytest.approx(vendi.score_dual(X), rel=1e-9), len(X))
     # the ungrouped path sums partials on the driver; with 7 partitions and fanout 2 it goes through tree levels
-    tree = gradient_diversity(vectors.repartition(7), fanout=2, q=math.inf, keep_sums=True)
+    tree = scored_sums(vectors.repartition(7), fanout=2, q=math.inf)
     assert metric(tree.rows, "all", "g_vendi")[0] == pytest.approx(vendi.score_dual(X), rel=1e-9)
     assert metric(tree.rows, "all", "g_vendi_qinf")[0] == pytest.approx(vendi.score_dual(X, q=math.inf), rel=1e-9)
     assert metric(tree.rows, "all", "g_mean_cosine")[0] == pytest.approx(vendi.mean_pairwise_cosine(X), abs=1e-9)
@@ -98,30 +106,32 @@ def test_two_group_columns_and_no_grouping(vectors, data):
 
 @pytest.fixture(scope="module")
 def one_partition(vectors):
-    from prismatic.diversity import gradient_diversity
-
-    return gradient_diversity(vectors.coalesce(1), ["source", "round"], keep_sums=True)
+    return scored_sums(vectors.coalesce(1), ["source", "round"])
 
 
 @pytest.mark.parametrize("partitions,fanout", [(4, 32), (7, 2)])
 def test_partitioning_does_not_change_results(vectors, one_partition, partitions, fanout):
     """Any number of partitions, with and without tree levels (7 partitions, fanout 2: two levels), same values."""
-    from prismatic.diversity import gradient_diversity
-
     base = one_partition
-    res = gradient_diversity(vectors.repartition(partitions), ["source", "round"], keep_sums=True, fanout=fanout)
+    res = scored_sums(vectors.repartition(partitions), ["source", "round"], fanout=fanout)
     pd.testing.assert_frame_equal(res.rows.drop(columns="value"), base.rows.drop(columns="value"))
     np.testing.assert_allclose(res.rows["value"], base.rows["value"], rtol=1e-10, atol=1e-12)
     assert res.sums.keys() == base.sums.keys()
     for key, s in res.sums.items():
         np.testing.assert_allclose(s.cov_sum, base.sums[key].cov_sum, rtol=1e-10, atol=1e-12)
+    # the one-pass path scores each group on an executor: the same rows as scoring the collected sums
+    from prismatic.diversity import gradient_diversity
+
+    scored = gradient_diversity(vectors.repartition(partitions), ["source", "round"], fanout=fanout).rows
+    pd.testing.assert_frame_equal(scored.drop(columns="value"), base.rows.drop(columns="value"))
+    np.testing.assert_allclose(scored["value"], base.rows["value"], rtol=1e-10, atol=1e-12)
 
 
 def test_kept_sums_equal_numpy_and_extend_incrementally(spark, vectors, data):
-    from prismatic.diversity import gradient_diversity
+    from prismatic.diversity import add_sums, diversity_from_sums, gradient_diversity, group_sums
 
     rows, X, keys = data
-    res = gradient_diversity(vectors, "source", keep_sums=True)
+    res = group_sums(vectors, "source")
     for source in SOURCES:
         idx = [i for i, k in enumerate(keys) if k[0] == source]
         ref = CovarianceSums.from_vectors(X[idx])
@@ -131,20 +141,15 @@ def test_kept_sums_equal_numpy_and_extend_incrementally(spark, vectors, data):
         np.testing.assert_allclose(got.vector_sum, ref.vector_sum, rtol=1e-12, atol=1e-12)
         assert res.spec_ids[(source,)] == "specA"
     # round 0 kept as base sums, round 1 passed as new rows: equals scoring everything at once
-    old = gradient_diversity(vectors.where("round = 0"), "source", keep_sums=True)
-    new = gradient_diversity(
-        vectors.where("round = 1 and source != 'gsm'"),
-        "source",
-        base_sums=old.sums,
-        base_spec_ids=old.spec_ids,
-    )
+    old = group_sums(vectors.where("round = 0"), "source")
+    new = diversity_from_sums(add_sums(old, group_sums(vectors.where("round = 1 and source != 'gsm'"), "source")))
     full = gradient_diversity(vectors.where("round = 0 or source != 'gsm'"), "source").rows
     pd.testing.assert_frame_equal(new.rows.drop(columns="value"), full.drop(columns="value"))
     np.testing.assert_allclose(new.rows["value"], full["value"], rtol=1e-10, atol=1e-12)
     # base sums of another spec refuse to mix
     with pytest.raises(SpecMismatchError, match="specB"):
-        gradient_diversity(
-            vectors.where("round = 1"), "source", base_sums=old.sums, base_spec_ids=dict.fromkeys(old.sums, "specB")
+        add_sums(
+            replace(old, spec_ids=dict.fromkeys(old.sums, "specB")), group_sums(vectors.where("round = 1"), "source")
         )
 
 
@@ -256,17 +261,13 @@ def test_direct_read_equals_dataframe_path(delta_vectors, data, group_cols, capl
     """Same rows, sums and values (to 1e-10) as the mapInArrow path, for any number of reading tasks / tree levels."""
     import logging
 
-    from prismatic.diversity import gradient_diversity
-
     _, X, _ = data
-    ref = gradient_diversity(delta_vectors, group_cols, q=2, keep_sums=True, direct_read=False)
+    ref = scored_sums(delta_vectors, group_cols, q=2, direct_read=False)
     assert ref.rows["n"].max() <= len(X)
     for read_tasks, fanout in [(None, 32), (1, 32), (7, 2)]:  # 7 tasks of fanout 2: two tree levels
         with caplog.at_level(logging.INFO, logger="prismatic.diversity"):
             caplog.clear()
-            got = gradient_diversity(
-                delta_vectors, group_cols, q=2, keep_sums=True, read_tasks=read_tasks, fanout=fanout
-            )
+            got = scored_sums(delta_vectors, group_cols, q=2, read_tasks=read_tasks, fanout=fanout)
         assert "direct parquet read of 3 file(s)" in caplog.text
         if read_tasks:
             assert f"in {read_tasks} task(s)" in caplog.text

@@ -382,7 +382,7 @@ def test_partials_of_file_slices_equal_the_sums_of_all_rows(tmp_path):
     total = {}
     for j in range(3):
         rows = _read_slices([(str(tmp_path / "a.parquet"), j, 3)], columns, types)
-        for b in _partial_batches(rows, "vector", ["src"], "spec_id", True, 1, part=j):
+        for b in _partial_batches(rows, "vector", ["src"], "spec_id", 1, part=j):
             rec = b.to_pylist()[0]
             s = CovarianceSums.from_record(
                 {
@@ -398,6 +398,36 @@ def test_partials_of_file_slices_equal_the_sums_of_all_rows(tmp_path):
         ref = CovarianceSums.from_vectors(X[np.arange(40) % 3 == g])
         assert total[f"s{g}"].n == ref.n
         np.testing.assert_allclose(total[f"s{g}"].cov_sum, ref.cov_sum, rtol=1e-12, atol=1e-14)
+
+
+def test_sums_seam_adds_rounds_and_scores_like_numpy():
+    """group_sums' output type, added across rounds and scored on the driver, equals scoring all rows at once."""
+    from prismatic.diversity import GroupSums, add_sums, diversity_from_sums
+    from prismatic.errors import SpecMismatchError
+
+    rng = np.random.default_rng(3)
+    old = {("a",): rng.standard_normal((30, 8)), ("b",): rng.standard_normal((12, 8))}
+    new = {("a",): rng.standard_normal((20, 8)), ("c",): rng.standard_normal((9, 8))}
+
+    def sums(rows):
+        return GroupSums(
+            ["source"], {k: CovarianceSums.from_vectors(x) for k, x in rows.items()}, dict.fromkeys(rows, "s")
+        )
+
+    res = diversity_from_sums(add_sums(sums(old), sums(new)), q=2)
+    everything = {("a",): np.vstack([old[("a",)], new[("a",)]]), ("b",): old[("b",)], ("c",): new[("c",)]}
+    assert sorted(res.sums) == sorted(everything) and set(res.rows["scope"]) == {"source"}
+    for key, x in everything.items():
+        got = res.rows[res.rows["group"] == key[0]].set_index("metric")
+        assert got.loc["g_vendi", "value"] == pytest.approx(vendi.score_dual(x), rel=1e-10)
+        assert got.loc["g_vendi_q2", "value"] == pytest.approx(vendi.score_dual(x, q=2), rel=1e-10)
+        assert got.loc["g_mean_cosine", "value"] == pytest.approx(vendi.mean_pairwise_cosine(x), abs=1e-10)
+        assert (got["n"] == len(x)).all() and (got["spec_id"] == "s").all()
+    other = GroupSums(["source"], sums(new).sums, dict.fromkeys(new, "t"))
+    with pytest.raises(SpecMismatchError, match="s, t"):
+        add_sums(sums(old), other)
+    with pytest.raises(ValueError, match="grouped by"):
+        add_sums(sums(old), GroupSums(["round"]))
 
 
 def test_names():
