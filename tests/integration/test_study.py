@@ -41,7 +41,8 @@ def write_jsonl(path, rows):
 
 @pytest.mark.timeout(1800)  # ~2 min on an idle 2-core machine; 13 min measured on a heavily shared one
 def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
-    from prismatic.stages import score_stage
+    from prismatic.stages.base import Context
+    from prismatic.stages.score import score_pool
     from prismatic.train import study_stage
 
     pool = write_jsonl(
@@ -79,7 +80,7 @@ def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
     ])  # fmt: skip
     store = open_store(settings, spark)
     ingest(store, [str(pool)], "snli", "nli", settings)
-    score_stage(store, settings)
+    score_pool(Context(settings, store))
     report = study_stage(store, settings)
 
     # four equal-size subsets: three drawn from 1, 2, 4 clusters, one uniformly at random

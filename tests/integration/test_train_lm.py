@@ -142,7 +142,7 @@ def test_lm_evaluation_parses_answers(tmp_path, monkeypatch, tiny_model):
         return ["Entailment.", "neutral", "hmm"]
 
     monkeypatch.setattr(student, "generate", scripted)
-    res = evaluate_student(student, nli, settings)
+    res = evaluate_student(student, nli, settings, method="generate")  # loglik is the default for NLI
     assert (res.correct, res.unparsed) == (2, 1)
     assert prompts_seen[0] == settings.ingest.nli_prompt_template.format(premise="p", hypothesis="h")
 

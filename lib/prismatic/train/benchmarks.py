@@ -3,7 +3,9 @@
 * **NLI** examples are ``{"premise", "hypothesis", "label"}``. A benchmark declares its label set: 3-way
   (``entailment``, ``neutral``, ``contradiction``) or 2-way (``entailment``, ``non-entailment``). A 3-way prediction
   is scored on a 2-way benchmark through :func:`collapse_label` (neutral and contradiction are non-entailment).
-* **Math** examples are ``{"problem", "answer"}`` (numeric or LaTeX; compared with math-verify).
+* **Math** examples are ``{"problem", "answer"}`` (numeric or LaTeX; compared with math-verify), with an optional
+  ``choices`` list (the gold answer among distractors) that makes the benchmark multiple choice: an lm student is
+  then scored by option log-likelihood (:mod:`prismatic.train.loglik`). No built-in math set has choices.
 
 Built-ins (offline data of ``../shared/ASSETS.md``):
 
@@ -21,7 +23,8 @@ name                        task  split  source
 ==========================  ====  =====  ==================================================================
 
 A user file works too (:func:`load_file`): JSONL rows ``{premise, hypothesis, label}`` or ``{problem, answer}``
-(``question`` / ``solution`` are accepted aliases of ``problem`` / ``answer``), or a BIG-bench ``task.json``. The label
+(``question`` / ``solution`` are accepted aliases of ``problem`` / ``answer``; optional ``choices``), or a BIG-bench
+``task.json``. The label
 set of a JSONL NLI file is inferred (3-way when every label is one of the three SNLI labels, 2-way when they are
 entailment / non-entailment or a synonym); a sidecar ``<file>.meta.json`` may declare ``{"name", "task", "split",
 "labels", "label_map"}`` explicitly (``label_map`` maps raw labels of the file to the declared label set).
@@ -371,6 +374,18 @@ def _meta_for(path: Path) -> dict:
     return meta
 
 
+def _choices(raw: Any, answer: str, where: str) -> list[str]:
+    """The options of a multiple-choice math row: distinct non-empty strings, the gold answer among them."""
+    if not isinstance(raw, list) or len(raw) < 2:
+        raise InputError(f"{where}: 'choices' must be a list of at least two options")
+    opts = [str(c).strip() for c in raw]
+    if any(not o for o in opts) or len(set(opts)) != len(opts):
+        raise InputError(f"{where}: 'choices' must be distinct non-empty options")
+    if answer not in opts:
+        raise InputError(f"{where}: the answer {answer!r} is not one of the choices {opts}")
+    return opts
+
+
 def load_file(path: str | Path, name: str | None = None, split: str | None = None) -> Benchmark:
     """A user benchmark file: NLI or math JSONL (see the module docstring), or a BIG-bench ``task.json``."""
     path = Path(path).expanduser()
@@ -415,7 +430,10 @@ def load_file(path: str | Path, name: str | None = None, split: str | None = Non
         answer = r.get("answer", r.get("solution"))
         if not isinstance(problem, str) or not problem.strip() or answer is None or not str(answer).strip():
             raise InputError(f"{path}:{line}: math rows need a non-empty 'problem' and 'answer'")
-        examples.append({"problem": problem.strip(), "answer": str(answer).strip()})
+        ex = {"problem": problem.strip(), "answer": str(answer).strip()}
+        if r.get("choices") is not None:
+            ex["choices"] = _choices(r["choices"], ex["answer"], f"{path}:{line}")
+        examples.append(ex)
     return Benchmark(name, "math", split, examples, (), str(path), skipped)
 
 

@@ -1,12 +1,20 @@
 """Evaluation: accuracy of a student on a benchmark, and the ``eval`` stage (``eval_results`` + MLflow).
 
-Scoring rules (every unparseable answer counts as wrong, never as skipped):
+Methods (``train.eval_method``; each ``eval_results`` row records the one that produced it in ``eval_method``):
 
-* **NLI**: the probe predicts a label directly; the lm's generated text is parsed by :func:`parse_nli_answer`
-  (the earliest label word, ``non-entailment`` before ``entailment``; a bare ``yes`` / ``no``). A 3-way prediction
-  on a 2-way benchmark is folded with :func:`~prismatic.train.benchmarks.collapse_label`.
-* **Math**: the lm's answer and the gold answer are parsed and compared with math-verify
-  (``math_verify.parse`` / ``math_verify.verify``); an answer math-verify cannot parse is wrong.
+* ``classifier``: the probe predicts a label directly.
+* ``loglik`` (lm): the option with the highest log-likelihood given the prompt
+  (:mod:`prismatic.train.loglik`, the lm-evaluation-harness way). NLI options are the label words of the pool
+  (``ingest.nli_labels``, the words the prompt template asks for); math uses it only when every example of the
+  benchmark carries ``choices`` (the gold answer among distractors), otherwise it generates. Nothing is unparsed.
+* ``generate`` (lm): greedy answer, parsed. Every unparseable answer counts as wrong, never as skipped:
+
+  * **NLI**: :func:`parse_nli_answer` (the earliest label word, ``non-entailment`` before ``entailment``; a bare
+    ``yes`` / ``no``).
+  * **Math**: the answer and the gold answer are parsed and compared with math-verify
+    (``math_verify.parse`` / ``math_verify.verify``); an answer math-verify cannot parse is wrong.
+
+A 3-way prediction on a 2-way benchmark is folded with :func:`~prismatic.train.benchmarks.collapse_label`.
 
 ``eval_results`` is keyed by (run_id = student id, benchmark = name, ``name@n:seed`` when sampled) and MERGEd with
 update, so evaluating the same student on the same data again replaces its row and nothing else.
@@ -16,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,9 +36,11 @@ import pyarrow as pa
 from prismatic.config import Settings
 from prismatic.errors import PrismError
 from prismatic.tables import TableStore, table_def
-from prismatic.train.benchmarks import Benchmark, collapse_label, load_benchmark
+from prismatic.train.benchmarks import Benchmark, canonical_label, collapse_label, load_benchmark
 
 log = logging.getLogger(__name__)
+
+LOGLIK, GENERATE, CLASSIFIER = "loglik", "generate", "classifier"
 
 _NLI_WORDS = re.compile(
     r"non[\s_-]?entail\w*|not[\s_-]+entail\w*|no[\s_-]+entailment|entail\w*|neutral|contradict\w*", re.IGNORECASE
@@ -89,6 +100,7 @@ class EvalResult:
     predictions: list = field(default_factory=list, repr=False)
 
     gold: list = field(default_factory=list, repr=False)
+    method: str = GENERATE
 
     @property
     def accuracy(self) -> float:
@@ -111,7 +123,7 @@ class EvalResult:
         return sum(recalls) / len(recalls)
 
 
-def score_nli(predicted: Sequence[str | None], bench: Benchmark) -> EvalResult:
+def score_nli(predicted: Sequence[str | None], bench: Benchmark, method: str = GENERATE) -> EvalResult:
     """Accuracy of predicted labels (any label set; folded into the benchmark's) against the gold labels."""
     if len(predicted) != len(bench.examples):
         raise ValueError(f"{len(predicted)} predictions for {len(bench.examples)} examples")
@@ -129,6 +141,7 @@ def score_nli(predicted: Sequence[str | None], bench: Benchmark) -> EvalResult:
         bench.fingerprint(),
         folded,
         [e["label"] for e in bench.examples],
+        method,
     )
 
 
@@ -144,49 +157,102 @@ def score_math(answers: Sequence[str | None], bench: Benchmark) -> EvalResult:
     )
 
 
-def evaluate_student(student, bench: Benchmark, settings: Settings, embed=None) -> EvalResult:
+def score_math_choices(picked: Sequence[str], bench: Benchmark) -> EvalResult:
+    """Accuracy of chosen options against the gold answers of a multiple-choice math benchmark."""
+    if len(picked) != len(bench.examples):
+        raise ValueError(f"{len(picked)} choices for {len(bench.examples)} examples")
+    verdicts = [p == str(e["answer"]) for p, e in zip(picked, bench.examples, strict=True)]
+    return EvalResult(
+        bench.name, bench.split, "math", len(verdicts), sum(verdicts), 0, (), bench.fingerprint(), verdicts,
+        method=LOGLIK,
+    )  # fmt: skip
+
+
+def has_choices(bench: Benchmark) -> bool:
+    """True when every example carries ``choices`` (a multiple-choice benchmark)."""
+    return bool(bench.examples) and all(e.get("choices") for e in bench.examples)
+
+
+def evaluate_student(
+    student, bench: Benchmark, settings: Settings, embed=None, method: str | None = None
+) -> EvalResult:
     """Accuracy of a loaded student on a benchmark.
 
     Args:
         student: a :class:`~prismatic.train.probe.ProbeStudent` or :class:`~prismatic.train.lm.LMStudent`.
         bench: the benchmark.
-        settings: for the NLI prompt template, generation length and batch size.
+        settings: for the NLI prompt template, the eval method, generation length and batch size.
         embed: text → embedding function for a probe (default: the cached encoder of the settings).
+        method: ``loglik`` or ``generate`` for an lm student (default ``train.eval_method``).
     """
     if len(bench) == 0:
         raise PrismError(f"benchmark {bench.name} has no examples")
     kind = getattr(student, "kind", None)
     if kind == "probe":
-        if bench.task != "nli":
-            raise PrismError(
-                f"the probe student answers NLI only; {bench.name} is a {bench.task} benchmark",
-                hint="evaluate math benchmarks with an lm student",
-            )
-        if embed is None:
-            from prismatic.train.data import embedder_for
-
-            embed = embedder_for(settings)
-        preds = student.predict_nli(
-            [e["premise"] for e in bench.examples], [e["hypothesis"] for e in bench.examples], embed
-        )
-        return score_nli(preds, bench)
+        return _evaluate_probe(student, bench, settings, embed)
     if kind == "lm":
-        cfg = settings.train
-        if bench.task == "nli":
-            premises = [e["premise"] for e in bench.examples]
-            raw = student.predict_nli(
-                premises,
-                [e["hypothesis"] for e in bench.examples],
-                settings.ingest.nli_prompt_template,
-                max_new_tokens=cfg.max_new_tokens,
-                batch_size=cfg.eval_batch_size,
-            )
-            return score_nli([parse_nli_answer(t) for t in raw], bench)
-        raw = student.generate(
-            [e["problem"] for e in bench.examples], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size
-        )
-        return score_math(raw, bench)
+        method = method or settings.train.eval_method
+        if method not in (LOGLIK, GENERATE):
+            raise PrismError(f"unknown eval method {method!r}; choose loglik or generate")
+        if method == LOGLIK and (bench.task == "nli" or has_choices(bench)):
+            return _evaluate_lm_loglik(student, bench, settings)
+        return _evaluate_lm_generate(student, bench, settings)
     raise PrismError(f"cannot evaluate a {type(student).__name__}: not a student")
+
+
+def _evaluate_probe(student, bench: Benchmark, settings: Settings, embed) -> EvalResult:
+    if bench.task != "nli":
+        raise PrismError(
+            f"the probe student answers NLI only; {bench.name} is a {bench.task} benchmark",
+            hint="evaluate math benchmarks with an lm student",
+        )
+    if embed is None:
+        from prismatic.train.data import embedder_for
+
+        embed = embedder_for(settings)
+    preds = student.predict_nli(
+        [e["premise"] for e in bench.examples], [e["hypothesis"] for e in bench.examples], embed
+    )
+    return score_nli(preds, bench, CLASSIFIER)
+
+
+def nli_prompts(bench: Benchmark, settings: Settings) -> list[str]:
+    template = settings.ingest.nli_prompt_template
+    return [template.format(premise=e["premise"], hypothesis=e["hypothesis"]) for e in bench.examples]
+
+
+def _evaluate_lm_loglik(student, bench: Benchmark, settings: Settings) -> EvalResult:
+    from prismatic.train.loglik import choose
+
+    cfg = settings.train
+    if bench.task == "nli":
+        words = list(settings.ingest.nli_labels)
+        prompts, options = nli_prompts(bench, settings), [words] * len(bench)
+    else:
+        prompts = [e["problem"] for e in bench.examples]
+        options = [[str(c) for c in e["choices"]] for e in bench.examples]
+    scores = student.option_scores(prompts, options, max_tokens=cfg.max_tokens, batch_size=cfg.eval_batch_size)
+    picks = [opts[k] for opts, k in zip(options, choose(scores, cfg.loglik_normalize), strict=True)]
+    if bench.task == "nli":
+        return score_nli([canonical_label(p) for p in picks], bench, LOGLIK)
+    return score_math_choices(picks, bench)
+
+
+def _evaluate_lm_generate(student, bench: Benchmark, settings: Settings) -> EvalResult:
+    cfg = settings.train
+    if bench.task == "nli":
+        raw = student.predict_nli(
+            [e["premise"] for e in bench.examples],
+            [e["hypothesis"] for e in bench.examples],
+            settings.ingest.nli_prompt_template,
+            max_new_tokens=cfg.max_new_tokens,
+            batch_size=cfg.eval_batch_size,
+        )
+        return score_nli([parse_nli_answer(t) for t in raw], bench, GENERATE)
+    raw = student.generate(
+        [e["problem"] for e in bench.examples], max_new_tokens=cfg.max_new_tokens, batch_size=cfg.eval_batch_size
+    )
+    return score_math(raw, bench)
 
 
 def load_benchmarks(specs: Sequence[str], limit: int | None, seed: int) -> list[Benchmark]:
@@ -198,17 +264,20 @@ def eval_stage(
     settings: Settings,
     model_path: str | Path | None = None,
     benchmarks: Sequence[str] | None = None,
+    method: str | None = None,
 ) -> list[dict]:
     """Evaluate a student on benchmarks → MERGE rows into ``eval_results`` and log an MLflow run ``eval``.
 
     Args:
         store: the table store.
-        settings: ``train.benchmarks`` / ``train.eval_limit`` / ``train.seed`` are the defaults.
+        settings: ``train.benchmarks`` / ``train.eval_limit`` / ``train.seed`` / ``train.eval_method`` are the
+            defaults.
         model_path: a student folder; default the latest student trained under the data root.
         benchmarks: builtin names or JSONL / task.json files (default ``train.benchmarks``).
+        method: ``loglik`` or ``generate`` for an lm student (default ``train.eval_method``).
 
     Returns:
-        The ``eval_results`` rows written (one per benchmark).
+        The ``eval_results`` rows written (one per benchmark; ``eval_method`` says how each was scored).
     """
     from prismatic import tracking
     from prismatic.train.students import latest_student, load_student, read_manifest
@@ -223,7 +292,6 @@ def eval_stage(
     if not specs:
         raise PrismError("no benchmark to evaluate on", hint="pass --benchmark NAME|FILE or set train.benchmarks")
     benches = load_benchmarks(specs, settings.train.eval_limit, settings.train.seed)
-    lineage = manifest.get("lineage", {})
     rows: list[dict] = []
     nested = False
     if settings.tracking.enabled:
@@ -231,36 +299,54 @@ def eval_stage(
 
         nested = mlflow.active_run() is not None
     tags = {"student_id": manifest["student_id"], "student_kind": student.kind, "student_path": str(folder)}
-    with tracking.run(
-        settings, "eval", nested=nested, tags=tags, params={"benchmarks": ",".join(b.name for b in benches)}
-    ) as run:
+    params = {"benchmarks": ",".join(b.name for b in benches)}
+    if student.kind == "lm":
+        params["eval_method"] = method or settings.train.eval_method
+    with tracking.run(settings, "eval", nested=nested, tags=tags, params=params) as run:
         for b in benches:
-            res = evaluate_student(student, b, settings)
+            res = evaluate_student(student, b, settings, method=method)
             log.info(
-                "%s on %s: accuracy %.4f (%d / %d, %d unparsed)",
+                "%s on %s: accuracy %.4f (%d / %d, %d unparsed, %s)",
                 manifest["student_id"],
                 b.name,
                 res.accuracy,
                 res.correct,
                 res.n,
                 res.unparsed,
+                res.method,
             )
-            rows.append({
-                "run_id": manifest["student_id"], "benchmark": b.name, "model": str(folder), "split": b.split,
-                "accuracy": res.accuracy, "n": res.n, "created_at": datetime.now(UTC),
-                "student_kind": student.kind, "task": b.task, "labels": ",".join(b.labels),
-                "n_correct": res.correct, "n_unparsed": res.unparsed, "subset_id": lineage.get("subset_id"),
-                "study_id": lineage.get("study_id"), "mlflow_run_id": run.info.run_id if run is not None else None,
-                "lineage": json.dumps({**lineage, "benchmark_sha": res.fingerprint, "source": b.source},
-                                      default=str),
-            })  # fmt: skip
+            rows.append(
+                eval_row(
+                    manifest["student_id"], str(folder), student.kind, b, res, manifest.get("lineage", {}),
+                    run.info.run_id if run is not None else None,
+                )
+            )  # fmt: skip
             if run is not None:
                 import mlflow
 
                 key = re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", b.name)
                 mlflow.log_metrics({f"{key}_accuracy": res.accuracy, f"{key}_unparsed": res.unparsed})
+                if b.task == "nli":
+                    mlflow.log_metric(f"{key}_balanced_accuracy", res.balanced_accuracy)
     store.merge("eval_results", pa.Table.from_pylist(rows, schema=table_def("eval_results").schema), update=True)
     return rows
+
+
+def eval_row(
+    student_id: str, model: str, kind: str, bench: Benchmark, res: EvalResult, lineage: dict,
+    mlflow_run_id: str | None, *, with_source: bool = True,
+) -> dict:  # fmt: skip
+    """One ``eval_results`` row: a student's result on one benchmark, with the method and lineage."""
+    bal = res.balanced_accuracy
+    extra = {"benchmark_sha": res.fingerprint, **({"source": bench.source} if with_source else {})}
+    return {
+        "run_id": student_id, "benchmark": bench.name, "model": model, "split": bench.split,
+        "accuracy": res.accuracy, "n": res.n, "created_at": datetime.now(UTC), "student_kind": kind,
+        "task": bench.task, "labels": ",".join(bench.labels), "n_correct": res.correct, "n_unparsed": res.unparsed,
+        "subset_id": lineage.get("subset_id"), "study_id": lineage.get("study_id"), "mlflow_run_id": mlflow_run_id,
+        "lineage": json.dumps({**lineage, **extra}, default=str),
+        "eval_method": res.method, "balanced_accuracy": None if math.isnan(bal) else bal,
+    }  # fmt: skip
 
 
 def train_and_evaluate(

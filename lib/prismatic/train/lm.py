@@ -413,7 +413,8 @@ def train_lm(
 
 
 class LMStudent:
-    """A fine-tuned causal LM loaded for evaluation: greedy generation with the chat template."""
+    """A fine-tuned causal LM loaded for evaluation: greedy generation, or option log-likelihood, with the chat
+    template."""
 
     kind = "lm"
 
@@ -463,6 +464,15 @@ class LMStudent:
             for r, i in enumerate(idx):
                 out[i] = tok.decode(gen[r, width:], skip_special_tokens=True)
         return out
+
+    def option_scores(self, prompts, options, max_tokens: int = 512, batch_size: int = 16):
+        """Log-likelihood of every option of every prompt (:func:`prismatic.train.loglik.option_scores`)."""
+        from prismatic.train.loglik import option_scores
+
+        return option_scores(
+            self.model, self.tokenizer, prompts, options, chat_template=self.chat_template, max_tokens=max_tokens,
+            batch_size=batch_size,
+        )  # fmt: skip
 
     def predict_nli(self, premises, hypotheses, template: str, max_new_tokens: int = 8, batch_size: int = 16):
         """Raw generated answers to the NLI prompts (parse with :func:`prismatic.train.evaluate.parse_nli_answer`)."""

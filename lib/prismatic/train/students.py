@@ -192,6 +192,9 @@ def train_stage(
 ) -> TrainReport:
     """Train a student on ``subset_ids`` (default: every pool row of ``train.task``) and save it.
 
+    Steps: resolve the training ids → reuse the checkpoint of the same id, if any → fit into a temporary folder
+    (probe or lm) → write the manifest and log to MLflow → rename the folder into place.
+
     Args:
         store: the table store.
         settings: validated settings (``train`` section).
@@ -208,30 +211,11 @@ def train_stage(
     kind = student or settings.train.student
     if kind not in ("probe", "lm"):
         raise PrismError(f"unknown student {kind!r}; choose probe or lm")
-    from prismatic.train.data import pool_arrow
-
-    task = "nli" if kind == "probe" else settings.train.task
-    if kind == "probe" and pairs is not None:
-        pool_ids = list(pairs.sample_ids)
-    else:
-        pool_ids = pool_arrow(store, task=task, sample_ids=subset_ids, columns=["sample_id"])["sample_id"].to_pylist()
-    if not pool_ids:
-        raise PrismError(f"no pool samples of task {task!r} to train on", hint="ingest data, or check --subset ids")
+    pool_ids = training_ids(store, settings, kind, subset_ids, pairs)
     sid = student_id_for(kind, settings, pool_ids)
     folder = students_root(settings) / sid
     if (folder / MANIFEST).is_file() and not force:
-        man = read_manifest(folder)
-        return TrainReport(
-            sid,
-            kind,
-            str(folder),
-            man.get("n_train", len(pool_ids)),
-            True,
-            man.get("labels", []),
-            man.get("metrics", {}),
-            man.get("lineage", {}),
-            man.get("mlflow_run_id"),
-        )
+        return reused_report(folder, sid, kind, len(pool_ids))
     lineage = _lineage(store, settings, kind, pool_ids, subset_id, study_id)
     tmp = folder.parent / f".{sid}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -241,55 +225,113 @@ def train_stage(
         with ctx as run:
             report.mlflow_run_id = run.info.run_id if run is not None else None
             if kind == "probe":
-                probe, used = _fit_probe(store, settings, pool_ids, pairs)
-                probe.save(tmp)
-                report.labels = list(probe.labels)
-                report.metrics = {"train_accuracy": float(probe.train_accuracy or 0.0)}
-                report.n_train = len(used)
+                _fit_probe_into(tmp, store, settings, pool_ids, pairs, report)
             else:
-                from prismatic.train.lm import train_lm
-
-                def on_step(step: int, loss: float) -> None:
-                    if run is not None:
-                        import mlflow
-
-                        mlflow.log_metric("train_loss", loss, step=step)
-
-                res = train_lm(store, settings, None if subset_ids is None else pool_ids, tmp, on_step=on_step)
-                report.metrics = {
-                    "first_loss": res.losses[0],
-                    "last_loss": res.losses[-1],
-                    "steps": res.steps,
-                    "tokens": res.tokens,
-                    "seconds": res.seconds,
-                }
-            manifest = {
-                "student_id": sid,
-                "kind": kind,
-                "created_at": _now(),
-                "n_train": report.n_train,
-                "labels": report.labels,
-                "metrics": report.metrics,
-                "lineage": lineage,
-                "train": settings.train.model_dump(mode="json"),
-                "mlflow_run_id": report.mlflow_run_id,
-            }
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+                _fit_lm_into(tmp, store, settings, None if subset_ids is None else pool_ids, run, report)
+            _write_manifest(tmp, report, settings)
             if run is not None:
-                import mlflow
-
-                mlflow.log_metrics({k: float(v) for k, v in report.metrics.items()})
-                mlflow.log_artifact(str(tmp / MANIFEST), artifact_path="student")
-                if kind == "probe" or settings.train.log_checkpoint:
-                    mlflow.log_artifacts(str(tmp), artifact_path="student")
-        if folder.exists():  # a concurrent or forced run: replace
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+                _log_student(tmp, report, settings)
+        _publish(tmp, folder)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     log.info(report.summary())
     return report
+
+
+def training_ids(
+    store: TableStore, settings: Settings, kind: str, subset_ids: Sequence[str] | None, pairs=None
+) -> list[str]:
+    """The pool sample ids a student of ``kind`` trains on (``subset_ids`` ∩ the task's pool, or all of it).
+
+    Raises:
+        PrismError: no pool row of the task.
+    """
+    from prismatic.train.data import pool_arrow
+
+    task = "nli" if kind == "probe" else settings.train.task
+    if kind == "probe" and pairs is not None:
+        pool_ids = list(pairs.sample_ids)
+    else:
+        pool_ids = pool_arrow(store, task=task, sample_ids=subset_ids, columns=["sample_id"])["sample_id"].to_pylist()
+    if not pool_ids:
+        raise PrismError(f"no pool samples of task {task!r} to train on", hint="ingest data, or check --subset ids")
+    return pool_ids
+
+
+def reused_report(folder: Path, sid: str, kind: str, n_train: int) -> TrainReport:
+    """The report of a student already saved under ``folder`` (from its manifest)."""
+    man = read_manifest(folder)
+    return TrainReport(
+        sid,
+        kind,
+        str(folder),
+        man.get("n_train", n_train),
+        True,
+        man.get("labels", []),
+        man.get("metrics", {}),
+        man.get("lineage", {}),
+        man.get("mlflow_run_id"),
+    )
+
+
+def _fit_probe_into(tmp: Path, store: TableStore, settings: Settings, ids: Sequence[str], pairs, report) -> None:
+    probe, used = _fit_probe(store, settings, ids, pairs)
+    probe.save(tmp)
+    report.labels = list(probe.labels)
+    report.metrics = {"train_accuracy": float(probe.train_accuracy or 0.0)}
+    report.n_train = len(used)
+
+
+def _fit_lm_into(tmp: Path, store: TableStore, settings: Settings, ids: list[str] | None, run, report) -> None:
+    """SFT of the lm student into ``tmp``; ``ids`` None trains on every pool row of ``train.task``."""
+    from prismatic.train.lm import train_lm
+
+    def on_step(step: int, loss: float) -> None:
+        if run is not None:
+            import mlflow
+
+            mlflow.log_metric("train_loss", loss, step=step)
+
+    res = train_lm(store, settings, ids, tmp, on_step=on_step)
+    report.metrics = {
+        "first_loss": res.losses[0],
+        "last_loss": res.losses[-1],
+        "steps": res.steps,
+        "tokens": res.tokens,
+        "seconds": res.seconds,
+    }
+
+
+def _write_manifest(tmp: Path, report: TrainReport, settings: Settings) -> None:
+    manifest = {
+        "student_id": report.student_id,
+        "kind": report.kind,
+        "created_at": _now(),
+        "n_train": report.n_train,
+        "labels": report.labels,
+        "metrics": report.metrics,
+        "lineage": report.lineage,
+        "train": settings.train.model_dump(mode="json"),
+        "mlflow_run_id": report.mlflow_run_id,
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+
+
+def _log_student(tmp: Path, report: TrainReport, settings: Settings) -> None:
+    import mlflow
+
+    mlflow.log_metrics({k: float(v) for k, v in report.metrics.items()})
+    mlflow.log_artifact(str(tmp / MANIFEST), artifact_path="student")
+    if report.kind == "probe" or settings.train.log_checkpoint:
+        mlflow.log_artifacts(str(tmp), artifact_path="student")
+
+
+def _publish(tmp: Path, folder: Path) -> None:
+    """Move a complete student folder into place (a concurrent or forced run's folder is replaced)."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
 
 
 class _null:

@@ -425,6 +425,8 @@ def study_id_for(settings: Settings, spec_id: str, versions: dict, kind: str, k:
         "versions": versions, "train": {key: train[key] for key in (PROBE_KEYS if kind == "probe" else LM_KEYS)},
         "ngram": settings.diversity.ngram, "embedding": settings.diversity.embedding_model,
     }  # fmt: skip
+    if kind == "lm":  # how the lm students are scored changes the result (probe study ids stay as they were)
+        ident["eval"] = {key: train[key] for key in ("eval_method", "loglik_normalize")}
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -597,6 +599,24 @@ def _log_outputs(report: StudyReport) -> None:
     mlflow.log_table(pd.DataFrame(report.subsets), artifact_file="subsets.json")
 
 
+@dataclass
+class StudyDesign:
+    """What every subset of one study shares: the filtered pool, its clusters, the plans and the benchmarks."""
+
+    pool: StudyPool
+    k: int
+    cluster_of: np.ndarray
+    plans: list[SubsetPlan]
+    id_bench: Any = None
+    ood: list = field(default_factory=list)
+    embed: Any = None  # the probe's encoder
+    emb_all: np.ndarray | None = None  # diversity-encoder embeddings of the rows some subset uses
+
+    @property
+    def benches(self) -> list:
+        return [self.id_bench, *self.ood]
+
+
 def study_stage(
     store: TableStore,
     settings: Settings,
@@ -607,6 +627,10 @@ def study_stage(
     progress: Progress | None = None,
 ) -> StudyReport:
     """Run the diversity-vs-OOD study (see the module docstring) and write ``study``, ``eval_results``, MLflow.
+
+    Steps: check the arguments → score missing rows and resolve the spec → return a recorded study of the same id
+    → design (pool, clusters, subset plans) → benchmarks and embeddings → per subset: metrics, train, evaluate →
+    correlations → MLflow outputs and tables.
 
     Args:
         store: the table store (gradients of the pool must exist under the scoring config's spec, unless
@@ -621,28 +645,21 @@ def study_stage(
         The :class:`StudyReport`.
     """
     from prismatic import tracking
-    from prismatic.cluster import lloyd
-    from prismatic.stages import register_spec, score_stage
-    from prismatic.train.data import embedder_for, subset_pairs
-    from prismatic.train.evaluate import evaluate_student
-    from prismatic.train.students import load_student, train_stage
+    from prismatic.stages.base import Context
+    from prismatic.stages.common import PoolFilter
+    from prismatic.stages.score import score_pool
 
     cfg = settings.study
     k_subsets = int(subsets or cfg.subsets)
     kind = student or cfg.student
-    if kind == "probe" and cfg.task != "nli":
-        raise PrismError(
-            f"the probe student is an NLI classifier; study.task is {cfg.task}",
-            hint="use --student lm for math / generic pools",
-        )
-    if k_subsets < 3:
-        raise PrismError(f"a Spearman correlation needs at least 3 subsets, got K={k_subsets}")
+    _check_study_args(cfg, kind, k_subsets)
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
+    ctx = Context(settings, store)  # the scoring spec resolved (and recorded) once
     if cfg.score_missing:
-        score_stage(store, settings, where=f"task = '{cfg.task}'")
+        score_pool(ctx, PoolFilter(task=cfg.task))
         seconds["score"] = time.perf_counter() - t0
-    spec = register_spec(store, settings)
+    spec = ctx.spec()
     versions = {t: store.version(t) for t in ("samples", "duplicates", "gradients")}
     sid = study_id_for(settings, spec.spec_id, versions, kind, k_subsets)
     if not force:
@@ -651,7 +668,76 @@ def study_stage(
             log.info("study %s already recorded; returning it (force=True recomputes)", sid)
             return done
     t1 = time.perf_counter()
-    pool = load_study_pool(store, settings, spec.spec_id)
+    design = design_study(store, settings, spec.spec_id, k_subsets)
+    seconds["pool_and_clusters"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    prepare_evaluation(settings, design, kind)
+    seconds["embed"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    report = StudyReport(
+        sid, spec.spec_id, kind, len(design.pool), [], [], [], {b.name: b.split for b in design.benches},
+        dropped=design.pool.dropped,
+    )  # fmt: skip
+    tags = {"study_id": sid, **{f"versions.{t}": v for t, v in versions.items() if v is not None}}
+    with tracking.run(
+        settings, "study", params=_parent_params(settings, design, kind, k_subsets, spec.spec_id), tags=tags
+    ) as parent:
+        report.mlflow_run_id = parent.info.run_id if parent is not None else None
+        eval_rows = _run_subsets(store, settings, design, kind, report, progress)
+        seconds["train_and_eval"] = time.perf_counter() - t3
+        report.correlations = correlate(report.subsets, report.metrics, cfg)
+        seconds["total"] = time.perf_counter() - t0
+        report.seconds = seconds
+        if parent is not None:
+            import mlflow
+
+            _log_outputs(report)
+            mlflow.log_metrics({f"seconds.{k2}": v for k2, v in seconds.items()})
+            mlflow.log_dict(report.dropped, "pool_dropped.json")
+    _write_tables(store, report, eval_rows)
+    return report
+
+
+def _run_subsets(
+    store: TableStore, settings: Settings, design: StudyDesign, kind: str, report: StudyReport, progress
+) -> list[dict]:
+    """Every subset in turn (:func:`run_subset`) into ``report.subsets``; returns their ``eval_results`` rows."""
+    eval_rows: list[dict] = []
+    for i, plan in enumerate(design.plans):
+        row, metric_names, rows = run_subset(store, settings, design, plan, kind, report.study_id)
+        if not report.metrics:
+            report.metrics = metric_names
+        report.subsets.append(row)
+        eval_rows += rows
+        if progress is not None:
+            progress(i + 1, len(design.plans))
+        log.info(
+            "subset %s (%d/%d): g_vendi %.2f, ood %.4f, id %.4f",
+            plan.subset_id, i + 1, len(design.plans), row["g_vendi"], row[TARGET], row[ID_TARGET],
+        )  # fmt: skip
+    return eval_rows
+
+
+def _check_study_args(cfg, kind: str, k_subsets: int) -> None:
+    if kind == "probe" and cfg.task != "nli":
+        raise PrismError(
+            f"the probe student is an NLI classifier; study.task is {cfg.task}",
+            hint="use --student lm for math / generic pools",
+        )
+    if k_subsets < 3:
+        raise PrismError(f"a Spearman correlation needs at least 3 subsets, got K={k_subsets}")
+
+
+def design_study(store: TableStore, settings: Settings, spec_id: str, k_subsets: int) -> StudyDesign:
+    """The filtered pool, its spherical k-means clusters and the K subset plans.
+
+    Raises:
+        PrismError: the filtered pool is smaller than one subset.
+    """
+    from prismatic.cluster import lloyd
+
+    cfg = settings.study
+    pool = load_study_pool(store, settings, spec_id)
     if len(pool) < cfg.subset_size:
         raise PrismError(
             f"the filtered pool has {len(pool)} rows, fewer than study.subset_size={cfg.subset_size}",
@@ -665,201 +751,209 @@ def study_stage(
     plans = plan_subsets(
         km.labels, cfg.subset_size, k, k_subsets, cfg.cluster_levels, cfg.random_fraction, cfg.seed, label_codes
     )
-    seconds["pool_and_clusters"] = time.perf_counter() - t1
-    t2 = time.perf_counter()
-    idb, ood = study_benchmarks(settings)
-    benches = [idb, *ood]
-    embed = embedder_for(settings)  # the probe's encoder
-    used = sorted(set(np.concatenate([p.rows for p in plans]).tolist()))
-    emb_all = np.zeros((len(pool), 0), np.float32)
-    if used:  # embedding Vendi uses the diversity stage's encoder, as the `diversity` table does
+    return StudyDesign(pool, k, km.labels, plans)
+
+
+def prepare_evaluation(settings: Settings, design: StudyDesign, kind: str) -> None:
+    """Load the benchmarks and embed what the subsets need: texts for embedding Vendi (the diversity stage's
+    encoder, as the ``diversity`` table does) and, for the probe, every sentence once (later calls hit the cache)."""
+    from prismatic.train.data import embedder_for
+
+    design.id_bench, design.ood = study_benchmarks(settings)
+    design.embed = embedder_for(settings)  # the probe's encoder
+    pool = design.pool
+    used = sorted(set(np.concatenate([p.rows for p in design.plans]).tolist()))
+    design.emb_all = np.zeros((len(pool), 0), np.float32)
+    if used:
         e = embedder_for(settings, settings.diversity.embedding_model)([pool.texts[i] for i in used])
-        emb_all = np.zeros((len(pool), e.shape[1]), np.float32)
-        emb_all[used] = e
-    if kind == "probe":  # embed every sentence once up front (the cache makes later calls lookups)
-        embed(pool.pairs.premises)
-        embed(pool.pairs.hypotheses)
-        for b in benches:
-            embed([x["premise"] for x in b.examples])
-            embed([x["hypothesis"] for x in b.examples])
-    seconds["embed"] = time.perf_counter() - t2
-    t3 = time.perf_counter()
-    report = StudyReport(
-        sid, spec.spec_id, kind, len(pool), [], [], [], {b.name: b.split for b in benches}, dropped=pool.dropped
-    )
-    eval_rows: list[dict] = []
-    parent_params = {
-        "K": k_subsets, "subset_size": cfg.subset_size, "clusters": k, "levels": cluster_levels(k, cfg.cluster_levels),
-        "random_fraction": cfg.random_fraction, "balance_labels": cfg.balance_labels, "student": kind,
-        "pool_size": len(pool), "spec_id": spec.spec_id, "id_benchmark": idb.name,
-        "ood_benchmarks": ",".join(b.name for b in ood), "bootstrap": cfg.bootstrap, "seed": cfg.seed,
+        design.emb_all = np.zeros((len(pool), e.shape[1]), np.float32)
+        design.emb_all[used] = e
+    if kind == "probe":
+        design.embed(pool.pairs.premises)
+        design.embed(pool.pairs.hypotheses)
+        for b in design.benches:
+            design.embed([x["premise"] for x in b.examples])
+            design.embed([x["hypothesis"] for x in b.examples])
+
+
+def _parent_params(settings: Settings, design: StudyDesign, kind: str, k_subsets: int, spec_id: str) -> dict:
+    cfg = settings.study
+    params = {
+        "K": k_subsets, "subset_size": cfg.subset_size, "clusters": design.k,
+        "levels": cluster_levels(design.k, cfg.cluster_levels), "random_fraction": cfg.random_fraction,
+        "balance_labels": cfg.balance_labels, "student": kind, "pool_size": len(design.pool),
+        "spec_id": spec_id, "id_benchmark": design.id_bench.name,
+        "ood_benchmarks": ",".join(b.name for b in design.ood), "bootstrap": cfg.bootstrap, "seed": cfg.seed,
         "max_loss_quantile": cfg.max_loss_quantile, "drop_truncated": cfg.drop_truncated,
     }  # fmt: skip
-    tags = {"study_id": sid, **{f"versions.{t}": v for t, v in versions.items() if v is not None}}
-    with tracking.run(settings, "study", params=parent_params, tags=tags) as parent:
-        report.mlflow_run_id = parent.info.run_id if parent is not None else None
-        for i, plan in enumerate(plans):
-            rows = plan.rows
-            ids = [pool.ids[r] for r in rows]
-            labels = None if pool.labels is None else [pool.labels[r] for r in rows]
-            metrics = subset_metrics(
-                pool.vectors[rows],
-                emb_all[rows] if emb_all.shape[1] else None,
-                [pool.texts[r] for r in rows],
-                labels,
-                settings.diversity.ngram,
-            )
-            if not report.metrics:
-                report.metrics = list(metrics)
-            design = plan.design(km.labels)
-            with tracking.run(
-                settings,
-                f"study-subset-{plan.subset_id}",
-                nested=True,
-                params={
-                    "subset_id": plan.subset_id,
-                    "strategy": plan.strategy,
-                    "n_clusters": plan.n_clusters,
-                    "clusters": plan.clusters,
-                    "size": len(ids),
-                },
-                tags={"study_id": sid, "subset_id": plan.subset_id},
-            ) as child:
-                rep = train_stage(
-                    store,
-                    settings,
-                    kind,
-                    ids,
-                    subset_id=plan.subset_id,
-                    study_id=sid,
-                    track=False,
-                    pairs=subset_pairs(pool.pairs, ids) if kind == "probe" else None,
-                )
-                stud = load_student(rep.path, settings)
-                accs, bal = {}, {}
-                for b in benches:
-                    res = evaluate_student(stud, b, settings, embed=embed if kind == "probe" else None)
-                    accs[b.name] = res.accuracy
-                    if b.task == "nli":
-                        bal[b.name] = res.balanced_accuracy
-                    eval_rows.append({
-                        "run_id": rep.student_id, "benchmark": b.name, "model": rep.path, "split": b.split,
-                        "accuracy": res.accuracy, "n": res.n, "student_kind": kind, "task": b.task,
-                        "labels": ",".join(b.labels), "n_correct": res.correct, "n_unparsed": res.unparsed,
-                        "subset_id": plan.subset_id, "study_id": sid,
-                        "mlflow_run_id": child.info.run_id if child is not None else None,
-                        "lineage": json.dumps({**rep.lineage, "benchmark_sha": res.fingerprint}, default=str),
-                    })  # fmt: skip
-                ood_mean = float(np.mean([accs[b.name] for b in ood]))
-                balanced = {}
-                if len(bal) == len(benches):  # NLI benchmarks only
-                    balanced = {
-                        **{bench_bal_key(n): a for n, a in bal.items()},
-                        ID_BAL: bal[idb.name],
-                        BAL_TARGET: float(np.mean([bal[b.name] for b in ood])),
-                    }
-                row = {
-                    "subset_id": plan.subset_id,
-                    "strategy": plan.strategy,
-                    "n_clusters": plan.n_clusters,
-                    "clusters": plan.clusters,
-                    "size": len(ids),
-                    "student_id": rep.student_id,
-                    **design,
-                    **metrics,
-                    **{bench_key(n): a for n, a in accs.items()},
-                    ID_TARGET: accs[idb.name],
-                    TARGET: ood_mean,
-                    "train_accuracy": rep.metrics.get("train_accuracy", math.nan),
-                    **balanced,
-                }
-                report.subsets.append(row)
-                if child is not None:
-                    import mlflow
+    if kind == "lm":
+        params["eval_method"] = settings.train.eval_method
+    return params
 
-                    mlflow.set_tag("student_id", rep.student_id)
-                    mlflow.log_dict({"subset_id": plan.subset_id, "sample_ids": ids}, "subset_ids.json")
-                    vals = {
-                        **metrics,
-                        **design,
-                        **{_metric_key(bench_key(n)): a for n, a in accs.items()},
-                        ID_TARGET: accs[idb.name],
-                        TARGET: ood_mean,
-                        **{_metric_key(kk): v for kk, v in balanced.items()},
-                    }
-                    mlflow.log_metrics({_metric_key(kk): float(v) for kk, v in vals.items() if np.isfinite(v)})
-            if progress is not None:
-                progress(i + 1, len(plans))
-            log.info(
-                "subset %s (%d/%d): g_vendi %.2f, ood %.4f, id %.4f",
-                plan.subset_id,
-                i + 1,
-                len(plans),
-                metrics["g_vendi"],
-                ood_mean,
-                accs[idb.name],
-            )
-        seconds["train_and_eval"] = time.perf_counter() - t3
-        targets = [TARGET, ID_TARGET] + ([BAL_TARGET] if all(BAL_TARGET in s for s in report.subsets) else [])
-        for target in targets:
-            y = [s[target] for s in report.subsets]
-            for m in report.metrics:
-                rho, lo, hi, p = spearman_ci([s[m] for s in report.subsets], y, cfg.bootstrap, cfg.ci, cfg.seed)
-                report.correlations.append(
-                    {"metric": m, "target": target, "rho": rho, "ci_low": lo, "ci_high": hi, "p_value": p, "n": len(y)}
-                )
-        seconds["total"] = time.perf_counter() - t0
-        report.seconds = seconds
-        if parent is not None:
-            import mlflow
 
-            _log_outputs(report)
-            mlflow.log_metrics({f"seconds.{k2}": v for k2, v in seconds.items()})
-            mlflow.log_dict(report.dropped, "pool_dropped.json")
-    _write_tables(store, report, eval_rows)
-    return report
+def run_subset(
+    store: TableStore, settings: Settings, design: StudyDesign, plan: SubsetPlan, kind: str, sid: str
+) -> tuple[dict, list[str], list[dict]]:
+    """Metrics of one subset, its student trained and evaluated in a child MLflow run.
+
+    Returns:
+        (the subset's row: design, metrics, accuracies; the metric names in order; its ``eval_results`` rows).
+    """
+    from prismatic import tracking
+
+    pool, rows = design.pool, plan.rows
+    ids = [pool.ids[r] for r in rows]
+    metrics = subset_metrics(
+        pool.vectors[rows],
+        design.emb_all[rows] if design.emb_all.shape[1] else None,
+        [pool.texts[r] for r in rows],
+        None if pool.labels is None else [pool.labels[r] for r in rows],
+        settings.diversity.ngram,
+    )
+    child_params = {
+        "subset_id": plan.subset_id, "strategy": plan.strategy, "n_clusters": plan.n_clusters,
+        "clusters": plan.clusters, "size": len(ids),
+    }  # fmt: skip
+    tags = {"study_id": sid, "subset_id": plan.subset_id}
+    with tracking.run(
+        settings, f"study-subset-{plan.subset_id}", nested=True, params=child_params, tags=tags
+    ) as child:
+        child_id = child.info.run_id if child is not None else None
+        rep, accs, bal, eval_rows = train_and_score_subset(store, settings, design, plan, ids, kind, sid, child_id)
+        balanced = _balanced(design, bal)
+        row = _subset_row(design, plan, ids, rep, metrics, accs, balanced)
+        if child is not None:
+            _log_subset(plan, ids, rep, {**metrics, **plan.design(design.cluster_of)}, row, accs, balanced)
+    return row, list(metrics), eval_rows
+
+
+def train_and_score_subset(
+    store: TableStore, settings: Settings, design: StudyDesign, plan: SubsetPlan, ids: list[str], kind: str,
+    sid: str, mlflow_run_id: str | None,
+):  # fmt: skip
+    """Train (or reuse) the subset's student and evaluate it on every benchmark.
+
+    Returns:
+        (train report, accuracy by benchmark, balanced accuracy by NLI benchmark, ``eval_results`` rows).
+    """
+    from prismatic.train.data import subset_pairs
+    from prismatic.train.evaluate import eval_row, evaluate_student
+    from prismatic.train.students import load_student, train_stage
+
+    rep = train_stage(
+        store, settings, kind, ids, subset_id=plan.subset_id, study_id=sid, track=False,
+        pairs=subset_pairs(design.pool.pairs, ids) if kind == "probe" else None,
+    )  # fmt: skip
+    stud = load_student(rep.path, settings)
+    accs, bal, eval_rows = {}, {}, []
+    for b in design.benches:
+        res = evaluate_student(stud, b, settings, embed=design.embed if kind == "probe" else None)
+        accs[b.name] = res.accuracy
+        if b.task == "nli":
+            bal[b.name] = res.balanced_accuracy
+        row = eval_row(rep.student_id, rep.path, kind, b, res, rep.lineage, mlflow_run_id, with_source=False)
+        row.update(subset_id=plan.subset_id, study_id=sid)
+        eval_rows.append(row)
+    return rep, accs, bal, eval_rows
+
+
+def _balanced(design: StudyDesign, bal: dict) -> dict:
+    """Balanced accuracies per benchmark, ID and mean OOD, when every benchmark is NLI (else none)."""
+    if len(bal) != len(design.benches):
+        return {}
+    return {
+        **{bench_bal_key(n): a for n, a in bal.items()},
+        ID_BAL: bal[design.id_bench.name],
+        BAL_TARGET: float(np.mean([bal[b.name] for b in design.ood])),
+    }
+
+
+def _subset_row(design: StudyDesign, plan: SubsetPlan, ids, rep, metrics: dict, accs: dict, balanced: dict) -> dict:
+    idb, ood = design.id_bench, design.ood
+    return {
+        "subset_id": plan.subset_id,
+        "strategy": plan.strategy,
+        "n_clusters": plan.n_clusters,
+        "clusters": plan.clusters,
+        "size": len(ids),
+        "student_id": rep.student_id,
+        **plan.design(design.cluster_of),
+        **metrics,
+        **{bench_key(n): a for n, a in accs.items()},
+        ID_TARGET: accs[idb.name],
+        TARGET: float(np.mean([accs[b.name] for b in ood])),
+        "train_accuracy": rep.metrics.get("train_accuracy", math.nan),
+        **balanced,
+    }
+
+
+def _log_subset(
+    plan: SubsetPlan, ids: list[str], rep, metrics_and_design: dict, row: dict, accs: dict, balanced: dict
+) -> None:
+    import mlflow
+
+    mlflow.set_tag("student_id", rep.student_id)
+    mlflow.log_dict({"subset_id": plan.subset_id, "sample_ids": ids}, "subset_ids.json")
+    vals = {
+        **metrics_and_design,
+        **{_metric_key(bench_key(n)): a for n, a in accs.items()},
+        ID_TARGET: row[ID_TARGET],
+        TARGET: row[TARGET],
+        **{_metric_key(kk): v for kk, v in balanced.items()},
+    }
+    mlflow.log_metrics({_metric_key(kk): float(v) for kk, v in vals.items() if np.isfinite(v)})
+
+
+def correlate(subsets: list[dict], metrics: list[str], cfg) -> list[dict]:
+    """Spearman ρ with bootstrap interval of every metric against each target (OOD, ID, and balanced OOD for NLI)."""
+    out = []
+    targets = [TARGET, ID_TARGET] + ([BAL_TARGET] if all(BAL_TARGET in s for s in subsets) else [])
+    for target in targets:
+        y = [s[target] for s in subsets]
+        for m in metrics:
+            rho, lo, hi, p = spearman_ci([s[m] for s in subsets], y, cfg.bootstrap, cfg.ci, cfg.seed)
+            out.append(
+                {"metric": m, "target": target, "rho": rho, "ci_low": lo, "ci_high": hi, "p_value": p, "n": len(y)}
+            )
+    return out
 
 
 def _write_tables(store: TableStore, report: StudyReport, eval_rows: list[dict]) -> None:
     now = datetime.now(UTC)
-    rows: list[dict] = []
     base = {
         "study_id": report.study_id,
         "created_at": now,
         "spec_id": report.spec_id,
         "mlflow_run_id": report.mlflow_run_id,
     }
-    for s in report.subsets:
-        design = {"strategy": s["strategy"], "clusters": s["clusters"], "student_id": s["student_id"]}
-        for name in ("n_clusters", "clusters_used", "clusters_touched", "size"):
-            rows.append(
-                {
-                    **base,
-                    "subset_id": s["subset_id"],
-                    "metric": name,
-                    "value": float(s[name]),
-                    "kind": "design",
-                    "n": s["size"],
-                    "detail": json.dumps(design),
-                }
-            )
-        for m in report.metrics:
-            rows.append(
-                {**base, "subset_id": s["subset_id"], "metric": m, "value": s[m], "kind": "diversity", "n": s["size"]}
-            )
-        keys = [bench_key(b) for b in report.benchmarks] + [ID_TARGET, TARGET, "train_accuracy"]
-        keys += [k for k in [bench_bal_key(b) for b in report.benchmarks] + [ID_BAL, BAL_TARGET] if k in s]
-        for key in keys:
-            rows.append(
-                {
-                    **base,
-                    "subset_id": s["subset_id"],
-                    "metric": key,
-                    "value": s[key],
-                    "kind": "accuracy",
-                    "n": s["size"],
-                }
-            )
+    rows = [r for s in report.subsets for r in _subset_rows(base, s, report)] + _correlation_rows(base, report)
+    # an explicit schema: from_pylist would infer the columns from the first row only (dropping ci_low, p_value...)
+    store.merge("study", pa.Table.from_pylist(rows, schema=table_def("study").schema), update=True)
+    if eval_rows:
+        for r in eval_rows:
+            r["created_at"] = now
+        store.merge(
+            "eval_results", pa.Table.from_pylist(eval_rows, schema=table_def("eval_results").schema), update=True
+        )
+
+
+def _subset_rows(base: dict, s: dict, report: StudyReport) -> list[dict]:
+    """``study`` rows of one subset: its design, its diversity metrics and its accuracies."""
+    head = {**base, "subset_id": s["subset_id"], "n": s["size"]}
+    design = json.dumps({"strategy": s["strategy"], "clusters": s["clusters"], "student_id": s["student_id"]})
+    rows = [
+        {**head, "metric": name, "value": float(s[name]), "kind": "design", "detail": design}
+        for name in ("n_clusters", "clusters_used", "clusters_touched", "size")
+    ]
+    rows += [{**head, "metric": m, "value": s[m], "kind": "diversity"} for m in report.metrics]
+    keys = [bench_key(b) for b in report.benchmarks] + [ID_TARGET, TARGET, "train_accuracy"]
+    keys += [k for k in [bench_bal_key(b) for b in report.benchmarks] + [ID_BAL, BAL_TARGET] if k in s]
+    rows += [{**head, "metric": key, "value": s[key], "kind": "accuracy"} for key in keys]
+    return rows
+
+
+def _correlation_rows(base: dict, report: StudyReport) -> list[dict]:
+    """One ``study`` row per (target, metric) correlation, ``subset_id = '*'``, the study's detail attached."""
     detail = json.dumps(
         {
             "student": report.student,
@@ -870,27 +964,11 @@ def _write_tables(store: TableStore, report: StudyReport, eval_rows: list[dict])
             "seconds": report.seconds,
         }
     )
-    for c in report.correlations:
-        prefix = PREFIX[c["target"]]
-        rows.append(
-            {
-                **base,
-                "subset_id": ALL_SUBSETS,
-                "metric": f"{prefix}.{c['metric']}",
-                "value": c["rho"],
-                "kind": "correlation",
-                "n": c["n"],
-                "ci_low": c["ci_low"],
-                "ci_high": c["ci_high"],
-                "p_value": c["p_value"],
-                "detail": detail,
-            }
-        )
-    # an explicit schema: from_pylist would infer the columns from the first row only (dropping ci_low, p_value...)
-    store.merge("study", pa.Table.from_pylist(rows, schema=table_def("study").schema), update=True)
-    if eval_rows:
-        for r in eval_rows:
-            r["created_at"] = now
-        store.merge(
-            "eval_results", pa.Table.from_pylist(eval_rows, schema=table_def("eval_results").schema), update=True
-        )
+    return [
+        {
+            **base, "subset_id": ALL_SUBSETS, "metric": f"{PREFIX[c['target']]}.{c['metric']}", "value": c["rho"],
+            "kind": "correlation", "n": c["n"], "ci_low": c["ci_low"], "ci_high": c["ci_high"],
+            "p_value": c["p_value"], "detail": detail,
+        }
+        for c in report.correlations
+    ]  # fmt: skip
