@@ -1,4 +1,4 @@
-"""Dense Rademacher projector: generator vs an independent numpy oracle, determinism, JL properties."""
+"""Dense Rademacher and sign-hash projectors: generator vs independent numpy oracles, determinism, JL properties."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ from prismatic.gradients.projectors import (
     DenseRademacherProjector,
     NaiveProjector,
     RademacherGenerator,
+    SignHashProjector,
     chunk_words,
+    hash_words,
     reference_rademacher,
+    reference_sign_hash,
 )
 
 LAYOUT = [("a.weight", 5000), ("b.bias", 37), ("c.weight", CHUNK_ROWS)]  # crosses chunk edges
@@ -156,3 +159,70 @@ def test_memmap_blocks_project_like_arrays(tmp_path):
     layout = [("a.weight", 5000), ("b.bias", 37)]
     proj = DenseRademacherProjector(layout, proj_dim=64, seed=2)
     assert torch.equal(proj.project({"a.weight": mm[:, :5000], "b.bias": mm[:, 5000:]}), proj.project(g))
+
+
+# ------------------------------------------------------------------ sign hash (the Kronecker projector's second stage)
+
+
+@pytest.mark.parametrize("d", [1024, 100])
+def test_sign_hash_equals_a_matmul_with_its_reference_matrix(d):
+    g = torch.randn(7, sum(n for _, n in LAYOUT), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    proj = SignHashProjector(LAYOUT, proj_dim=d, seed=3)
+    m = np.concatenate([reference_sign_hash(3, f"hash/{n}", size, d) for n, size in LAYOUT])
+    want = NaiveProjector(m).project(g)
+    got = proj.project(g)
+    assert got.dtype == torch.float32 and got.shape == (7, d)
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
+    assert torch.equal(proj.materialize(), torch.from_numpy(m))
+
+
+def test_sign_hash_rows_hold_one_sign_and_fill_columns_evenly():
+    n, d = 4 * CHUNK_ROWS + 5, 64
+    m = reference_sign_hash(0, "x", n, d)
+    assert (np.count_nonzero(m, axis=1) == 1).all() and set(np.unique(m)) == {-1.0, 0.0, 1.0}
+    per_col = np.count_nonzero(m, axis=0)
+    assert np.abs(per_col - n / d).max() < 6 * math.sqrt(n / d)  # a multinomial count per column
+    assert abs(m.sum()) < 6 * math.sqrt(n)  # balanced signs
+    w = hash_words(0, "x", n)
+    assert np.array_equal(w[:100], hash_words(0, "x", 100))  # a row's word does not depend on n
+    assert not np.array_equal(w[:100], hash_words(1, "x", 100))
+    assert not np.array_equal(w[:100], hash_words(0, "y", 100))
+
+
+def test_sign_hash_is_bitwise_independent_of_batch_composition_and_takes_memmaps(tmp_path):
+    g = np.random.default_rng(0).standard_normal((9, 5037)).astype(np.float32)
+    layout = [("a.weight", 5000), ("b.bias", 37)]
+    proj = SignHashProjector(layout, proj_dim=64, seed=2)
+    full = proj.project(torch.from_numpy(g))
+    one_by_one = torch.cat([proj.project(torch.from_numpy(g[i : i + 1])) for i in range(9)])
+    assert torch.equal(full, one_by_one)
+    mm = np.memmap(tmp_path / "g.f32", dtype=np.float32, mode="w+", shape=g.shape)
+    mm[:] = g
+    assert torch.equal(proj.project({"a.weight": mm[:, :5000], "b.bias": mm[:, 5000:]}), full)
+    again = SignHashProjector(layout, proj_dim=64, seed=2).project(torch.from_numpy(g))
+    assert torch.equal(again, full)
+
+
+def test_sign_hash_keeps_norms_and_inner_products_like_a_dense_projection():
+    d, n = 1024, 20_000
+    gen = torch.Generator().manual_seed(4)
+    g = torch.randn(64, n, generator=gen, dtype=torch.float64)
+    g[32:] = g[:32] + 0.5 * torch.randn(32, n, generator=gen, dtype=torch.float64)  # correlated pairs
+    y = SignHashProjector(n, proj_dim=d, seed=0).project(g).double()
+    ratio = y.norm(dim=1).pow(2) / g.norm(dim=1).pow(2)
+    tol = math.sqrt(2 / d)  # std of ‖y‖² / ‖g‖², as for a dense ±1/√d matrix
+    assert abs(ratio.mean().item() - 1) < 3 * tol / math.sqrt(64) + 1e-3
+    assert (ratio - 1).abs().max().item() < 5 * tol
+    cos_g = torch.nn.functional.cosine_similarity(g[:32], g[32:])
+    cos_y = torch.nn.functional.cosine_similarity(y[:32], y[32:])
+    assert (cos_g - cos_y).abs().max().item() < 5 * tol
+
+
+def test_sign_hash_inputs_are_validated():
+    proj = SignHashProjector(LAYOUT, proj_dim=16, seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        proj.project(torch.zeros(2, 10))
+    with pytest.raises(ValueError, match="missing"):
+        proj.project({"a.weight": torch.zeros(2, 5000)})
+    with pytest.raises(ValueError, match="proj_dim"):
+        SignHashProjector(10, proj_dim=0, seed=0)

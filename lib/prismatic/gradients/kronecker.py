@@ -22,7 +22,12 @@ Other parameter groups (all per sample, in the same backward):
 
 A side of size n ≤ k is kept exactly (P = I): a sketch that does not compress would only add noise.
 The blocks of the selected parameters are concatenated (in ``named_parameters`` order) into z ∈ R^D and
-projected to d by a seeded dense Rademacher matrix (:class:`DenseRademacherProjector`), then normalized.
+projected to d by a seeded sign hash (:class:`SignHashProjector`: each coordinate of z added, with a random
+sign, to one of the d outputs; the second moment of a dense Rademacher matrix at O(D) cost instead of
+O(D · d)), then normalized. Because the second stage is O(D), wide blocks cost only their hooks: the
+defaults k = 32, k_e = 64 give D ≈ 254 K on SmolLM2 (k = 8, k_e = 32 with a dense second stage, the former
+default, gave D ≈ 50 K and 2–3× the stage-1 G-Vendi error on bench/gradients' hardest set; the curve is in
+bench/results/projection_tradeoff.txt).
 
 Loss: Σ_b ℓ_b with ℓ_b the mean completion-token NLL of sample b, so the hooks see every sample's own
 gradient. Sequences are right-padded and run without an attention mask (causal attention: real positions
@@ -44,7 +49,9 @@ from torch.nn import functional as F
 
 from prismatic.gradients.model import Encoded, collate, completion_nll, pad_id_of
 from prismatic.gradients.persample import select_params
-from prismatic.gradients.projectors import DenseRademacherProjector, RademacherGenerator
+from prismatic.gradients.projectors import DenseRademacherProjector, RademacherGenerator, SignHashProjector
+
+FINAL_KINDS = ("hash", "dense")
 
 
 def _norm_kind(mod: nn.Module) -> tuple[str, float] | None:
@@ -113,13 +120,15 @@ class KroneckerProjector:
         model: a causal LM whose parameters live in Linear, Embedding and RMSNorm/LayerNorm modules (llama,
             qwen2, mistral, ...). Its parameters are frozen while it scores.
         d: output dimension.
-        seed: seeds P_o, P_i of every block and the final dense projection.
+        seed: seeds P_o, P_i of every block and the final projection.
         block: k, the side of each linear weight's k × k block.
         embed_block: k_e, the side of the input / output embedding's block (one matrix that carries a large
             share of the gradient norm, so it gets a larger sketch; the extra cost is a (V × k_e) product).
         params: ``all`` or a regex of parameter names to include.
         device: where the projections run (default: the model's device).
-        cache_bytes: memory for keeping the final D × d projection between batches (0: regenerate each time).
+        final: the second stage, z (D) -> d: ``hash`` (default; :class:`SignHashProjector`, O(D) per sample, so
+            wide blocks stay cheap) or ``dense`` (:class:`DenseRademacherProjector`, O(D · d), the former default).
+        cache_bytes: memory for keeping the dense final D × d matrix between batches (0: regenerate each time).
     """
 
     def __init__(
@@ -127,14 +136,17 @@ class KroneckerProjector:
         model: nn.Module,
         d: int = 1024,
         seed: int = 0,
-        block: int = 8,
-        embed_block: int = 32,
+        block: int = 32,
+        embed_block: int = 64,
         params: str = "all",
         device: torch.device | str | None = None,
+        final: str = "hash",
         cache_bytes: int = 512 << 20,
     ):
         if block < 1 or embed_block < 1:
             raise ValueError(f"block and embed_block must be >= 1, got {block=}, {embed_block=}")
+        if final not in FINAL_KINDS:
+            raise ValueError(f"unknown final projection {final=}; use one of {FINAL_KINDS}")
         self.model = model
         self.d, self.seed, self.k, self.k_embed = int(d), int(seed), int(block), int(embed_block)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -194,9 +206,16 @@ class KroneckerProjector:
             (n, self._proj[n][0].shape[0] * self._proj[n][1].shape[0] if n in self._proj else p.numel())
             for n, p in selected
         ]
-        self.final = DenseRademacherProjector(
-            self.layout, self.d, self.seed, device=self.device, namespace="kronecker", cache_bytes=cache_bytes
-        )
+        self.final_kind = final
+        self.final: SignHashProjector | DenseRademacherProjector
+        if final == "hash":
+            self.final = SignHashProjector(
+                self.layout, self.d, self.seed, device=self.device, namespace="kronecker-hash"
+            )
+        else:
+            self.final = DenseRademacherProjector(
+                self.layout, self.d, self.seed, device=self.device, namespace="kronecker", cache_bytes=cache_bytes
+            )
         self._acc: dict[str, torch.Tensor] = {}
         self._mask: torch.Tensor | None = None
         self._leaf = False

@@ -257,6 +257,126 @@ class DenseRademacherProjector:
         return torch.cat([self._gen.matrix(self.seed, self.key(n), s).clone() for n, s in self.layout], dim=0)
 
 
+def hash_words(seed: int, block: str, n: int) -> np.ndarray:
+    """One random 64-bit word per row ``0..n-1`` of a block, (n,) uint64: the first word of each row's stream.
+
+    The same chunk streams as the Rademacher generator with one word per row (``d`` ≤ 64), so the key space
+    is shared and a block's word ``r`` never depends on ``n``.
+    """
+    parts = [
+        chunk_words(seed, block, c, min(CHUNK_ROWS, n - c * CHUNK_ROWS), 64)[:, 0]
+        for c in range(math.ceil(n / CHUNK_ROWS))
+    ]
+    return np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+
+
+def reference_sign_hash(seed: int, block: str, n: int, d: int) -> np.ndarray:
+    """The (n × d) matrix of :class:`SignHashProjector` for one block, float32: the test oracle, small sizes only.
+
+    Row r has a single nonzero entry, in column ``(w >> 1) mod d``, equal to −1 when bit 0 of ``w`` is set
+    (``w`` = :func:`hash_words` row r).
+    """
+    if n * d > _MAX_MATERIALIZE:
+        raise ValueError(f"reference matrix of {n} x {d} is too large to materialize")
+    w = hash_words(seed, block, n)
+    out = np.zeros((n, d), np.float32)
+    for r, word in enumerate(w.tolist()):
+        out[r, (word >> 1) % d] = -1.0 if word & 1 else 1.0
+    return out
+
+
+class SignHashProjector:
+    """Sparse sign-hash projection (count sketch) y = z S: each input coordinate goes to ONE output coordinate.
+
+    Row r of block b's matrix has a single ±1 in column h(r) (seeded per block, see
+    :func:`reference_sign_hash`), so E⟨y_a, y_b⟩ = ⟨z_a, z_b⟩ and the variance of that estimate is
+    (‖z_a‖²‖z_b‖² + ⟨z_a, z_b⟩² − 2 Σ_r z_ar² z_br²) / d, the same second moment as a dense ±1/√d
+    Rademacher matrix, at O(D) cost instead of O(D · d): the second stage of the Kronecker projector, whose
+    input (D ≈ 0.9 M for 64 × 64 blocks) would make a dense D × d product dominate the batch. Accurate when
+    no single coordinate carries a large share of ‖z‖² (true of sketch outputs: every coordinate of a
+    Kronecker block is a ±-weighted sum of the whole layer gradient).
+
+    Sums run in float64 with ``index_add_``, coordinate by coordinate in a fixed order per row on CPU, so a
+    row's output does not depend on the other rows of its batch (bitwise; on CUDA the float64 atomics may
+    reorder additions, which can move a float32 result by one ulp).
+
+    Args:
+        layout: ``[(block_name, size), ...]`` in input order, or a plain input dimension.
+        proj_dim: d.
+        seed: base seed; (seed, namespace/block) fixes a block's columns and signs.
+        device: where the sums run.
+        namespace: prefix of every block's key.
+    """
+
+    def __init__(
+        self,
+        layout: Sequence[tuple[str, int]] | int,
+        proj_dim: int,
+        seed: int,
+        device: str | torch.device = "cpu",
+        namespace: str = "hash",
+    ):
+        if proj_dim < 1:
+            raise ValueError(f"proj_dim must be >= 1, got {proj_dim=}")
+        self.layout = _as_layout(layout)
+        self.proj_dim = int(proj_dim)
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.namespace = namespace
+        self.grad_dim = sum(s for _, s in self.layout)
+        self._maps: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def key(self, block: str) -> str:
+        return f"{self.namespace}/{block}"
+
+    def columns(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(column index (size,) int64, sign (size,) float64) of a block, made once and kept."""
+        hit = self._maps.get(name)
+        if hit is None:
+            w = hash_words(self.seed, self.key(name), dict(self.layout)[name])
+            col = torch.from_numpy(((w >> np.uint64(1)) % np.uint64(self.proj_dim)).astype(np.int64))
+            sign = torch.from_numpy(np.where(w & np.uint64(1), -1.0, 1.0))
+            hit = (col.to(self.device), sign.to(self.device))
+            self._maps[name] = hit
+        return hit
+
+    def project(self, grads: torch.Tensor | np.ndarray | Mapping[str, torch.Tensor | np.ndarray]) -> torch.Tensor:
+        """Project a batch: flat (B, grad_dim) or ``{block: (B, size)}`` -> (B, d) float32 on ``device``."""
+        if not isinstance(grads, Mapping):
+            if grads.ndim != 2 or grads.shape[1] != self.grad_dim:
+                raise ValueError(f"grads must have shape (B, {self.grad_dim}), got {tuple(grads.shape)}")
+            off, blocks = 0, {}
+            for name, size in self.layout:
+                blocks[name] = grads[:, off : off + size]
+                off += size
+        else:
+            blocks = dict(grads)
+        sizes = dict(self.layout)
+        if set(blocks) != set(sizes):
+            raise ValueError(
+                f"grad blocks do not match the layout: unknown={sorted(set(blocks) - set(sizes))} "
+                f"missing={sorted(set(sizes) - set(blocks))}"
+            )
+        batch = {int(x.shape[0]) for x in blocks.values()}
+        if len(batch) != 1:
+            raise ValueError(f"all blocks need the same batch size, got {sorted(batch)}")
+        acc = torch.zeros(batch.pop(), self.proj_dim, dtype=torch.float64, device=self.device)
+        for name, size in self.layout:
+            x = blocks[name]
+            x = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+            if x.ndim != 2 or x.shape[1] != size:
+                raise ValueError(f"block {name!r} must have shape (B, {size}), got {tuple(x.shape)}")
+            col, sign = self.columns(name)
+            acc.index_add_(1, col, x.to(self.device, torch.float64) * sign)
+        return acc.to(torch.float32)
+
+    def materialize(self) -> torch.Tensor:
+        """The whole (grad_dim × d) matrix, for small sizes (tests)."""
+        return torch.cat(
+            [torch.from_numpy(reference_sign_hash(self.seed, self.key(n), s, self.proj_dim)) for n, s in self.layout]
+        )
+
+
 class NaiveProjector:
     """Test oracle: y = g M with a materialized matrix M (grad_dim × d) and one plain matmul (float64)."""
 

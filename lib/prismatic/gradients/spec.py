@@ -20,7 +20,7 @@ SPEC_VERSION = 1
 LOSS_DEFINITION = "mean NLL over completion tokens (prompt and padding labelled -100), per sample"
 KRONECKER_GROUPS = (
     "linear:kron(P_o,P_i)+embedding:kron(rows of P_o,P_i; embed_block)+norm:exact+bias:exact;identity when k>=dim"
-    " -> dense(d)"
+    " -> sign-hash(d; one ±1 per coordinate, column (w>>1) mod d, sign bit 0 of w)"
 )
 DENSE_GROUPS = "all selected parameters:dense"
 
@@ -61,8 +61,8 @@ class ProjectionSpec(HashedSpec):
     d: int = 1024
     seed: int = 0
     kind: str = "kronecker"
-    block: int = 8
-    embed_block: int = 32
+    block: int = 32
+    embed_block: int = 64
     dtype: str = "float32"
     max_tokens: int = 512
     truncation_side: str = "right"
