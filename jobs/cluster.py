@@ -1,25 +1,11 @@
-"""Bundle task Cluster: spherical k-means of each task's pool gradients (synth.tasks) -> `clusters`, `assignments`.
+"""Bundle task Cluster: spherical k-means of each task's pool vectors (synth.tasks) -> `clusters`, `assignments`.
 
-Parameters: the base ones (see _common.py) plus
-  --round N   round to cluster for (default: the next synthesis round, so a scheduled job moves forward)
+Parameters: the base ones (see _common.py) plus the options of `prism cluster`:
+  --round N    round to cluster for (default: the next synthesis round, so a scheduled job moves forward)
+  --task TASK  task(s) to cluster, repeatable or a comma list (default synth.tasks)
 """
 
-from _common import main, parser, settings_from, store_for
-from prismatic.stages import cluster_tasks
-
-
-def build_parser():
-    p = parser(__doc__.splitlines()[0])
-    p.add_argument("--round", type=int, default=None)
-    return p
-
-
-def run() -> None:
-    args = build_parser().parse_args()
-    settings = settings_from(args)
-    for report in cluster_tasks(store_for(settings), settings, round=args.round):
-        print(report.summary())
-
+from _common import run_stage
 
 if __name__ == "__main__":
-    main(run)
+    run_stage("cluster")

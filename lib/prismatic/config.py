@@ -211,9 +211,9 @@ class ScoringConfig(Section):
     d: int = Field(1024, ge=8, le=65_536)
     seed: int = 0
     kind: Literal["kronecker", "dense"] = "kronecker"
-    block: int = Field(8, ge=1, le=64, description="k_o = k_i per linear layer for the kronecker projector")
+    block: int = Field(32, ge=1, le=64, description="k_o = k_i per linear layer for the kronecker projector")
     embed_block: int = Field(
-        32, ge=1, le=256, description="k_o = k_i of the input / output embedding block (kronecker projector)"
+        64, ge=1, le=256, description="k_o = k_i of the input / output embedding block (kronecker projector)"
     )
     params: str = Field("all", description="'all' or a regex of parameter names")
     max_tokens: int = Field(512, ge=8)
@@ -421,6 +421,14 @@ class TrainConfig(Section):
     eval_limit: int | None = Field(None, ge=1, description="evaluate a seeded sample of this many examples")
     eval_batch_size: int = Field(16, ge=1)
     max_new_tokens: int = Field(32, ge=1, description="lm student: tokens generated per answer")
+    eval_method: Literal["loglik", "generate"] = Field(
+        "loglik",
+        description="lm student: loglik = the option with the highest log-likelihood (NLI labels, math rows with"
+        " `choices`); generate = greedy answer parsed (math without choices always generates)",
+    )
+    loglik_normalize: Literal["none", "tokens", "chars"] = Field(
+        "none", description="loglik: rank options by summed log-prob (none), per token, or per character"
+    )
 
 
 class StudyConfig(Section):

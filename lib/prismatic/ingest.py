@@ -147,6 +147,23 @@ class IngestReport:
             f" + duplicates {self.total('duplicates')} + quarantined {self.total('quarantined')}"
         )
 
+    def rows(self) -> list[dict]:
+        """One row per file read (``--format json`` / ``csv``): its counts and quarantine reasons."""
+        return [
+            {
+                "source": self.source,
+                "task": self.task,
+                "file": f.file,
+                "format": f.format,
+                "rows_read": f.rows_read,
+                "new_samples": f.new_samples,
+                "duplicates": f.duplicates,
+                "quarantined": f.quarantined,
+                "reasons": dict(f.reasons),
+            }
+            for f in self.files
+        ]
+
     def notes(self) -> list[str]:
         """Everything the user should see besides the counts: skipped files, then each file's notes."""
         out = []
@@ -427,10 +444,9 @@ def _earlier_batches(store: TableStore, source: str, files: list[str]) -> dict[s
     return out
 
 
-def _drop_batches(store: TableStore, table: str, batches: set[str], extra: str = "") -> int:
-    """Delete the rows of earlier versions of a file (batch ids are hex, so the predicate needs no quoting)."""
-    ids = ", ".join(f"'{b}'" for b in sorted(batches) if all(c in "0123456789abcdef" for c in b))
-    return store.delete(table, f"batch_id IN ({ids}){extra}") if ids else 0
+def _drop_batches(store: TableStore, table: str, batches: set[str], **match: str) -> int:
+    """Delete the rows of earlier versions of a file (and of ``match``, e.g. one quarantine stage)."""
+    return store.delete(table, {"batch_id": set(batches), **match}) if batches else 0
 
 
 def _present_ids(store: TableStore, ids: pa.Array) -> set[str]:
@@ -495,7 +511,7 @@ def commit(
     new = _new_per_file(store, staged)
     before = store.count("samples")
     if stale:
-        _drop_batches(store, "quarantine", stale, " AND stage = 'ingest'")
+        _drop_batches(store, "quarantine", stale, stage="ingest")
     inserted = 0
     for chunk in _chunks(staged, batch_rows):
         for table in ("quarantine", "samples", "candidates_bronze"):

@@ -1,49 +1,18 @@
-"""`prism run`: the whole pipeline on the config's inputs, stage after stage, each one idempotent."""
+"""`prism run`: the whole pipeline on the config's inputs, the registry's stages in order, each one idempotent."""
 
 from __future__ import annotations
 
-import logging
+import dataclasses
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from prismatic.assets import asset_dir, fetch
-from prismatic.config import Settings, resource_path
-from prismatic.errors import ConfigError, InputError
-from prismatic.progress import StageProgress
+from prismatic.config import Settings
+from prismatic.errors import ConfigError
+from prismatic.output import pipeline_line, report_rows
+from prismatic.stages.base import Context
 from prismatic.tables import TABLES, TableStore
-
-log = logging.getLogger(__name__)
-
-
-def resolve_input_path(path: str) -> str:
-    """``asset:NAME/FILE`` -> the fetched asset file; a relative path -> relative to the repo root if it exists.
-
-    Raises:
-        InputError: ``FILE`` resolves (through ``..``, an absolute path or a symlink) outside the asset's folder.
-    """
-    if path.startswith("asset:"):
-        name, _, rest = path[len("asset:") :].partition("/")
-        main = fetch(name)
-        base = main if main.is_dir() else asset_dir(name)
-        if not rest:
-            return str(main)
-        root, target = asset_dir(name).resolve(), (base / rest).resolve()
-        if target != root and root not in target.parents:
-            raise InputError(
-                f"{path!r} points outside the folder of asset {name!r} ({root})",
-                hint="name a file inside the asset, e.g. asset:snli/snli_1.0_test.jsonl",
-            )
-        return str(target)
-    p = resource_path(path)
-    return str(p) if p.exists() else path
-
-
-def demo_inputs(settings: Settings) -> list[dict]:
-    inputs = settings.demo.get("inputs", [])
-    if not isinstance(inputs, list) or not all(isinstance(i, dict) and {"path", "source"} <= set(i) for i in inputs):
-        raise ConfigError("config key 'demo.inputs': must be a list of {path, source, task?, limit?}")
-    return inputs
 
 
 def table_summary(store: TableStore) -> Table:
@@ -88,86 +57,39 @@ def demo_synth_settings(settings: Settings) -> Settings:
     return settings.model_copy(update={"synth": synth})
 
 
-def run_pipeline(store: TableStore, settings: Settings, console: Console | None = None) -> dict:
-    """Ingest every configured input, dedup, score, diversity, ``demo.synth_rounds`` synthesis rounds (with
-    ``synth.train_each_round``: a student trained and evaluated per round); print each stage's counts, then the
-    table summary, the round table and the command that opens the MLflow UI. Safe to run again.
+def run_pipeline(ctx: Context, console: Console | None = None) -> dict[str, list]:
+    """Every registered stage's :meth:`~prismatic.stages.base.Stage.pipeline_calls`, in the registry's order, on
+    one context (the spec resolved once): ingest each configured input, dedup, score, diversity,
+    ``demo.synth_rounds`` synthesis rounds (under ``demo.synth``), then train and eval with ``demo.train``. Print a
+    line per call, the table summary, the round table and the command that opens the MLflow UI. Safe to run again.
 
     The run is one MLflow run (params = the flattened config, tags = table versions before and after,
     metrics = counts and G-Vendi); the synthesis rounds are its nested runs.
+
+    Returns:
+        Each stage's reports, by stage name, in call order.
     """
     from prismatic import tracking
-    from prismatic.ingest import ingest
-    from prismatic.stages import dedup_stage, diversity_stage, score_stage
+    from prismatic.stages.registry import STAGES
 
     console = console or Console()
-    results: dict = {"ingest": []}
-    demo = settings.demo
+    settings, store = ctx.settings, ctx.store
+    results: dict[str, list] = {}
     with tracking.run(settings, "pipeline", params=tracking.safe_params(settings)) as mlrun:
+        ctx.mlflow_run = mlrun
         if mlrun is not None:
             tracking.log_table_versions(store.versions(), "versions_read")
-        for item in demo_inputs(settings):
-            path = resolve_input_path(item["path"])
-            rep = ingest(store, [path], item["source"], item.get("task", "generic"), settings, limit=item.get("limit"))
-            console.print(
-                f"[bold]ingest[/] {item['source']}: {rep.summary()}"
-                + (f"  (quarantine: {dict(rep.reasons)})" if rep.reasons else "")
-            )
-            results["ingest"].append(rep)
-        dd = dedup_stage(store, settings)
-        console.print(f"[bold]dedup[/] {dd.summary()}")
-        results["dedup"] = dd
-        with StageProgress(console, "score") as progress:
-            sc = score_stage(
-                store, settings, where=demo.get("score_where"), limit=demo.get("score_limit"), progress=progress
-            )
-        console.print(f"[bold]score[/] {sc.summary()}")
-        results["score"] = sc
-        div = diversity_stage(store, settings, group_by=["source"])
-        results["diversity"] = div
-        console.print(
-            "[bold]diversity[/] "
-            + ", ".join(
-                f"{r.group_key}: G-Vendi {r.value:.2f} (n={r.n})" for r in div.itertuples() if r.metric == "g_vendi"
-            )
-        )
-        rounds = int(demo.get("synth_rounds", 0) or 0)
-        if rounds:
-            from prismatic.synth.loop import synthesize
-
-            reports = synthesize(store, demo_synth_settings(settings), rounds=rounds)
-            results["synthesize"] = reports
-            for r in reports:
-                console.print(f"[bold]synthesize[/] {r.summary()}")
-            if not reports:
-                console.print(
-                    f"[bold]synthesize[/] rounds 1..{rounds} of {', '.join(settings.synth.task_list)}"
-                    " are done: nothing to do"
-                )
-        if demo.get("train"):
-            from prismatic.train import eval_stage, train_stage
-
-            tr = train_stage(store, settings, student=demo.get("student"))
-            console.print(f"[bold]train[/] {tr.summary()}")
-            ev = eval_stage(store, settings, model_path=tr.path, benchmarks=demo.get("benchmarks"))
-            console.print(
-                "[bold]eval[/] " + ", ".join(f"{r['benchmark']}: {r['accuracy']:.3f} (n={r['n']})" for r in ev)
-            )
-            results["train"], results["eval"] = tr, ev
+        for stage in STAGES:
+            stage_ctx = _stage_context(ctx, stage.name)
+            for call in stage.pipeline_calls(settings):
+                report = stage(stage_ctx, **call)
+                results.setdefault(stage.name, []).append(report)
+                for line in _lines(stage.name, report, call, settings):
+                    console.print(line)
         if mlrun is not None:
             import mlflow
 
-            metrics = {
-                "pool": dd.pool,
-                "duplicates_exact": dd.exact,
-                "duplicates_near": dd.near,
-                "scored": sc.scored,
-                "score_quarantined": sc.quarantined,
-            }
-            metrics.update(
-                {f"{r.metric}.{r.scope}.{r.group_key}": float(r.value) for r in div.itertuples() if r.value == r.value}
-            )
-            mlflow.log_metrics({k.replace(":", "_"): v for k, v in metrics.items()})
+            mlflow.log_metrics(_metrics(results))
             tracking.log_table_versions(store.versions(), "versions_written")
     console.print(table_summary(store))
     if store.exists("rounds"):
@@ -179,3 +101,41 @@ def run_pipeline(store: TableStore, settings: Settings, console: Console | None 
 
         console.print(f"MLflow: {ui_command(settings)}")
     return results
+
+
+def _stage_context(ctx: Context, stage: str) -> Context:
+    """The context a stage runs in: the run's own; synthesis under ``demo.synth`` (the same store, MLflow run and
+    resolved specs: ``demo.synth`` changes only the ``synth`` section, which no spec depends on)."""
+    if stage != "synthesize":
+        return ctx
+    synth_settings = demo_synth_settings(ctx.settings)
+    if synth_settings is ctx.settings:
+        return ctx
+    return dataclasses.replace(ctx, settings=synth_settings)
+
+
+def _lines(stage: str, report: Any, call: dict, settings: Settings) -> list[str]:
+    if stage == "synthesize" and not report:
+        rounds = call.get("rounds")
+        return [
+            f"[bold]synthesize[/] rounds 1..{rounds} of {', '.join(settings.synth.task_list)} are done: nothing to do"
+        ]
+    return pipeline_line(stage, report, call)
+
+
+def _metrics(results: dict[str, list]) -> dict[str, float]:
+    """The parent run's metrics: pool and duplicates (dedup), scored and quarantined (score), every diversity value."""
+    metrics: dict[str, float] = {}
+    for dd in results.get("dedup", []):
+        metrics.update({"pool": dd.pool, "duplicates_exact": dd.exact, "duplicates_near": dd.near})
+    for sc in results.get("score", []):
+        metrics.update({"scored": sc.scored, "score_quarantined": sc.quarantined})
+    for div in results.get("diversity", []):
+        metrics.update(
+            {
+                f"{r['metric']}.{r['scope']}.{r['group_key']}": float(r["value"])
+                for r in report_rows(div)
+                if r["value"] == r["value"]
+            }
+        )
+    return {k.replace(":", "_"): v for k, v in metrics.items()}

@@ -412,7 +412,7 @@ def run_sql(store: TableStore, text: str, limit: int = 1000) -> Iterator[tuple[s
     """Check every statement of ``text`` (nothing runs if one is refused), then run each over the table views.
 
     Yields:
-        (statement head, rows as dicts) per statement.
+        (the statement on one line, rows as dicts) per statement.
 
     Raises:
         SqlRefusedError: a statement that is not a read-only query (see the module docstring).
@@ -440,5 +440,4 @@ def _execute(spark, stmts: list[str], views: list[str], limit: int) -> Iterator[
             raise PrismError(
                 f"SQL failed: {first_line(e)}", hint=f"tables here: {', '.join(views) or 'none yet'}"
             ) from None
-        head = " ".join(stmt.split())[:80]
-        yield head, rows
+        yield " ".join(stmt.split()), rows

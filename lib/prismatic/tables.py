@@ -21,7 +21,7 @@ import os
 import shutil
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,6 +278,8 @@ TABLES: dict[str, TableDef] = {
                 ("study_id", pa.string()),
                 ("mlflow_run_id", pa.string()),
                 ("lineage", pa.string()),
+                ("eval_method", pa.string()),  # loglik | generate | classifier; null on rows written before it
+                ("balanced_accuracy", pa.float64()),  # NLI: mean recall per gold label; null for math
             ),
             doc="accuracy of a student (run_id = student id) on a benchmark (name@sample when sampled)",
             volatile=("created_at", "mlflow_run_id"),
@@ -359,6 +361,29 @@ class TableUpkeep:
     version: int | None = None  # table version afterwards
 
 
+def _literal(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise TypeError(f"delete matches ints and strings only, got {value!r}")
+    return str(int(value)) if isinstance(value, int) else "'" + value.replace("'", "''") + "'"
+
+
+def delete_predicate(td: TableDef, match: Mapping[str, Any]) -> str:
+    """The SQL predicate (delta-rs and Spark SQL alike) of a typed ``delete`` match; ``1 = 0`` for an empty list."""
+    if not match:
+        raise ValueError("delete needs at least one column to match (it never deletes a whole table)")
+    columns = {f.name for f in td.schema}
+    parts = []
+    for col, value in match.items():
+        if col not in columns:
+            raise ValueError(f"table {td.name} has no column {col!r}")
+        if isinstance(value, list | tuple | set | frozenset):
+            values = sorted(value)
+            parts.append(f"{col} IN ({', '.join(_literal(v) for v in values)})" if values else "1 = 0")
+        else:
+            parts.append(f"{col} = {_literal(value)}")
+    return " AND ".join(parts)
+
+
 class TableStore(ABC):
     """Read tables as Spark DataFrames, MERGE Arrow tables or Spark DataFrames into them by key."""
 
@@ -402,8 +427,16 @@ class TableStore(ABC):
     @abstractmethod
     def history(self, name: str, limit: int = 1) -> list[dict]: ...
 
+    def delete(self, name: str, match: Mapping[str, Any]) -> int:
+        """Delete the rows whose columns equal ``match``'s values (a list / set / tuple value: any of them);
+        returns the number of rows deleted. Typed, never SQL text: columns are checked against the table's
+        schema and values quoted here."""
+        if not self.exists(name):
+            return 0
+        return self._delete_where(name, delete_predicate(table_def(name), match))
+
     @abstractmethod
-    def delete(self, name: str, where: str) -> int: ...
+    def _delete_where(self, name: str, predicate: str) -> int: ...
 
     @abstractmethod
     def vacuum(
@@ -412,6 +445,11 @@ class TableStore(ABC):
         """Compact small files (unless ``dry_run`` or not ``compact``), then delete files the current snapshot
         does not reference that are older than ``retention_hours`` (never-committed files of killed writers too).
         """
+
+    @staticmethod
+    def names() -> list[str]:
+        """Every table this store can hold (the TableDef registry), existing or not."""
+        return list(TABLES)
 
     def versions(self, names: Iterable[str] | None = None) -> dict[str, int | None]:
         return {n: self.version(n) for n in (names or TABLES)}
@@ -586,10 +624,8 @@ class DeltaRsStore(TableStore):
         )
         return result
 
-    def delete(self, name: str, where: str) -> int:
-        if not self.exists(name):
-            return 0
-        metrics = self._table(name).delete(where)
+    def _delete_where(self, name: str, predicate: str) -> int:
+        metrics = self._table(name).delete(predicate)
         return int(metrics.get("num_deleted_rows", 0))
 
     def version(self, name: str) -> int | None:
@@ -702,10 +738,8 @@ class DeltaSparkStore(TableStore):
             self.version(name) or 0,
         )
 
-    def delete(self, name: str, where: str) -> int:
-        if not self.exists(name):
-            return 0
-        row = self.spark.sql(f"DELETE FROM {self.qualified(name)} WHERE {where}").collect()
+    def _delete_where(self, name: str, predicate: str) -> int:
+        row = self.spark.sql(f"DELETE FROM {self.qualified(name)} WHERE {predicate}").collect()
         return int(row[0][0]) if row else 0
 
     def version(self, name: str) -> int | None:

@@ -378,12 +378,10 @@ def vacuum(
         compact: rewrite small files of each partition into bigger ones first (delta-rs ``optimize.compact``,
             Databricks ``OPTIMIZE``); the rows do not change, the table gets a new version.
     """
-    from prismatic.tables import TABLES
-
     if retention_hours < 0:
         raise PrismError(f"--retention-hours {retention_hours} must be 0 or more", hint="the default is 168 (7 days)")
     rep = VacuumReport(dry_run=dry_run, retention_hours=int(retention_hours))
-    for name in tables or TABLES:
+    for name in tables or store.names():
         if store.exists(name):
             rep.tables.append(store.vacuum(name, int(retention_hours), dry_run=dry_run, compact=compact))
     rep.staging = sweep_staging(store.settings.root, retention_hours=retention_hours, dry_run=dry_run)

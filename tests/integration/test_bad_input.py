@@ -237,7 +237,7 @@ def test_a_50_mb_row_is_quarantined_without_being_held_whole(tmp_path, store):
 
 
 def test_arguments_and_paths_that_are_refused(tmp_path, store):
-    from prismatic.pipeline import resolve_input_path
+    from prismatic.inputs import resolve_input_path
 
     f = tmp_path / "a.jsonl"
     f.write_bytes(_good("a", 1))

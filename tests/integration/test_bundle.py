@@ -1,17 +1,18 @@
 """The Databricks bundle, checked without a workspace.
 
-databricks.yml and the resources it includes parse; every task runs a jobs/ entry point that exists and accepts
-every parameter the task passes (each job's own ``build_parser()``, with ``${...}`` resolved from the variables'
-defaults), and the config those parameters build validates; every ``${var.X}`` is declared; job and task keys are
-unique; depends_on points at real tasks; the scoring task runs on the single-node GPU cluster. When the
-``databricks-bundles`` package (Databricks' own bundle models, generated from the bundle schema) is installed, each
-job and experiment is also loaded with it, which rejects unknown fields and bad enum values.
+databricks.yml and the resources it includes parse; every task runs the jobs/<stage>.py entry point of a
+registered stage (prismatic.stages.registry) and that stage's generated parser accepts every parameter the task
+passes (with ``${...}`` resolved from the variables' defaults), and the config those parameters build validates; a
+task never depends on a later stage of the registry and runs after every earlier stage whose tables it reads; every
+registered stage has a `prism` command; every ``${var.X}`` is declared; job and task keys are unique; depends_on
+points at real tasks; the scoring task runs on the single-node GPU cluster. When the ``databricks-bundles`` package
+(Databricks' own bundle models, generated from the bundle schema) is installed, each job and experiment is also
+loaded with it, which rejects unknown fields and bad enum values.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib.util
 import re
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,16 @@ from typing import Any
 import pytest
 import yaml
 
+from prismatic.stages.registry import STAGES, get_stage
+
 REPO = Path(__file__).resolve().parents[2]
 JOBS_DIR = REPO / "jobs"
 BUNDLE_FILE = REPO / "databricks.yml"
 
-# The entry points the bundle runs: the existing ones plus those the lead announced (score, diversity, cluster,
-# synthesize, train_eval, study). A misspelt python_file makes the set differ and fails loudly.
-ANNOUNCED_JOBS = {"ingest", "dedup", "score", "diversity", "cluster", "synthesize", "train_eval", "study"}
-PIPELINE_ORDER = ["Ingest", "Dedup", "Score", "Diversity", "Cluster", "Synthesize", "TrainEval"]
-GPU_TASKS = {"Score", "Synthesize", "TrainEval", "Study"}
+# The pipeline job's tasks: the registry's stages minus `embed` (the pipeline clusters gradients) and `study` (its own
+# job); GPU_TASKS need the GPU cluster. The order itself is checked against the registry below.
+PIPELINE_TASKS = {"Ingest", "Dedup", "Score", "Diversity", "Cluster", "Synthesize", "Train", "Eval"}
+GPU_TASKS = {"Score", "Synthesize", "Train", "Eval", "Study"}
 IDEMPOTENT_TASKS = {"Ingest", "Dedup", "Score", "Diversity", "Cluster"}
 BASE_PARAMS = {
     "--config": "${workspace.file_path}/conf/databricks.yaml",
@@ -125,12 +127,25 @@ def pairs(params: list[str]) -> dict[str, list[str]]:
     return out
 
 
-def import_job(name: str, monkeypatch):
-    monkeypatch.syspath_prepend(str(JOBS_DIR))  # the jobs import their shared `_common` module
-    spec = importlib.util.spec_from_file_location(f"prism_bundle_job_{name}", JOBS_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def task_stage(path: Path, task: dict) -> str:
+    """The registered stage a task runs: the stem of its python_file (jobs/<stage>.py)."""
+    return python_file(path, task).stem
+
+
+def registry_index(stage: str) -> int:
+    return [s.name for s in STAGES].index(stage)
+
+
+def ancestors(tasks: dict[str, dict], key: str) -> set[str]:
+    """Every task that ``key`` waits for, directly or through others."""
+    seen: set[str] = set()
+    todo = [d["task_key"] for d in tasks[key].get("depends_on", [])]
+    while todo:
+        k = todo.pop()
+        if k not in seen:
+            seen.add(k)
+            todo += [d["task_key"] for d in tasks[k].get("depends_on", [])]
+    return seen
 
 
 # ---- structure ------------------------------------------------------------------------------------------------------
@@ -223,12 +238,14 @@ def test_job_and_task_keys_unique_and_dependencies_real(jobs):
 
 
 def test_pipeline_order_schedule_and_retries(jobs):
-    _, job = jobs["prismatic_pipeline_job"]
+    path, job = jobs["prismatic_pipeline_job"]
     tasks = {t["task_key"]: t for t in job["tasks"]}
-    assert list(tasks) == PIPELINE_ORDER
-    for before, after in zip(PIPELINE_ORDER, PIPELINE_ORDER[1:], strict=False):
+    assert set(tasks) == PIPELINE_TASKS
+    order = sorted(tasks, key=lambda k: registry_index(task_stage(path, tasks[k])))
+    assert list(tasks) == order, "the pipeline's tasks are listed in the registry's order"
+    for before, after in zip(order, order[1:], strict=False):  # a chain: one stage at a time, as `prism run`
         assert [d["task_key"] for d in tasks[after]["depends_on"]] == [before]
-    assert "depends_on" not in tasks["Ingest"]
+    assert "depends_on" not in tasks[order[0]]
     sched = job["schedule"]
     assert sched["pause_status"] == "PAUSED" and len(sched["quartz_cron_expression"].split()) in (6, 7)
     for name, t in tasks.items():
@@ -272,11 +289,46 @@ def test_experiment_resource(resource_docs):
 # ---- entry points and their parameters ------------------------------------------------------------------------------
 
 
-def test_referenced_job_files_are_the_announced_set(jobs):
-    referenced = {python_file(path, t) for _, path, t in all_tasks(jobs)}
-    assert referenced == {JOBS_DIR / f"{name}.py" for name in ANNOUNCED_JOBS}
-    present = {p.stem for p in referenced if p.is_file()}
-    assert {"ingest", "dedup"} <= present  # the ones that exist from the start
+def test_every_task_runs_a_registered_stage_named_by_its_key(jobs):
+    names = {s.name for s in STAGES}
+    for key, path, t in all_tasks(jobs):
+        stage = task_stage(path, t)
+        assert python_file(path, t) == JOBS_DIR / f"{stage}.py" and stage in names, f"{key}.{t['task_key']}"
+        assert python_file(path, t).is_file(), f"{key}.{t['task_key']}: jobs/{stage}.py is missing"
+        assert t["task_key"] == stage.capitalize(), f"{key}.{t['task_key']} runs stage {stage}"
+    files = {p.stem for p in JOBS_DIR.glob("*.py") if not p.stem.startswith("_")}
+    assert files and files <= names, f"jobs/ files that are no registered stage: {sorted(files - names)}"
+    assert files == {task_stage(p, t) for _, p, t in all_tasks(jobs)}, "a jobs/ file that no task runs"
+
+
+def test_no_task_runs_before_a_stage_it_needs(jobs):
+    """depends_on only points back in the registry, and a task waits for every earlier task of its job whose stage
+    writes a table that its own stage reads (Score after Dedup: the pool is samples minus duplicates)."""
+    checked = 0
+    for key, (path, job) in jobs.items():
+        tasks = {t["task_key"]: t for t in job["tasks"]}
+        stage_of = {k: get_stage(task_stage(path, t)) for k, t in tasks.items()}
+        for k, t in tasks.items():
+            for dep in t.get("depends_on", []):
+                d = dep["task_key"]
+                assert registry_index(stage_of[d].name) < registry_index(stage_of[k].name), f"{key}: {k} after {d}"
+            before = ancestors(tasks, k)
+            for other, stage in stage_of.items():
+                earlier = registry_index(stage.name) < registry_index(stage_of[k].name)
+                if earlier and set(stage.writes) & set(stage_of[k].reads):
+                    assert other in before, f"{key}: {k} reads what {other} writes but does not wait for it"
+                    checked += 1
+    assert checked >= 5  # e.g. Dedup -> Score, Score -> Diversity, Cluster -> Synthesize
+
+
+def test_every_registered_stage_has_a_cli_command():
+    from prismatic.cli import command
+
+    commands = command().commands
+    for stage in STAGES:
+        assert stage.name in commands, f"no `prism {stage.name}`"
+        flags = {opt for p in commands[stage.name].params for opt in p.opts}
+        assert {o.flag for o in stage.options if not o.argument} | {"--format"} <= flags, stage.name
 
 
 def test_every_task_passes_the_base_parameters(jobs, dev_variables):
@@ -290,25 +342,31 @@ def test_every_task_passes_the_base_parameters(jobs, dev_variables):
                 assert local.is_file(), f"{key}.{t['task_key']}: {v} names no file of the bundle"
 
 
-@pytest.mark.parametrize("name", sorted(ANNOUNCED_JOBS))
+@pytest.mark.parametrize("name", sorted({s.name for s in STAGES} - {"embed"}))
 def test_entry_point_accepts_the_task_parameters(name, jobs, dev_variables, monkeypatch):
     path = JOBS_DIR / f"{name}.py"
-    if not path.is_file():
-        pytest.skip(f"jobs/{name}.py is not written yet")
-    module = import_job(name, monkeypatch)
-    assert callable(module.run) and callable(module.build_parser)
-    tasks = [(key, t) for key, p, t in all_tasks(jobs) if python_file(p, t) == path]
-    assert tasks, f"no task runs jobs/{name}.py"
+    source = path.read_text()
+    assert f'run_stage("{name}")' in source, f"jobs/{name}.py must run its stage through _common.run_stage"
+    monkeypatch.syspath_prepend(str(JOBS_DIR))
     monkeypatch.setenv("PRISM_GIT_COMMIT", "")  # settings_from() sets it; restored afterwards
     monkeypatch.delenv("PRISM_DATA_ROOT", raising=False)
-    from _common import settings_from
+    from _common import BASE_DESTS, build_parser, settings_from
 
+    stage = get_stage(name)
+    parser = build_parser(stage)
+    banner = source.split('"""')[1]
+    for o in stage.options:  # the job's parameter banner names every option of the stage
+        assert o.flag in banner, f"jobs/{name}.py: its docstring does not list {o.flag}"
+    tasks = [(key, t) for key, p, t in all_tasks(jobs) if python_file(p, t) == path]
+    assert tasks, f"no task runs jobs/{name}.py"
     for key, t in tasks:
         argv = [resolve(p, dev_variables) for p in t["spark_python_task"]["parameters"]]
         try:
-            args = module.build_parser().parse_args(argv)
+            args = parser.parse_args(argv)
         except SystemExit as e:
             raise AssertionError(f"{key}.{t['task_key']}: jobs/{name}.py rejects its parameters {argv}") from e
+        options = {k: v for k, v in vars(args).items() if k not in BASE_DESTS}
+        assert set(options) == {o.name for o in stage.options}  # what run_stage passes: the stage's options
         settings = settings_from(args)  # the config a task builds: conf/databricks.yaml + every --set, validated
         assert settings.storage.engine == "delta-spark"
         assert settings.storage.catalog == "dev" and settings.storage.schema_name == "prismatic"
@@ -316,6 +374,27 @@ def test_entry_point_accepts_the_task_parameters(name, jobs, dev_variables, monk
         if any(v.startswith("scoring.model.path=") for v in pairs(argv).get("--set", [])):
             assert settings.scoring.model.path == resolve("${var.proxy_model_path}", dev_variables)
             assert settings.scoring.model.path.startswith("/Volumes/dev/prismatic/")
+
+
+def test_job_parser_reads_options_as_the_cli_does(monkeypatch):
+    """Flags, negatable flags, repeatable options (or comma lists), positional paths as --paths, min, choices."""
+    monkeypatch.syspath_prepend(str(JOBS_DIR))
+    from _common import build_parser
+
+    div = build_parser(get_stage("diversity"))
+    assert vars(div.parse_args([])) | {"exact": False, "baselines": True} == vars(div.parse_args([]))
+    args = div.parse_args(["--exact", "--no-baselines", "--group-by", "source"])
+    assert (args.exact, args.baselines, args.group_by) == (True, False, "source")
+    ev = build_parser(get_stage("eval")).parse_args(["--benchmark", "a,b", "--benchmark", "c"])
+    assert ev.benchmark == ["a", "b", "c"]
+    ing = build_parser(get_stage("ingest"))
+    args = ing.parse_args(["--paths", "x,y.jsonl", "--paths", "z.jsonl", "--source", "s", "--limit", "3"])
+    assert (args.paths, args.source, args.task, args.limit) == (["x,y.jsonl", "z.jsonl"], "s", "generic", 3)
+    for bad in (["--paths", "x", "--source", "s", "--limit", "0"], ["--paths", "x"], ["--source", "s"]):
+        with pytest.raises(SystemExit):
+            ing.parse_args(bad)
+    with pytest.raises(SystemExit):
+        build_parser(get_stage("train")).parse_args(["--student", "bogus"])
 
 
 def test_databricks_config_validates():
@@ -338,7 +417,9 @@ def test_resources_load_with_databricks_bundles(jobs, resource_docs):
 
     loaded = {key: Job.from_dict(copy.deepcopy(job)) for key, (_, job) in jobs.items()}
     assert loaded["prismatic_pipeline_job"].schedule.pause_status == PauseStatus.PAUSED
-    assert [t.task_key for t in loaded["prismatic_pipeline_job"].tasks] == PIPELINE_ORDER
+    assert [t.task_key for t in loaded["prismatic_pipeline_job"].tasks] == [
+        t["task_key"] for t in jobs["prismatic_pipeline_job"][1]["tasks"]
+    ]
     exps = [e for doc in resource_docs.values() for e in (doc["resources"].get("experiments") or {}).values()]
     assert [str(MlflowExperiment.from_dict(copy.deepcopy(e)).name) for e in exps] == ["${var.experiment_name}"]
     bad = copy.deepcopy(jobs["prismatic_pipeline_job"][1])

@@ -55,21 +55,25 @@ def run_stages(store, settings, inputs: list[str], stages) -> None:
 
         ingest(store, inputs, "seed", "math", settings)
     if "dedup" in stages:
-        from prismatic.stages import dedup_stage
+        from prismatic.stages.base import Context
+        from prismatic.stages.dedup import dedup_pool
 
-        dedup_stage(store, settings)
+        dedup_pool(Context(settings, store))
     if "score" in stages:
-        from prismatic.stages import score_stage
+        from prismatic.stages.base import Context
+        from prismatic.stages.score import score_pool
 
-        score_stage(store, settings, rows_per_chunk=8)  # several gradients commits: kills between chunks
+        score_pool(Context(settings, store), rows_per_chunk=8)  # several gradients commits: kills between chunks
     if "diversity" in stages:
-        from prismatic.stages import diversity_stage
+        from prismatic.stages.base import Context
+        from prismatic.stages.diversity import measure_diversity
 
-        diversity_stage(store, settings, group_by=["source"], embedding=False)
+        measure_diversity(Context(settings, store), group_by=["source"], embedding=False)
     if "cluster" in stages:
-        from prismatic.stages import cluster_tasks
+        from prismatic.stages.base import Context
+        from prismatic.stages.cluster import cluster_tasks
 
-        cluster_tasks(store, settings, round=1)
+        cluster_tasks(Context(settings, store), round=1)
     if "synth" in stages:
         from synth_helpers import scripted_generator
 

@@ -18,7 +18,9 @@ from prismatic.config import load_config
 from prismatic.embeddings import EMBEDDING_KIND, EmbeddingSpec, embed_samples, embedding_spec, make_embed_fn
 from prismatic.errors import SpecMismatchError
 from prismatic.ingest import ingest
-from prismatic.stages import cluster_stage, embed_stage, register_spec
+from prismatic.stages.base import Context
+from prismatic.stages.cluster import cluster_task
+from prismatic.stages.embed import embed_pool
 from prismatic.synth.loop import _gvendi, synthesize
 from prismatic.tables import open_store
 
@@ -83,7 +85,7 @@ def test_embedding_loop_then_gradient_round_never_mix(tmp_path, spark, tiny_mode
     (rep1,) = synthesize(store, s_emb, rounds=1, generator=scripted_generator())
     specs = {r["spec_id"]: r for r in store.read_arrow("projection_specs").to_pylist()}
     emb_id = embedding_spec().spec_id
-    grad_id = register_spec(store, s_grad).spec_id
+    grad_id = Context(s_grad, store).spec().spec_id
     assert specs[emb_id]["kind"] == "embedding" and specs[emb_id]["d"] == 384
     assert specs[grad_id]["kind"] == "kronecker" and specs[grad_id]["d"] == 64
     assert (rep1.feature_space, rep1.cluster_spec_id, rep1.spec_id) == ("embedding", emb_id, grad_id)
@@ -133,12 +135,12 @@ def test_embedding_loop_then_gradient_round_never_mix(tmp_path, spark, tiny_mode
     assert run1.data.metrics["gvendi_after"] == pytest.approx(rounds[1]["gvendi_after"])
 
     # idempotent: nothing left to embed, round 1 reused
-    assert embed_stage(store, s_emb).todo == 0
-    again = cluster_stage(store, s_emb, round=1)
+    assert embed_pool(Context(s_emb, store)).todo == 0
+    again = cluster_task(Context(s_emb, store), round=1)
     assert again.reused and again.spec_id == emb_id and again.feature_space == "embedding"
     # the same round in the other space is an error, never a mix
     with pytest.raises(SpecMismatchError, match="round 1 was clustered under spec"):
-        cluster_stage(store, s_grad, round=1)
+        cluster_task(Context(s_grad, store), round=1)
 
     # round 2 guided by gradients, same data root
     n_emb = len(by_spec[emb_id])
@@ -154,7 +156,7 @@ def test_embedding_loop_then_gradient_round_never_mix(tmp_path, spark, tiny_mode
     run2 = _round_params(s_grad)["round-2-math"]
     assert run2.data.params["feature_space"] == "gradient" and run2.data.params["cluster_spec_id"] == grad_id
     # switching back embeds only what is missing: the samples round 2 accepted
-    assert embed_stage(store, s_emb).todo == rep2.accepted_samples
+    assert embed_pool(Context(s_emb, store)).todo == rep2.accepted_samples
 
 
 @pytest.mark.spark

@@ -227,7 +227,7 @@ def test_the_documented_queries_pass_the_guard(guard):
     repo = Path(__file__).resolve().parents[2]
     stmts = [s for f in sorted((repo / "sql").glob("*.sql")) for s in split_statements(f.read_text())]
     readme = [m for m in re.findall(r'prism sql "([^"]+)"|\$P sql "([^"]+)"', (repo / "README.md").read_text())]
-    examples = [a or b for a, b in readme if "…" not in (a or b)]
+    examples = [s for a, b in readme if "…" not in (a or b) for s in split_statements(a or b)]  # `;`-separated too
     assert len(stmts) >= 9 and examples, "the documented queries were not found"
     for stmt in stmts + examples:
         guard.check_statement(stmt)
@@ -235,18 +235,18 @@ def test_the_documented_queries_pass_the_guard(guard):
 
 def test_where_filters_follow_the_same_rules(lake, spark):
     from prismatic.config import load_config
-    from prismatic.stages import _pool_where
+    from prismatic.stages.common import pool_frame
     from prismatic.tables import open_store
 
     store = open_store(load_config(overrides=[f"data_root={lake}"]), spark)
-    assert _pool_where(store, ["sample_id", "task"], "task = 'math'").count() == 8
+    assert pool_frame(store, ["sample_id", "task"], "task = 'math'").count() == 8
     with pytest.raises(SqlRefusedError, match=r"^java_method\(\) refused"):
-        _pool_where(store, ["sample_id"], "java_method('java.lang.System', 'getenv', 'HOME') IS NOT NULL")
+        pool_frame(store, ["sample_id"], "java_method('java.lang.System', 'getenv', 'HOME') IS NOT NULL")
     with pytest.raises(SqlRefusedError, match="text.`/etc/hostname` refused"):
-        _pool_where(store, ["sample_id"], "sample_id IN (SELECT value FROM text.`/etc/hostname`)")
+        pool_frame(store, ["sample_id"], "sample_id IN (SELECT value FROM text.`/etc/hostname`)")
     with pytest.raises(PrismError) as e:  # a parse error: Spark's reason, not an empty one
-        _pool_where(store, ["sample_id"], "task = = 'math'")
+        pool_frame(store, ["sample_id"], "task = = 'math'")
     assert str(e.value).startswith("--where \"task = = 'math'\" is not a valid filter: [PARSE_SYNTAX_ERROR]")
     with pytest.raises(PrismError) as e:
-        _pool_where(store, ["sample_id"], "no_such_col = 1")
+        pool_frame(store, ["sample_id"], "no_such_col = 1")
     assert str(e.value).startswith("--where 'no_such_col = 1' is not a valid filter on samples: [UNRESOLVED_COLUMN")

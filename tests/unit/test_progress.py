@@ -56,3 +56,60 @@ def test_short_stage_prints_nothing_and_unknown_total_is_a_count():
         p(2)
     assert buf.getvalue() == ""
     assert p.line() == "study: 2, 0.67/s, 3s elapsed"
+
+
+def test_count_files_sum_what_workers_wrote(tmp_path):
+    from prismatic.progress import CountFile, count_files
+
+    a, b = CountFile(tmp_path), CountFile(tmp_path)
+    assert a.path != b.path and count_files(tmp_path) == 0
+    for n in (2, 2, 1):
+        a(n)
+    b(3)
+    assert count_files(tmp_path) == 8
+    assert sorted(int(p.read_text()) for p in tmp_path.glob("*.n")) == [3, 5]
+    assert not list(tmp_path.glob("*.tmp"))  # replaced atomically
+
+
+def test_a_count_file_that_cannot_be_written_turns_itself_off(tmp_path):
+    from prismatic.progress import CountFile
+
+    c = CountFile(tmp_path / "missing" / "folder")
+    c(4)
+    c(1)  # no error: progress never stops the work
+    assert not c.ok and c.n == 5
+
+
+def test_watch_counts_reports_from_a_thread_and_once_at_the_end(tmp_path):
+    import threading
+
+    from prismatic.progress import CountFile, watch_counts
+
+    seen: list[int] = []
+    first = threading.Event()
+
+    def on_count(n):
+        seen.append(n)
+        first.set()
+
+    with watch_counts(tmp_path / "counts", on_count, every=0.01) as folder:
+        w = CountFile(folder)
+        w(3)
+        assert first.wait(5)  # the thread saw the first batch while the block still ran
+        w(4)
+    assert seen[0] == 3 and seen[-1] == 7 and seen == sorted(seen)
+
+
+def test_live_bar_has_rate_and_time_left_columns():
+    from rich.progress import TimeRemainingColumn
+
+    from prismatic.progress import RateColumn
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=200)
+    with StageProgress(console, "score") as p:
+        assert p.live
+        kinds = {type(c) for c in p._bar.columns}
+        assert RateColumn in kinds and TimeRemainingColumn in kinds
+        p(5, 10)
+        task = p._bar.tasks[0]
+        assert (task.completed, task.total) == (5, 10)

@@ -52,6 +52,7 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS = {"smollm2": "smollm2", "qwen-coder-0.5b": "qwen-coder-0.5b"}  # builtin name -> asset name
 CONVERTED_MARKER = "prismatic_source.json"
 CONVERTED_FORMAT = 2  # 2: the record holds the sha256 of the checkpoint's own safetensors files
+PROXY_MANIFEST = "prismatic_proxy.json"  # written by export_proxy: the model_id and sha256 the folder stands for
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -254,7 +255,8 @@ def resolve_model_path(cfg: ModelConfig) -> tuple[Path, str, str]:
             if cfg.gguf_file:
                 gguf, model_id = p / cfg.gguf_file, cfg.gguf_file
             else:
-                return p, p.resolve().name, weights_sha256(p)
+                sha = weights_sha256(p)
+                return p, _exported_model_id(p, sha) or p.resolve().name, sha
         elif _HUB_ID_RE.match(spec):
             local = _hub_snapshot(spec, cfg.gguf_file)
             if cfg.gguf_file:
@@ -267,6 +269,72 @@ def resolve_model_path(cfg: ModelConfig) -> tuple[Path, str, str]:
             )
     folder = convert_gguf(gguf)
     return folder, model_id, weights_sha256(folder)
+
+
+def _exported_model_id(folder: Path, sha: str) -> str | None:
+    """The model_id an :func:`export_proxy` folder stands for (so its spec_id is the source's), or None.
+
+    Raises:
+        AssetError: the folder's weights are not the ones its manifest records (changed after the export).
+    """
+    manifest = folder / PROXY_MANIFEST
+    if not manifest.is_file():
+        return None
+    try:
+        record = json.loads(manifest.read_text())
+        model_id, want = str(record["model_id"]), str(record["weights_sha256"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AssetError(f"{manifest} cannot be read: {e}", hint="export the proxy again") from None
+    if want != sha:
+        raise AssetError(
+            f"the weights in {folder} (sha256 {sha[:16]}…) are not the exported {model_id} ({want[:16]}…)",
+            hint=f"export the proxy again, or remove {PROXY_MANIFEST} to score it as a model of its own",
+        )
+    return model_id
+
+
+def export_proxy(cfg: ModelConfig, out: str | Path) -> dict:
+    """Write the proxy of ``cfg`` as a plain folder (safetensors, config, tokenizer) plus ``prismatic_proxy.json``.
+
+    The folder is what a cluster loads (e.g. uploaded to a Unity Catalog volume and named in
+    ``scoring.model.path``): the manifest records the source's model_id and the sha256 of the weights, so scoring
+    from the folder gives the same spec_id, and the same vectors, as scoring from the source (``builtin:smollm2``
+    is the dequantized Q4_1 GGUF of SmolLM2-135M-Instruct). Written to a temporary folder next to ``out`` and
+    moved into place; ``out`` must not exist or be empty.
+
+    Returns:
+        The manifest (model_id, weights_sha256, files with their sha256, source).
+
+    Raises:
+        AssetError: ``out`` holds files, or the copy does not hash to the source's weights.
+    """
+    folder, model_id, sha = resolve_model_path(cfg)
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AssetError(f"{out} exists and is not an empty folder", hint="name a new folder to export into")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    try:
+        for f in sorted(folder.iterdir()):
+            if f.is_file() and f.name not in (CONVERTED_MARKER, PROXY_MANIFEST) and not f.name.startswith("."):
+                shutil.copy2(f, tmp / f.name)
+        got = weights_sha256(tmp)
+        if got != sha:
+            raise AssetError(f"the copy of {folder} hashes to {got[:16]}…, not {sha[:16]}…", hint="export again")
+        manifest = {
+            "model_id": model_id,
+            "weights_sha256": sha,
+            "files": {f.name: _cached_sha(f) for f in sorted(tmp.iterdir()) if f.is_file()},
+            "source": cfg.path,
+        }
+        (tmp / PROXY_MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        if out.exists():
+            out.rmdir()
+        os.rename(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return manifest
 
 
 def load_model(cfg: ModelConfig | None = None) -> LoadedModel:

@@ -4,14 +4,19 @@
 per batch; ``dense``: the paper's per-sample loop + dense Rademacher reference) and to the
 :class:`ProjectionSpec` its vectors belong to. :meth:`Scorer.score` encodes pairs, batches them by token
 length (similar lengths together, so little padding), halves the batch size when CUDA runs out of
-memory and retries, and isolates a failing sample (its row gets an error reason, the rest go on).
+memory and retries, and isolates a failing sample (its row gets an error code, the rest go on).
+
+A failure is a code and a detail, kept apart all the way to the stage: the codes of the model code
+(``empty_completion``, ``nonfinite_loss``, ``nonfinite_gradient``, ``zero_gradient``) and ``oom`` have no
+detail; ``encode`` (the pair could not be tokenized) and an exception's type name (``RuntimeError``, raised
+while scoring that one sample) carry the message as detail.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,13 +35,33 @@ OOM_ERRORS: tuple[type[BaseException], ...] = (torch.cuda.OutOfMemoryError, Memo
 
 @dataclass
 class ScoreResult:
-    """One pair's outcome. ``vector`` is float32 (d,) unit norm, or None when ``error`` says why not."""
+    """One pair's outcome. ``vector`` is float32 (d,) unit norm, or None when ``code`` says why not.
+
+    ``code`` is None for a scored pair, else the failure's code; ``detail`` is the message of an ``encode`` or an
+    exception failure (None for the codes that say it all).
+    """
 
     vector: np.ndarray | None
     loss: float | None
     n_tokens: int
     truncated: bool
-    error: str | None
+    code: str | None = None
+    detail: str | None = None
+
+    @property
+    def error(self) -> str | None:
+        """The failure as one line for records: the code, or ``error:<code>: <detail>`` when there is a detail."""
+        return failure_text(self.code, self.detail)
+
+
+def failure_text(code: str | None, detail: str | None) -> str | None:
+    """One line for a failure (code, detail): ``oom``, ``error:encode: <message>``, ``error:RuntimeError: boom``."""
+    if code is None:
+        return None
+    return code if detail is None else f"error:{code}: {detail}"
+
+
+Outcome = tuple[np.ndarray | None, float | None, int, str | None, str | None]  # vector, loss, n_tokens, code, detail
 
 
 class DenseScorerBackend:
@@ -102,12 +127,12 @@ class Scorer:
             c.min_completion_tokens,
         )  # fmt: skip
 
-    def _run(self, batch: list[Encoded]) -> list[tuple[np.ndarray | None, float | None, int, str | None]]:
+    def _run(self, batch: list[Encoded]) -> list[Outcome]:
         """Score one batch; on OOM halve (sticky for later batches); on another error isolate samples."""
         try:
             r = self.backend.score_encoded(batch, self.pad_id)
             return [
-                (None if r.errors[i] else r.vectors[i], float(r.loss[i]), int(r.n_tokens[i]), r.errors[i])
+                (None if r.errors[i] else r.vectors[i], float(r.loss[i]), int(r.n_tokens[i]), r.errors[i], None)
                 for i in range(len(batch))
             ]
         except OOM_ERRORS:
@@ -115,7 +140,7 @@ class Scorer:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             if len(batch) == 1:
-                return [(None, None, batch[0].n_tokens, "oom")]
+                return [(None, None, batch[0].n_tokens, "oom", None)]
             half = len(batch) // 2
             self.batch_size = max(1, min(self.batch_size, half))
             log.warning("out of memory on a batch of %d; retrying with batch size %d", len(batch), self.batch_size)
@@ -126,11 +151,17 @@ class Scorer:
         except Exception as e:  # noqa: BLE001 - one bad sample must not stop the stage
             if len(batch) > 1:
                 return [x for e1 in batch for x in self._run([e1])]
-            reason = f"error:{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
-            return [(None, None, batch[0].n_tokens, reason)]
+            detail = str(e).splitlines()[0][:300] if str(e) else ""
+            return [(None, None, batch[0].n_tokens, type(e).__name__, detail)]
 
-    def score_encoded(self, encoded: Sequence[Encoded]) -> list[ScoreResult]:
-        """Score already-encoded samples, batched by token length; results in input order."""
+    def score_encoded(
+        self, encoded: Sequence[Encoded], on_batch: Callable[[int], None] | None = None
+    ) -> list[ScoreResult]:
+        """Score already-encoded samples, batched by token length; results in input order.
+
+        ``on_batch(rows)`` is called after each batch the model ran (and once for the samples that failed to
+        encode), so a caller can report progress per batch; the calls add up to ``len(encoded)``.
+        """
         results: list[ScoreResult | None] = [None] * len(encoded)
         todo = []
         for i, e in enumerate(encoded):
@@ -138,21 +169,33 @@ class Scorer:
                 results[i] = ScoreResult(None, None, e.n_tokens, e.truncated, e.error)
             else:
                 todo.append(i)
+        if on_batch is not None and len(todo) < len(encoded):
+            on_batch(len(encoded) - len(todo))
         todo.sort(key=lambda i: (-len(encoded[i]), i))
         pos = 0
         while pos < len(todo):
             idx = todo[pos : pos + self.batch_size]
             pos += len(idx)
-            for i, (vec, loss, n, err) in zip(idx, self._run([encoded[i] for i in idx]), strict=True):
-                results[i] = ScoreResult(vec, loss, n, encoded[i].truncated, err)
+            for i, (vec, loss, n, code, detail) in zip(idx, self._run([encoded[i] for i in idx]), strict=True):
+                results[i] = ScoreResult(vec, loss, n, encoded[i].truncated, code, detail)
+            if on_batch is not None:
+                on_batch(len(idx))
         return results  # type: ignore[return-value]
 
-    def score(self, pairs: Sequence[tuple[str, str]]) -> list[ScoreResult]:
-        """Score (prompt, completion) pairs; an unencodable pair gets an ``error:`` reason, not an exception."""
-        encoded = []
-        for prompt, completion in pairs:
+    def score(
+        self, pairs: Sequence[tuple[str, str]], on_batch: Callable[[int], None] | None = None
+    ) -> list[ScoreResult]:
+        """Score (prompt, completion) pairs; an unencodable pair gets the code ``encode``, not an exception."""
+        results: list[ScoreResult | None] = [None] * len(pairs)
+        encoded, at = [], []
+        for i, (prompt, completion) in enumerate(pairs):
             try:
                 encoded.append(self.encode(prompt, completion))
+                at.append(i)
             except ValueError as e:
-                encoded.append(Encoded([], [], 0, False, f"error:encode: {e}"))
-        return self.score_encoded(encoded)
+                results[i] = ScoreResult(None, None, 0, False, "encode", str(e))
+        if on_batch is not None and len(encoded) < len(pairs):
+            on_batch(len(pairs) - len(encoded))
+        for i, r in zip(at, self.score_encoded(encoded, on_batch), strict=True):
+            results[i] = r
+        return results  # type: ignore[return-value]

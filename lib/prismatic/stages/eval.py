@@ -14,12 +14,17 @@ class EvalStage(Stage):
     options = (
         Option("model", help="student folder (default: the latest trained)"),
         Option("benchmark", short="-b", multiple=True, help="built-in name or JSONL file"),
+        Option(
+            "method", choices=("loglik", "generate"), help="lm student: loglik | generate (default train.eval_method)"
+        ),
     )
 
-    def run(self, ctx: Context, *, model, benchmark):
+    def run(self, ctx: Context, *, model, benchmark, method):
         from prismatic.train import eval_stage
 
-        return eval_stage(ctx.store, ctx.settings, model_path=model, benchmarks=list(benchmark) or None)
+        return eval_stage(
+            ctx.store, ctx.settings, model_path=model, benchmarks=list(benchmark or ()) or None, method=method
+        )
 
     def pipeline_calls(self, settings):
         return [{"benchmark": settings.demo.get("benchmarks")}] if settings.demo.get("train") else []

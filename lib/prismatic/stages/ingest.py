@@ -26,9 +26,17 @@ class IngestStage(Stage):
         Option("limit", kind=int, min=1, help="read at most N rows of each file"),
     )
 
+    def check(self, settings, *, paths, **_: Any) -> None:
+        """Fail on a missing input before the store opens (no Spark start, no writer lock for a typo)."""
+        from prismatic.ingest import resolve_inputs
+
+        local = [p for p in paths if not p.startswith("asset:")]
+        if local:
+            resolve_inputs(local)
+
     def run(self, ctx: Context, *, paths, source, task, limit) -> Any:
         from prismatic.ingest import ingest, resolve_inputs
-        from prismatic.pipeline import resolve_input_path
+        from prismatic.inputs import resolve_input_path
 
         paths = [resolve_input_path(p) if p.startswith("asset:") else p for p in paths]
         files = resolve_inputs(paths)
@@ -44,7 +52,7 @@ class IngestStage(Stage):
             )
 
     def pipeline_calls(self, settings) -> list[dict[str, Any]]:
-        from prismatic.pipeline import demo_inputs
+        from prismatic.inputs import demo_inputs
 
         return [
             {"paths": [i["path"]], "source": i["source"], "task": i.get("task", "generic"), "limit": i.get("limit")}
