@@ -78,6 +78,18 @@ def pool_frame(store: TableStore, columns: list[str], where: str | None = None, 
         ) from None
 
 
+def pool_without_vectors(
+    ctx: Context, spec_id: str, columns: list[str], where: str | None, only: PoolFilter | None
+) -> tuple:
+    """(``columns`` of the filtered pool rows that have no ``gradients`` row under ``spec_id``, filtered pool size):
+    the work scoring and embedding have left to do."""
+    from pyspark.sql import functions as F
+
+    pool = pool_frame(ctx.store, columns, where, only)
+    done = ctx.store.read("gradients").where(F.col("spec_id") == spec_id).select("sample_id")
+    return pool.join(done, "sample_id", "left_anti"), pool.count()
+
+
 def chunks_by_bucket(counts: dict[int, int], rows_per_chunk: int) -> list[list[int]]:
     """Group buckets (in order) into chunks of about ``rows_per_chunk`` rows each."""
     chunks: list[list[int]] = []

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from prismatic.errors import ConservationError
 from prismatic.progress import ProgressFn
 from prismatic.stages.base import Context, Option, ReportRows, Stage
-from prismatic.stages.common import PoolFilter, pool_frame, run_chunks
+from prismatic.stages.common import PoolFilter, pool_without_vectors, run_chunks
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +50,10 @@ def embed_pool(
 
     spec = ctx.embedding_spec()
     dcfg = ctx.settings.diversity
-    pool = pool_frame(ctx.store, ["sample_id", "prompt", "completion", "bucket"], where, only)
-    total = pool.count()
-    done = ctx.store.read("gradients").where(F.col("spec_id") == spec.spec_id).select("sample_id")
-    todo = pool.join(done, "sample_id", "left_anti").localCheckpoint()
+    unembedded, total = pool_without_vectors(
+        ctx, spec.spec_id, ["sample_id", "prompt", "completion", "bucket"], where, only
+    )
+    todo = unembedded.localCheckpoint()
     report = EmbedReport(spec.spec_id, todo=todo.count())
     report.skipped = total - report.todo
     if progress is not None:

@@ -18,7 +18,7 @@ import pyarrow as pa
 from prismatic.errors import ConservationError
 from prismatic.progress import ProgressFn, watch_counts
 from prismatic.stages.base import Context, Option, ReportRows, Stage
-from prismatic.stages.common import PoolFilter, now, pool_frame, run_chunks
+from prismatic.stages.common import PoolFilter, now, pool_without_vectors, run_chunks
 
 log = logging.getLogger(__name__)
 
@@ -63,16 +63,14 @@ def _todo(ctx: Context, spec_id: str, where: str | None, only: PoolFilter | None
     """(pool rows not yet scored nor quarantined under the spec, pool size)."""
     from pyspark.sql import functions as F
 
-    store = ctx.store
-    pool = pool_frame(store, ["sample_id", "prompt", "completion", "task", "bucket"], where, only)
-    total = pool.count()
-    done = store.read("gradients").where(F.col("spec_id") == spec_id).select("sample_id")
+    columns = ["sample_id", "prompt", "completion", "task", "bucket"]
+    unscored, total = pool_without_vectors(ctx, spec_id, columns, where, only)
     failed = (
-        store.read("quarantine")
+        ctx.store.read("quarantine")
         .where((F.col("stage") == "score") & (F.col("source") == spec_id))
         .select(F.col("item_id").alias("sample_id"))
     )
-    todo = pool.join(done, "sample_id", "left_anti").join(failed, "sample_id", "left_anti")
+    todo = unscored.join(failed, "sample_id", "left_anti")
     if limit is not None:
         todo = todo.orderBy("sample_id").limit(limit)
     return todo.localCheckpoint(), total
