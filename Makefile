@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-all quality style bench clean
+.PHONY: setup demo test test-all bundle-run quality style bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,14 +26,21 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q --slow $(PYTEST_ARGS)
 
+# Every task of the bundle's two jobs (databricks.yml), in depends_on order, through jobs/<stage>.py, on the
+# embedded engine with the dev target's parameters (CI runs it after `make test`; tests/integration/test_bundle_run.py).
+BUNDLE_ROOT ?= bundle-local
+bundle-run: setup
+	rm -rf $(BUNDLE_ROOT)
+	$(BIN)/prism bundle run-local --target dev --root $(BUNDLE_ROOT)
+
 # Lint + format check (CI runs it after the tests); `make style` fixes what it can.
 quality: setup
-	$(BIN)/ruff check lib tests jobs bench notebooks
-	$(BIN)/ruff format --check lib tests jobs bench notebooks
+	$(BIN)/ruff check lib tests jobs bench notebooks resources
+	$(BIN)/ruff format --check lib tests jobs bench notebooks resources
 
 style: setup
-	$(BIN)/ruff check --fix lib tests jobs bench notebooks
-	$(BIN)/ruff format lib tests jobs bench notebooks
+	$(BIN)/ruff check --fix lib tests jobs bench notebooks resources
+	$(BIN)/ruff format lib tests jobs bench notebooks resources
 
 clean:
-	rm -rf lakehouse .pytest_cache
+	rm -rf lakehouse bundle-local .pytest_cache

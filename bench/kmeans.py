@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=parse_size, default=200_000, help="points (default 200k)")
     ap.add_argument("--d", type=int, default=1024)
-    ap.add_argument("--k", type=int, default=200)
+    ap.add_argument("--k", type=int, default=None, help="default 200 (--large-k: 1 %% of N)")
     ap.add_argument("--directions", type=int, default=500)
     ap.add_argument("--noise", type=float, default=1.0, help="noise norm relative to the direction (default 1.0)")
     ap.add_argument("--iterations", type=int, default=20)
@@ -203,7 +203,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--master", default="local[*]")
     ap.add_argument("--driver-memory", default="8g")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "kmeans.txt")
+    ap.add_argument("--large-k", action="store_true", help="only the large-k section (k = 1 %% of N unless --k)")
+    ap.add_argument("--nprobe", type=int, default=8, help="--large-k: coarse cells scanned per row")
+    ap.add_argument("--flat-steps", type=int, default=2, help="--large-k: flat Lloyd steps timed (and compared)")
+    ap.add_argument("--two-level-steps", type=int, default=4, help="--large-k: two-level Lloyd steps timed")
+    ap.add_argument("--cores-per-worker", type=int, default=8, help="--large-k projection: cores per worker")
+    ap.add_argument("--proj-rows", type=int, default=16384, help="--large-k projection: rows timed at that shape")
+    ap.add_argument(
+        "--crossover", type=lambda t: [int(v) for v in t.split(",")], default=[256, 512, 1024, 2048],
+        help="--large-k: k values of the crossover table",
+    )  # fmt: skip
     args = ap.parse_args(argv)
+    if args.large_k:
+        return large_k_main(args)
+    args.k = 200 if args.k is None else args.k
     if args.k < 1 or args.n < args.k:
         ap.error(f"--n ({args.n}) must be >= --k ({args.k}) >= 1")
     storages = [s.strip() for s in args.storages.split(",") if s.strip()]
@@ -393,6 +406,221 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------
+# large k (k = 1 % of N): two-level vs flat assignment, per Lloyd step, one core
+# ----------------------------------------------------------------------------------------------------------
+
+LARGE_K_HEADER = "# large k: two-level vs flat Lloyd steps (bench/kmeans.py --large-k)"
+
+
+def _one_thread():
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _our_steps(x: np.ndarray, start: np.ndarray, steps: int, cache) -> tuple[list[float], list[float], np.ndarray]:
+    """Lloyd steps of ``prismatic.cluster`` (the per-partition kernels: assignment, float64 sums, re-seed
+    candidates) on one core: (CPU seconds per step, objective under the centroids entering each step, centroids)."""
+    times: list[float] = []
+    tick = [time.process_time()]
+
+    def on_step(*_):
+        now = time.process_time()
+        times.append(now - tick[0])
+        tick[0] = now
+
+    with _one_thread():
+        loop = cl.lloyd_iterations(
+            start.copy(), steps, None, cl._numpy_partials(x, None, cl.DEFAULT_RESEED_POOL, None, cache), on_step
+        )
+    return times, loop.history, loop.centroids
+
+
+def _faiss_steps(x: np.ndarray, start: np.ndarray, steps: int, ivf: tuple[int, int] | None):
+    """faiss Clustering from the same start on one thread: flat (IndexFlatIP) or IVF (IndexIVFFlat with
+    ``(nlist, nprobe)``, its coarse quantizer trained once on the start centroids). (CPU s per step, centroids)."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    k, d = start.shape
+    cp = faiss.ClusteringParameters()
+    cp.niter, cp.spherical, cp.max_points_per_centroid, cp.min_points_per_centroid = steps, True, 1 << 30, 1
+    cp.seed = 0
+    clus = faiss.Clustering(d, k, cp)
+    clus.centroids.resize(start.size)
+    faiss.copy_array_to_vector(np.ascontiguousarray(start).reshape(-1), clus.centroids)
+    if ivf is None:
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist, nprobe = ivf
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(start)
+        index.nprobe = nprobe
+    t0 = time.process_time()
+    clus.train(x, index)
+    secs = time.process_time() - t0
+    c = faiss.vector_to_array(clus.centroids).reshape(k, d)
+    return secs / steps, c
+
+
+def large_k_main(args) -> int:
+    n, d = args.n, args.d
+    k = args.k if args.k else max(2, n // 100)
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    say(LARGE_K_HEADER)
+    say(
+        f"date {time.strftime('%Y-%m-%d %H:%M:%S')}  cores {os.cpu_count()}  load avg (1 min) at start {load_avg()}"
+        f"  python {platform.python_version()}  numpy {np.__version__}"
+    )
+    say(
+        f"data: N = {n:,} x d = {d}, unit float32 around {args.directions} directions, noise {args.noise}; "
+        f"k = {k:,} (1 % of N), seed {args.seed}; every method on ONE core (BLAS / OpenMP limited to 1 thread), "
+        "from the same start centroids (a seeded sample of rows); seconds are CPU seconds of this process (on a"
+        " loaded machine wall time measures the other jobs), i.e. per-core costs"
+    )
+    x = make_data(n, d, args.directions, args.noise, args.seed)
+    rng = np.random.default_rng(args.seed)
+    start = x[np.sort(rng.choice(n, size=k, replace=False))].copy()
+    kc = cl.default_k_coarse(k)
+    nprobe = args.nprobe
+    flat_steps, two_steps = args.flat_steps, args.two_level_steps
+
+    # crossover: one assignment pass at growing k decides assign="auto"
+    say()
+    say("## crossover (one assignment pass of 20,000 rows, CPU s on one core; assign=auto: two-level from 1,024)")
+    say(f"{'k':>7}{'k_coarse':>9}{'flat s':>9}{'two-level s':>12}{'speed-up':>9}")
+    xs = x[:20_000]
+    for kk in args.crossover:
+        c = x[rng.choice(n, size=kk, replace=False)]
+        with _one_thread():
+            index = cl.build_coarse_index(c, nprobe=nprobe)
+            t0 = time.process_time()
+            cl.assign_blocked(xs, c)
+            tf = time.process_time() - t0
+            t0 = time.process_time()
+            cl._assign_two_level(xs, c, index)
+            tt = time.process_time() - t0
+        say(f"{kk:>7,}{index.k_coarse:>9}{tf:>9.2f}{tt:>12.2f}{tf / tt:>9.2f}")
+
+    say()
+    say(f"## N = {n:,}, k = {k:,}: CPU seconds per Lloyd step (one core) and objective after the same steps")
+    cache = cl._IndexCache(None, nprobe, args.seed)
+    t_two, h_two, c_two = _our_steps(x, start, two_steps, cache)
+    idx = cache.get(c_two)
+    obj_two_at = h_two[flat_steps] if len(h_two) > flat_steps else cl.objective(x, c_two)
+    say(f"ours two-level: {two_steps} steps, {np.mean(t_two):.1f} s/step (k_coarse {idx.k_coarse}, nprobe {nprobe})")
+    t_flat, h_flat, c_flat = _our_steps(x, start, flat_steps, None)
+    obj_flat = cl.objective(x, c_flat)
+    say(f"ours flat: {flat_steps} steps, {np.mean(t_flat):.1f} s/step")
+    fs_flat, fc_flat = _faiss_steps(x, start, flat_steps, None)
+    say(f"faiss flat: {fs_flat:.1f} s/step")
+    fs_ivf, fc_ivf = _faiss_steps(x, start, flat_steps, (kc, nprobe))
+    say(f"faiss IVF: {fs_ivf:.1f} s/step")
+    rows = [
+        ("ours flat", np.mean(t_flat), flat_steps, obj_flat, "assign='flat': k-wide products"),
+        (
+            "ours two-level",
+            np.mean(t_two),
+            flat_steps,
+            obj_two_at,
+            f"k_coarse {idx.k_coarse}, nprobe {nprobe}: {idx.scanned_per_row():.0f} dot products a row of {k:,};"
+            f" coarse index rebuilt each step on the driver",
+        ),
+        ("faiss flat (IndexFlatIP)", fs_flat, flat_steps, cl.objective(x, fc_flat), "faiss.Clustering, 1 thread"),
+        (
+            "faiss IVF (IndexIVFFlat)",
+            fs_ivf,
+            flat_steps,
+            cl.objective(x, fc_ivf),
+            f"nlist {kc}, nprobe {nprobe}, quantizer trained once on the start centroids, 1 thread",
+        ),
+    ]
+    say()
+    say(f"{'method':<27}{'cpu s':>8}{'x flat':>8}{'steps':>6}{'objective':>13}{'vs flat':>9}  note")
+    for name, secs, st, obj, note in rows:
+        say(
+            f"{name:<27}{secs:>8.1f}{np.mean(t_flat) / secs:>8.2f}{st:>6}{obj:>13.1f}"
+            f"{(obj - obj_flat) / obj_flat * 100:>+8.2f}%  {note}"
+        )
+    if two_steps > flat_steps:
+        say(
+            f"ours two-level after {two_steps} steps: objective {cl.objective(x, c_two):.1f} "
+            f"({(cl.objective(x, c_two) - obj_flat) / obj_flat * 100:+.2f}% vs flat after {flat_steps})"
+        )
+
+    # projection to 10M x 1024 at k = 100,000 on 16 workers: per-row CPU cost measured AT that shape (d, k) on a
+    # few rows, so the rates include what changes with the shape (cell sizes, gathers, the coarse scan)
+    pn, pd_, pk, workers, cores = 10_000_000, 1024, 100_000, 16, args.cores_per_worker
+    slots = workers * cores
+    say()
+    say(f"## projection: N = {pn:,} x d = {pd_} at k = {pk:,} on {workers} workers x {cores} cores ({slots} tasks)")
+    cents = make_data(pk, pd_, args.directions * 20, args.noise, args.seed + 1)
+    rows_p = make_data(args.proj_rows, pd_, args.directions * 20, args.noise, args.seed + 2)
+
+    def marginal(fn, m: int) -> float:
+        """CPU seconds a row: (time of m rows - time of m / 4 rows) / (3 m / 4), so per-call set-up (the k x d
+        transposed or cell-grouped copy of the centroids, once per task in a step) drops out."""
+        t0 = time.process_time()
+        fn(rows_p[: m // 4])
+        t1 = time.process_time()
+        fn(rows_p[:m])
+        t2 = time.process_time()
+        return ((t2 - t1) - (t1 - t0)) / (m - m // 4)
+
+    with _one_thread():
+        t0 = time.process_time()
+        pidx = cl.build_coarse_index(cents, nprobe=nprobe)
+        t_cold = time.process_time() - t0
+        moved = cents + 0.02 * np.random.default_rng(5).standard_normal(cents.shape, dtype=np.float32) / np.sqrt(pd_)
+        moved /= np.linalg.norm(moved, axis=1, keepdims=True)
+        t0 = time.process_time()
+        cl.build_coarse_index(moved, nprobe=nprobe, previous=pidx)  # what steps 2.. do: warm start
+        t_index = time.process_time() - t0
+        del moved
+        members = np.ascontiguousarray(cents[pidx.order])
+        t_two_row = marginal(lambda r: cl._assign_two_level(r, cents, pidx, None, members), len(rows_p))
+        m_flat = max(4, args.proj_rows // 16)
+        t_flat_row = marginal(lambda r: cl.assign_blocked(r, cents), m_flat)
+    p_flat = pn * t_flat_row / slots
+    p_two = pn * t_two_row / slots
+    say(
+        f"measured at d = {pd_}, k = {pk:,} (centroids: {pk:,} unit vectors around {args.directions * 20:,} "
+        f"directions): flat {t_flat_row * 1e3:.2f} ms a row ({m_flat:,} rows); two-level {t_two_row * 1e3:.3f} ms a "
+        f"row ({len(rows_p):,} rows; k_coarse {pidx.k_coarse}, nprobe {nprobe}, {pidx.scanned_per_row():,.0f} dot "
+        f"products a row); coarse index on the driver (one core): {t_cold:.1f} s at the first step, {t_index:.1f} s "
+        "warm-started (later steps)"
+    )
+    say(
+        f"flat: {pn:,} rows x {t_flat_row * 1e3:.2f} ms / {slots} = {p_flat:,.0f} s per step "
+        f"({20 * p_flat / 3600:.1f} h for 20)"
+    )
+    say(
+        f"two-level: {pn:,} rows x {t_two_row * 1e3:.3f} ms / {slots} = {p_two:,.0f} s per step, + index "
+        f"{t_index:.0f} s = {p_two + t_index:,.0f} s per step ({20 * (p_two + t_index) / 60:.0f} min for 20)"
+    )
+    say(
+        f"speed-up per step at that k: {p_flat / (p_two + t_index):.0f}x (goal >= 10x; {p_flat / p_two:.0f}x for the "
+        "tasks alone); the Spark job's fixed costs per step (scheduling, k x (d + 1) float64 partials per task, "
+        "reduce=shuffle above 512 MiB) are the same for both and not included"
+    )
+    say(f"load avg (1 min) at end {load_avg()}")
+
+    old = args.out.read_text() if args.out.exists() else ""
+    if LARGE_K_HEADER in old:
+        old = old[: old.index(LARGE_K_HEADER)].rstrip("\n") + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text((old + "\n" if old else "") + "\n".join(lines) + "\n")
     print(f"wrote {args.out}")
     return 0
 

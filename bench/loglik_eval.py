@@ -77,6 +77,8 @@ def main() -> None:
     ap.add_argument("--sft-rows", type=int, default=256, help="SNLI train rows of the short SFT (0: skip it)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-generate", action="store_true")
+    ap.add_argument("--skip-base", action="store_true", help="score only the fine-tuned model (and the constant)")
+    ap.add_argument("--root", default="/tmp/prism-loglik-bench", help="data root and checkpoint folder")
     ap.add_argument("--out", default=str(HERE / "results" / "loglik_eval.json"))
     args = ap.parse_args()
 
@@ -90,7 +92,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     settings = load_config(
-        overrides=["data_root=/tmp/h5-bench", "train.model.path=builtin:smollm2", "train.model.device=cpu",
+        overrides=[f"data_root={args.root}", "train.model.path=builtin:smollm2", "train.model.device=cpu",
                    "train.max_new_tokens=8"]
     )  # fmt: skip
     bench = load_benchmark("snli_test").sample(args.n, settings.train.seed)
@@ -100,16 +102,17 @@ def main() -> None:
                 "balanced_accuracy": 1 / len(bench.labels), "seconds": 0.0, "predicted": {}}  # fmt: skip
     results = [constant]
     folder, _, _ = resolve_model_path(settings.train.model)
-    base = LMStudent(folder, device="cpu")
-    results += evaluate(base, bench, settings, "smollm2 (base)", not args.no_generate)
-    del base
+    if not args.skip_base:
+        base = LMStudent(folder, device="cpu")
+        results += evaluate(base, bench, settings, "smollm2 (base)", not args.no_generate)
+        del base
     if args.sft_rows:
         cfg = settings.train
         rows = sft_rows(args.sft_rows, cfg.seed, settings.ingest.nli_prompt_template)
         t0 = time.perf_counter()
         model, loaded = load_trainable(cfg, device="cpu")
         res = sft(model, loaded.tokenizer, lambda: [pa.RecordBatch.from_pylist(rows)], cfg)
-        tuned = Path("/tmp/h5-bench/sft-smollm2")
+        tuned = Path(args.root) / "sft-smollm2"
         save_checkpoint(model, loaded.tokenizer, tuned)
         secs = time.perf_counter() - t0
         print(json.dumps({"sft_steps": res.steps, "first_loss": res.losses[0], "last_loss": res.losses[-1],

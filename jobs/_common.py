@@ -6,6 +6,8 @@ Base parameters (all optional, every job):
   --catalog / --schema Unity Catalog location of the tables (storage.catalog / storage.schema_name)
   --experiment NAME    MLflow experiment (tracking.experiment)
   --git-commit SHA     logged as the MLflow tag git_commit
+  --git-branch NAME    branch of the deployed code (${bundle.git.branch}; env PRISM_GIT_BRANCH)
+  --git-url URL        repository of the deployed code (${bundle.git.origin_url}; env PRISM_GIT_URL)
 
 Then the stage's own options, generated from the same declarations as `prism <stage>` (prismatic.stages): the
 same long names, e.g. `--where`, `--limit N`; a flag is a flag (`--exact`), a negatable one also has `--no-x`; a
@@ -35,10 +37,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--schema", default=None, help="schema of the tables")
     p.add_argument("--experiment", default=None, help="MLflow experiment name")
     p.add_argument("--git-commit", default=None, help="commit of the deployed code (MLflow tag)")
+    p.add_argument("--git-branch", default=None, help="branch of the deployed code (MLflow tag)")
+    p.add_argument("--git-url", default=None, help="repository URL of the deployed code (MLflow tag)")
     return p
 
 
-BASE_DESTS = frozenset({"config", "overrides", "catalog", "schema", "experiment", "git_commit"})
+BASE_DESTS = frozenset(
+    {"config", "overrides", "catalog", "schema", "experiment", "git_commit", "git_branch", "git_url"}
+)
 
 
 def _at_least(minimum: int):
@@ -98,6 +104,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
         overrides.append(f"tracking.experiment={args.experiment}")
     if args.git_commit:
         os.environ["PRISM_GIT_COMMIT"] = args.git_commit
+    if args.git_branch:
+        os.environ["PRISM_GIT_BRANCH"] = args.git_branch
+    if args.git_url:
+        os.environ["PRISM_GIT_URL"] = args.git_url
     return load_config(args.config, overrides)
 
 

@@ -31,6 +31,7 @@ from prismatic.notebook import Notebook, tables_location, use_headless_matplotli
 
 use_headless_matplotlib(globals())
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 nb = Notebook(globals())
 GROUP_BY = nb.param("group_by", "source,round")
@@ -120,6 +121,7 @@ if HAVE_DIVERSITY and "g_vendi" in div_pd.columns and {"source", "round"} <= set
     for (source, spec), grp in div_pd.dropna(subset=["g_vendi"]).groupby(["source", "spec_id"]):
         grp = grp.assign(round=grp["round"].astype(int)).sort_values("round")
         ax.plot(grp["round"], grp["g_vendi"], marker="o", label=f"{source} ({str(spec)[:8]})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     ax.set_xlabel("round")
     ax.set_ylabel("G-Vendi")
     ax.set_title("G-Vendi by source and round")

@@ -93,11 +93,12 @@ if HAVE_RUNS:
 # COMMAND ----------
 
 if not store.exists("eval_results"):
-    print("No `eval_results` table yet: the TrainEval task (`prism eval`) writes it.")
+    print("No `eval_results` table yet: the Eval task (`prism eval`) writes it.")
 else:
     acc = (
         store.read("eval_results")
-        .groupBy("run_id", "model")
+        .withColumn("eval_method", F.coalesce("eval_method", F.lit("unrecorded")))  # rows older than the column
+        .groupBy("run_id", "model", "eval_method")  # loglik and generate rows of one student are kept apart
         .pivot("benchmark")
         .agg(F.round(F.first("accuracy"), 4))
         .orderBy("run_id")

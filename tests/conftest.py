@@ -1,4 +1,4 @@
-"""Shared fixtures: one local Spark session per test run; tiers gated by markers (``--slow``)."""
+"""Shared fixtures: one local Spark session per test run; tiers gated by markers (``--slow``, ``--bundle``)."""
 
 from __future__ import annotations
 
@@ -20,15 +20,17 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 def pytest_addoption(parser):
     parser.addoption("--slow", action="store_true", default=False, help="also run tests marked slow")
+    parser.addoption("--bundle", action="store_true", default=False, help="also run tests marked bundle")
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption("--slow"):
-        return
-    skip = pytest.mark.skip(reason="slow: run with --slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
+    for marker in ("slow", "bundle"):
+        if config.getoption(f"--{marker}"):
+            continue
+        skip = pytest.mark.skip(reason=f"{marker}: run with --{marker}")
+        for item in items:
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

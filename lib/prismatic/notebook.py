@@ -47,6 +47,7 @@ class Notebook:
         """Databricks ``display()``, else a PNG under ``PRISM_NB_FIGURES`` when that is set. Closes the figure."""
         import matplotlib.pyplot as plt
 
+        fig.tight_layout()  # display() saves the figure as it is: no label may be cut on either path
         out = None
         if self.on_databricks:
             self.namespace["display"](fig)

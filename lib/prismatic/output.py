@@ -189,7 +189,15 @@ def _synthesize_table(report: Any, console: Console, ctx: Any) -> None:
         console.print(round_table(ctx.store))
 
 
+def _guidance_table(report: Any, console: Console, ctx: Any) -> None:
+    from prismatic.synth.guidance import guidance_table
+
+    console.print(guidance_table(report))
+    console.print(report.summary())
+
+
 TABLES: dict[str, Callable[[Any, Console, Any], None]] = {
+    "guidance": _guidance_table,
     "ingest": _ingest_table,
     "diversity": _diversity_table,
     "eval": _eval_table,

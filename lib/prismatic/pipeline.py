@@ -124,7 +124,11 @@ def _lines(stage: str, report: Any, call: dict, settings: Settings) -> list[str]
 
 
 def _metrics(results: dict[str, list]) -> dict[str, float]:
-    """The parent run's metrics: pool and duplicates (dedup), scored and quarantined (score), every diversity value."""
+    """The parent run's metrics: pool and duplicates (dedup), scored and quarantined (score), every diversity value
+    (``<metric>.<scope>.<group_key>`` with characters MLflow refuses, such as the comma of ``source,round``, as
+    ``_``)."""
+    from prismatic.synth.rounds import metric_key
+
     metrics: dict[str, float] = {}
     for dd in results.get("dedup", []):
         metrics.update({"pool": dd.pool, "duplicates_exact": dd.exact, "duplicates_near": dd.near})
@@ -138,4 +142,4 @@ def _metrics(results: dict[str, list]) -> dict[str, float]:
                 if r["value"] == r["value"]
             }
         )
-    return {k.replace(":", "_"): v for k, v in metrics.items()}
+    return {metric_key(k): v for k, v in metrics.items()}  # g_vendi.source_round.seed_math/0

@@ -15,6 +15,8 @@ The rules, each exercised by the bad-input corpus (``tests/bad_input``):
   an error for the file. In a UTF-8 file, bytes that are not UTF-8 make only their own row ``not_utf8``.
 - Lines: ``\\n``, ``\\r\\n`` and a lone ``\\r`` each end a line. Blank lines are not rows (they are counted). A line
   longer than ``ingest.max_row_chars`` is ``row_too_large``; it is skipped in bounded chunks, never held whole.
+  A UTF-8 JSON Lines file may be read in byte ranges (Spark ingest): :func:`line_start` moves a range's ends to
+  line starts by these same rules and :func:`count_line_ends` counts its lines, so line numbers stay exact.
 - JSON: Python's parser is lenient, so each row is also checked: nesting deeper than :data:`MAX_DEPTH` (or deeper
   than the parser can go) is ``too_deep``; a key repeated within one object is ``duplicate_key`` (parsers disagree
   on which value wins); an integer too long for Python is ``invalid_json``. ``NaN`` and ``Infinity`` are read as
@@ -325,13 +327,27 @@ class RecordReader:
         fmt: its format (:func:`detect_format`).
         max_row_chars: a row longer than this (characters of its line, CSV record or Parquet row JSON) is
             ``row_too_large`` and is not parsed.
+        span: read only the bytes ``[start, end)`` of a UTF-8 JSON Lines file, both line starts
+            (:func:`line_start`); its lines are numbered from ``first_line``.
+        row_groups: read only these row groups of a Parquet file; its rows are numbered from ``first_line``.
+        first_line: the number of the first line / row read.
     """
 
-    def __init__(self, path: Path, fmt: str, max_row_chars: int):
+    def __init__(
+        self,
+        path: Path,
+        fmt: str,
+        max_row_chars: int,
+        span: tuple[int, int] | None = None,
+        row_groups: list[int] | None = None,
+        first_line: int = 1,
+    ):
         self.path, self.fmt, self.cap = path, fmt, max_row_chars
+        self.span, self.row_groups, self.first_line = span, row_groups, first_line
         self.encoding = "utf-8"
         self.layout = fmt
         self.blank_lines = 0
+        self.lines = 0  # lines (blank ones included) / rows seen
 
     def __iter__(self) -> Iterator[Record]:
         if self.fmt == "parquet":
@@ -343,6 +359,11 @@ class RecordReader:
         raise InputError(f"unknown format {self.fmt!r}")
 
     def _open(self, newline: str | None) -> io.TextIOWrapper:
+        if self.span is not None:  # a line-aligned byte range of a UTF-8 file (a BOM can only be at byte 0)
+            start, end = self.span
+            raw = io.BufferedReader(_Window(self.path, start, end))
+            encoding = "utf-8-sig" if start == 0 else "utf-8"
+            return io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline=newline)
         gz = self.fmt.endswith(".gz")
         raw = _binary(self.path, gz)
         try:
@@ -360,7 +381,7 @@ class RecordReader:
         return line, escaped(cut), None, Bad("row_too_large", detail)
 
     def _json(self) -> Iterator[Record]:
-        kind = self._document_kind() if self.fmt in ("json", "json.gz") else None
+        kind = self._document_kind() if self.fmt in ("json", "json.gz") and self.span is None else None
         if kind is not None:
             with self._open(newline=None) as f:
                 value = self._document(f.read(MAX_DOCUMENT_CHARS + 1), array=kind == "array")
@@ -384,7 +405,8 @@ class RecordReader:
 
     def _json_lines(self) -> Iterator[Record]:
         with self._open(newline=None) as f:
-            for i, (text, total) in enumerate(_lines(f, self.cap), 1):
+            for i, (text, total) in enumerate(_lines(f, self.cap), self.first_line):
+                self.lines += 1
                 if not text.strip():
                     self.blank_lines += 1
                 else:
@@ -421,10 +443,11 @@ class RecordReader:
 
     def _parquet(self) -> Iterator[Record]:
         pf = pq.ParquetFile(self.path)
-        i = 0
-        for batch in pf.iter_batches(batch_size=PARQUET_BATCH):
+        i = self.first_line - 1
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH, row_groups=self.row_groups):
             for row in batch.to_pylist():
                 i += 1
+                self.lines += 1
                 payload = dump(row)
                 if len(payload) > self.cap:
                     yield self._too_large(i, payload[: self.cap], len(payload))
@@ -476,6 +499,72 @@ class RecordReader:
                 yield i, cut, None, Bad("row_too_large", f"{total} characters > ingest.max_row_chars = {self.cap}")
                 continue
             yield _csv_record(i, header, rec)
+
+
+# ---- byte ranges of JSON Lines files (parsed in Spark tasks) ----------------------------------------------------
+
+
+class _Window(io.RawIOBase):
+    """The bytes ``[start, end)`` of a file as a stream of their own."""
+
+    def __init__(self, path: Path, start: int, end: int):
+        self._f = open(path, "rb")  # noqa: SIM115 - closed with the window
+        self._f.seek(start)
+        self._left = end - start
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self._left)
+        if n <= 0:
+            return 0
+        got = self._f.readinto(memoryview(b)[:n])
+        self._left -= got
+        return got
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def line_start(path: Path, pos: int, size: int | None = None) -> int:
+    """The first line start at or after byte ``pos`` (``size`` when none): byte 0, or a byte after ``\\n``, or after
+    a ``\\r`` that does not begin ``\\r\\n`` (the line ends :func:`_lines` knows)."""
+    size = os.path.getsize(path) if size is None else size
+    if pos <= 0:
+        return 0
+    if pos >= size:
+        return size
+    with open(path, "rb") as f:
+        at = pos - 1  # the byte before pos decides whether pos itself starts a line
+        f.seek(at)
+        while chunk := f.read(1 << 20):
+            hits = [k for k in (chunk.find(b"\n"), chunk.find(b"\r")) if k >= 0]
+            if hits:
+                q = at + min(hits)
+                if chunk[min(hits)] == 0x0A:
+                    return q + 1
+                f.seek(q + 1)
+                return q + 2 if f.read(1) == b"\n" else q + 1
+            at += len(chunk)
+    return size
+
+
+def count_line_ends(path: Path, start: int, end: int) -> int:
+    """Line ends (``\\n``, ``\\r\\n``, a lone ``\\r``) in the bytes ``[start, end)``; both must be line starts, so
+    no ``\\r\\n`` straddles them."""
+    n, last = 0, b""
+    with open(path, "rb") as f:
+        f.seek(start)
+        left = end - start
+        while left > 0 and (chunk := f.read(min(left, 8 << 20))):
+            left -= len(chunk)
+            n += chunk.count(b"\n") + chunk.count(b"\r") - chunk.count(b"\r\n")
+            if last == b"\r" and chunk[:1] == b"\n":
+                n -= 1
+            last = chunk[-1:]
+    return n
 
 
 def _csv_record(i: int, header: list[str], rec: list[str]) -> Record:

@@ -177,6 +177,26 @@ TABLES: dict[str, TableDef] = {
             volatile=("created_at",),
         ),
         TableDef(
+            "diversity_sums",
+            ("scope", "group_key", "spec_id", "ids_hash"),
+            _schema(
+                ("scope", pa.string()),
+                ("group_key", pa.string()),
+                ("spec_id", pa.string()),
+                ("ids_hash", pa.string()),
+                ("n", pa.int64()),
+                ("d", pa.int64()),
+                ("through", pa.int64()),
+                ("vector_sum", pa.binary()),
+                ("cov_upper", pa.binary()),
+                ("created_at", TS),
+            ),
+            doc="per group and spec the G-Vendi covariance sums (float64 Σg and the upper triangle of Σggᵀ, as in"
+            " CovarianceSums.to_record) of the rows whose sample ids hash to ids_hash (through: their largest"
+            " round); `prism diversity` adds only the rows not covered (diversity.incremental_gradient_diversity)",
+            volatile=("created_at",),
+        ),
+        TableDef(
             "clusters",
             ("round", "task", "cluster_id"),
             _schema(
@@ -260,7 +280,7 @@ TABLES: dict[str, TableDef] = {
         ),
         TableDef(
             "eval_results",
-            ("run_id", "benchmark"),
+            ("run_id", "benchmark", "eval_method"),
             _schema(
                 ("run_id", pa.string()),
                 ("benchmark", pa.string()),
@@ -280,8 +300,10 @@ TABLES: dict[str, TableDef] = {
                 ("lineage", pa.string()),
                 ("eval_method", pa.string()),  # loglik | generate | classifier; null on rows written before it
                 ("balanced_accuracy", pa.float64()),  # NLI: mean recall per gold label; null for math
+                ("model_uri", pa.string()),  # models:/NAME/VERSION of a registered student, else null
+                ("model_version", pa.string()),
             ),
-            doc="accuracy of a student (run_id = student id) on a benchmark (name@sample when sampled)",
+            doc="accuracy of a student (run_id = student id) on a benchmark (name@sample when sampled) by a method",
             volatile=("created_at", "mlflow_run_id"),
         ),
         TableDef(
@@ -305,6 +327,41 @@ TABLES: dict[str, TableDef] = {
             doc="diversity-vs-OOD study: per subset its design, diversity metrics and accuracies; per metric"
             " (subset_id '*') Spearman rho against mean OOD accuracy with a bootstrap interval",
             volatile=("created_at", "mlflow_run_id"),
+        ),
+        TableDef(
+            "guidance",
+            ("arm", "seed"),
+            _schema(
+                ("arm", pa.string()),
+                ("seed", pa.int32()),
+                ("task", pa.string()),
+                ("rounds", pa.int32()),
+                ("budget_kind", pa.string()),
+                ("budget", pa.int64()),
+                ("tokens_used", pa.int64()),
+                ("calls_used", pa.int64()),
+                ("candidates", pa.int64()),
+                ("accepted", pa.int64()),
+                ("accepted_samples", pa.int64()),
+                ("pool_before", pa.int64()),
+                ("pool_after", pa.int64()),
+                ("g_vendi_before", pa.float64()),
+                ("g_vendi_after", pa.float64()),
+                ("embedding_vendi_after", pa.float64()),
+                ("id_accuracy", pa.float64()),
+                ("ood_accuracy", pa.float64()),
+                ("accuracies", pa.string()),
+                ("student_id", pa.string()),
+                ("data_root", pa.string()),
+                ("mlflow_run_id", pa.string()),
+                ("mlflow_parent_run_id", pa.string()),
+                ("detail", pa.string()),
+                ("finished_at", TS),
+            ),
+            doc="the equal-budget guidance experiment (`prism experiment guidance`): per arm and seed the budget"
+            " used, what was accepted, G-Vendi / embedding Vendi of the grown pool and the student's ID / OOD"
+            " accuracies (accuracies: JSON benchmark -> {split, accuracy, n})",
+            volatile=("finished_at", "mlflow_run_id", "mlflow_parent_run_id", "data_root"),
         ),
     ]
 }

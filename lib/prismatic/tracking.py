@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 
 SECRET_WORDS = ("password", "token", "secret_value", "api_key_value", "apikey")
 MAX_PARAM_CHARS = 500
+# The experiment tag the MLflow UI reads to pick its view: "custom_model_development" opens runs, metrics and
+# artifacts (the classic ML view), "genai_development" the traces-first GenAI view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+STAGE_TAG = "prismatic.stage"
+COMMIT_TAG = "git_commit"
+UNKNOWN_COMMIT = "unknown"
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -50,9 +57,13 @@ def setup(settings: Settings) -> str:
         name = f"/Shared/{name}"
     exp = mlflow.get_experiment_by_name(name)
     if exp is None:
-        exp_id = mlflow.create_experiment(name, artifact_location=artifact_location(settings))
+        exp_id = mlflow.create_experiment(
+            name, artifact_location=artifact_location(settings), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+        )
     else:
         exp_id = exp.experiment_id
+        if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older version (or the UI): classic view, once
+            mlflow.MlflowClient().set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -66,6 +77,18 @@ def git_commit() -> str | None:
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def run_tags(stage: str, extra: dict[str, Any] | None = None) -> dict[str, str]:
+    """The tags every run carries: ``prismatic.stage`` and ``git_commit`` (``unknown`` outside a checkout with no
+    ``PRISM_GIT_COMMIT``, so the tag is always there to filter on), then ``extra`` (stringified)."""
+    tags = {STAGE_TAG: stage, COMMIT_TAG: git_commit() or UNKNOWN_COMMIT}
+    # the bundle's tasks pass ${bundle.git.branch} / ${bundle.git.origin_url} (jobs/_common.py sets these)
+    for tag, env in (("git_branch", "PRISM_GIT_BRANCH"), ("git_url", "PRISM_GIT_URL")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    tags.update({k: str(v) for k, v in (extra or {}).items()})
+    return tags
 
 
 def safe_params(settings: Settings, extra: dict[str, Any] | None = None) -> dict[str, str]:
@@ -95,7 +118,8 @@ def run(
 
     The run is a child of the active run when ``nested``, and always when a run is already active (a stage called
     inside ``prism run``'s pipeline run, or from a notebook that opened one), so stages compose. Every run carries
-    the tags ``prismatic.stage`` (``stage``, default ``name``) and ``git_commit``.
+    the tags ``prismatic.stage`` (``stage``, default ``name``) and ``git_commit`` (:func:`run_tags`); every
+    MLflow run of the project starts here.
 
     Args:
         run_id: resume this run (a round re-run after a crash) instead of starting a new one; tags are set again.
@@ -106,11 +130,7 @@ def run(
     import mlflow
 
     setup(settings)
-    all_tags = {"prismatic.stage": stage or name}
-    commit = git_commit()
-    if commit:
-        all_tags["git_commit"] = commit
-    all_tags.update({k: str(v) for k, v in (tags or {}).items()})
+    all_tags = run_tags(stage or name, tags)
     nested = nested or mlflow.active_run() is not None
     if run_id:
         ctx = mlflow.start_run(run_id=run_id, nested=nested)

@@ -5,15 +5,18 @@ registered stage (prismatic.stages.registry) and that stage's generated parser a
 passes (with ``${...}`` resolved from the variables' defaults), and the config those parameters build validates; a
 task never depends on a later stage of the registry and runs after every earlier stage whose tables it reads; every
 registered stage has a `prism` command; every ``${var.X}`` is declared; job and task keys are unique; depends_on
-points at real tasks; the scoring task runs on the single-node GPU cluster. When the ``databricks-bundles`` package
-(Databricks' own bundle models, generated from the bundle schema) is installed, each job and experiment is also
-loaded with it, which rejects unknown fields and bad enum values.
+points at real tasks; the scoring task runs on the single-node GPU cluster and no CPU cluster spans it; every job
+parameter is declared once and used, every ``{{job.parameters.x}}`` is declared; the schema, volume and registered
+model are those the config and the stages use. When the ``databricks-bundles`` package (Databricks' own bundle
+models, generated from the bundle schema) is installed, each resource is also loaded with it, which rejects unknown
+fields and bad enum values, and resources/compute.py (the serverless / classic and per-cloud variants) is applied.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +37,26 @@ IDEMPOTENT_TASKS = {"Ingest", "Dedup", "Score", "Diversity", "Cluster"}
 BASE_PARAMS = {
     "--config": "${workspace.file_path}/conf/databricks.yaml",
     "--catalog": "${var.catalog_name}",
-    "--schema": "${var.schema_name}",
+    "--schema": "${resources.schemas.prismatic_schema.name}",
     "--experiment": "${var.experiment_name}",
     "--git-commit": "${bundle.git.commit}",
+    "--git-branch": "${bundle.git.branch}",
+    "--git-url": "${bundle.git.origin_url}",
 }
+CPU_CLUSTERS = {"cpu_pre_cluster", "cpu_post_cluster"}
 # substitutions the CLI provides, with stand-ins for resolving parameters here (file_path = this checkout)
 BUILTINS = {
     "bundle.name": "prismatic",
     "bundle.target": "dev",
     "bundle.git.commit": "0123456789abcdef0123456789abcdef01234567",
+    "bundle.git.branch": "main",
+    "bundle.git.origin_url": "https://github.com/example/prismatic.git",
     "workspace.file_path": str(REPO),
     "workspace.host": "https://example.cloud.databricks.com",
     "workspace.current_user.userName": "someone@example.com",
 }
 REF = re.compile(r"\$\{([^}]+)\}")
+JOB_PARAM = re.compile(r"\{\{\s*job\.parameters\.([A-Za-z0-9_]+)\s*\}\}")
 
 
 def _load(path: Path) -> dict:
@@ -100,17 +109,36 @@ def all_tasks(jobs) -> list[tuple[str, Path, dict]]:
     return tasks
 
 
-def resolve(value: str, variables: dict[str, Any], depth: int = 0) -> str:
-    """Replace ${var.X} by X's default (recursively) and the CLI's own substitutions by stand-ins."""
+def resource_specs() -> dict[str, dict[str, dict]]:
+    """Every resource of the included files: type -> key -> spec."""
+    out: dict[str, dict[str, dict]] = {}
+    for f in included_files(_load(BUNDLE_FILE)):
+        for kind, specs in (_load(f).get("resources") or {}).items():
+            out.setdefault(kind, {}).update(specs)
+    return out
+
+
+def resolve(value: str, variables: dict[str, Any], depth: int = 0, params: dict[str, str] | None = None) -> str:
+    """Replace ${var.X} by X's default (recursively), ${resources.T.K.F} by that resource's field, the CLI's own
+    substitutions by stand-ins and {{job.parameters.x}} by ``params[x]``."""
     assert depth < 10, f"variable references nest too deep: {value}"
 
     def sub(m: re.Match) -> str:
         ref = m.group(1)
         if ref.startswith("var."):
             return resolve(str(variables[ref[4:]]["default"]), variables, depth + 1)
+        if ref.startswith("resources."):
+            _, kind, key, name = ref.split(".")
+            return resolve(str(resource_specs()[kind][key][name]), variables, depth + 1)
         return BUILTINS[ref]
 
-    return REF.sub(sub, value)
+    value = REF.sub(sub, value)
+    return JOB_PARAM.sub(lambda m: (params or {})[m.group(1)], value)
+
+
+def job_params(job: dict, variables: dict[str, Any]) -> dict[str, str]:
+    """A job's parameters with their defaults resolved."""
+    return {p["name"]: resolve(str(p["default"]), variables) for p in job.get("parameters", [])}
 
 
 def python_file(path: Path, task: dict) -> Path:
@@ -174,9 +202,16 @@ def test_variables_declared_described_and_used(bundle, resource_docs):
     refs = {r for t in texts for r in REF.findall(t)}
     used = {r[4:] for r in refs if r.startswith("var.")}
     assert used, "no ${var.X} found"
+    mutated = set(re.findall(r'_var\(bundle, "(\w+)"\)', (REPO / "resources" / "compute.py").read_text()))
+    assert mutated == {"cloud", "cpu_compute"}  # read by the python mutator, not by ${...}
+    used |= mutated
     assert used <= set(declared), f"undeclared variables: {sorted(used - set(declared))}"
     assert set(declared) <= used, f"declared but never used: {sorted(set(declared) - used)}"
-    others = {r for r in refs if not r.startswith("var.")}
+    specs = resource_specs()
+    for r in (r for r in refs if r.startswith("resources.")):
+        _, kind, key, name = r.split(".")
+        assert name in specs.get(kind, {}).get(key, {}), f"${{{r}}} names no field of a bundle resource"
+    others = {r for r in refs if not r.startswith(("var.", "resources."))}
     assert others <= set(BUILTINS), f"unknown substitutions: {sorted(others - set(BUILTINS))}"
     for name in (
         "catalog_name",
@@ -270,7 +305,7 @@ def test_gpu_tasks_run_on_the_single_node_gpu_cluster(jobs):
                 assert spec["spark_conf"]["spark.databricks.cluster.profile"] == "singleNode"
                 assert spec["custom_tags"]["ResourceClass"] == "SingleNode"
             else:
-                assert t["job_cluster_key"] == "cpu_cluster", f"{key}.{t['task_key']}"
+                assert t["job_cluster_key"] in CPU_CLUSTERS, f"{key}.{t['task_key']}"
                 assert spec["spark_version"] == "${var.spark_version}"
                 assert spec["node_type_id"] == "${var.cpu_node_type}"
             assert spec["spark_env_vars"]["PRISM_DATA_ROOT"] == "${var.data_root}"
@@ -336,6 +371,8 @@ def test_every_task_passes_the_base_parameters(jobs, dev_variables):
         params = pairs(t["spark_python_task"]["parameters"])
         for flag, value in BASE_PARAMS.items():
             assert params.get(flag) == [value], f"{key}.{t['task_key']}: {flag} must be {value}"
+        # serverless compute has no cluster environment: the data root is a parameter (and PRISM_DATA_ROOT)
+        assert "data_root=${var.data_root}" in params["--set"], f"{key}.{t['task_key']}"
         for v in (v for values in params.values() for v in values):
             if "${workspace.file_path}/" in v:
                 local = Path(resolve(v.split("=", 1)[-1], dev_variables))
@@ -360,7 +397,8 @@ def test_entry_point_accepts_the_task_parameters(name, jobs, dev_variables, monk
     tasks = [(key, t) for key, p, t in all_tasks(jobs) if python_file(p, t) == path]
     assert tasks, f"no task runs jobs/{name}.py"
     for key, t in tasks:
-        argv = [resolve(p, dev_variables) for p in t["spark_python_task"]["parameters"]]
+        params = job_params(jobs[key][1], dev_variables)
+        argv = [resolve(p, dev_variables, params=params) for p in t["spark_python_task"]["parameters"]]
         try:
             args = parser.parse_args(argv)
         except SystemExit as e:
@@ -371,6 +409,18 @@ def test_entry_point_accepts_the_task_parameters(name, jobs, dev_variables, monk
         assert settings.storage.engine == "delta-spark"
         assert settings.storage.catalog == "dev" and settings.storage.schema_name == "prismatic"
         assert settings.tracking.experiment == "/Users/someone@example.com/dev-prismatic"
+        assert settings.data_root == "/Volumes/dev/prismatic/prismatic/lakehouse"
+        if name == "study":  # the study draws from the pool the pipeline grows, with a student for that task
+            assert settings.study.task == settings.synth.task == resolve("${var.raw_task}", dev_variables)
+            assert (args.student or settings.study.student) != "probe" or settings.study.task == "nli"
+        # the model folders a stage opens are in the target's volume: no placeholder of conf/databricks.yaml
+        # (/Volumes/main/...) is left for it (the lm student of Train and Study starts from train.model.path)
+        opened = {"train": ["train"], "study": ["train"]}.get(name, []) + ["scoring"] * (
+            name not in ("ingest", "dedup")
+        )
+        for section in opened:
+            path = getattr(settings, section).model.path
+            assert path.startswith("/Volumes/dev/prismatic/prismatic/models/"), f"{key}.{t['task_key']}: {path}"
         if any(v.startswith("scoring.model.path=") for v in pairs(argv).get("--set", [])):
             assert settings.scoring.model.path == resolve("${var.proxy_model_path}", dev_variables)
             assert settings.scoring.model.path.startswith("/Volumes/dev/prismatic/")
@@ -426,3 +476,142 @@ def test_resources_load_with_databricks_bundles(jobs, resource_docs):
     bad["tasks"][0]["max_retrys"] = 1
     with pytest.raises(ValueError, match="max_retrys"):  # the models do reject what the CLI would reject
         Job.from_dict(bad)
+
+
+# ---- job parameters, compute split, workspace resources -----------------------------------------------------------
+
+
+def test_job_parameters_declared_and_used(jobs, dev_variables):
+    """What users change per run is a job parameter: declared once, defaulting to a bundle variable, and read by a
+    task as {{job.parameters.x}}; no task names an undeclared one."""
+    expected = {
+        "prismatic_pipeline_job": {
+            "input_path",
+            "rounds",
+            "target_pool_size",
+            "token_budget",
+            "student",
+            "benchmarks",
+        },
+        "prismatic_study_job": {"subsets", "student"},
+    }
+    for key, (_, job) in jobs.items():
+        names = [p["name"] for p in job.get("parameters", [])]
+        assert len(names) == len(set(names)), f"{key}: a parameter is declared twice"
+        assert set(names) == expected[key], key
+        for p in job["parameters"]:
+            assert re.fullmatch(r"\$\{var\.\w+\}", str(p["default"])), f"{key}.{p['name']}: default is a variable"
+        used = {m for t in job["tasks"] for a in t["spark_python_task"]["parameters"] for m in JOB_PARAM.findall(a)}
+        assert used == set(names), f"{key}: declared {sorted(names)}, used {sorted(used)}"
+    params = job_params(jobs["prismatic_pipeline_job"][1], dev_variables)
+    assert params["input_path"] == "/Volumes/dev/prismatic/prismatic/raw/*.jsonl"
+    assert params["rounds"] == str(dev_variables["synth_rounds"]["default"])
+
+
+def test_no_cpu_cluster_idles_through_gpu_work(jobs):
+    """A job cluster lives from its first task to its last: no GPU task runs between the first and the last task of
+    a classic CPU cluster (the tasks are a chain in file order), so none is held while the GPU cluster works."""
+    for key, (_, job) in jobs.items():
+        clusters = [t["job_cluster_key"] for t in job["tasks"]]
+        for cluster in CPU_CLUSTERS & set(clusters):
+            idx = [i for i, c in enumerate(clusters) if c == cluster]
+            between = clusters[min(idx) : max(idx) + 1]
+            assert "gpu_cluster" not in between, f"{key}: {cluster} is held through GPU tasks: {between}"
+    tasks = {t["task_key"]: t["job_cluster_key"] for t in jobs["prismatic_pipeline_job"][1]["tasks"]}
+    assert tasks["Ingest"] == tasks["Dedup"] == "cpu_pre_cluster"
+    assert tasks["Diversity"] == tasks["Cluster"] == "cpu_post_cluster"
+
+
+def test_workspace_resources_match_the_config(bundle, dev_variables):
+    """The schema, volume and registered model the bundle creates are the ones conf/databricks.yaml and the stages
+    use; the volume paths of the variables live in that volume."""
+    from prismatic.config import Settings, load_config
+
+    specs = resource_specs()
+    (schema,) = specs["schemas"].values()
+    (volume,) = specs["volumes"].values()
+    (model,) = specs["registered_models"].values()
+    conf = load_config(REPO / "conf" / "databricks.yaml")
+    assert resolve(schema["name"], dev_variables) == conf.storage.schema_name
+    assert resolve(bundle["variables"]["catalog_name"]["default"], {}) == conf.storage.catalog
+    for spec in (schema, volume, model):
+        assert spec["catalog_name"] == "${var.catalog_name}"
+    for spec in (volume, model):
+        assert spec["schema_name"] == "${resources.schemas.prismatic_schema.name}"  # created after the schema
+    assert model["name"] == Settings().train.registered_model == "prismatic_student"
+    assert model["grants"] and schema["grants"] and volume["volume_type"] == "MANAGED"
+    base = "/Volumes/dev/prismatic/" + resolve(volume["name"], dev_variables)
+    for var, sub in (("data_root", "lakehouse"), ("proxy_model_path", "models/"), ("raw_input_path", "raw/")):
+        assert resolve(f"${{var.{var}}}", dev_variables).startswith(f"{base}/{sub}"), var
+    # the config's placeholders name the same places (main catalog = the variable defaults without a target)
+    assert conf.data_root == "/Volumes/main/prismatic/prismatic/lakehouse"
+    assert conf.scoring.model.path.startswith("/Volumes/main/prismatic/prismatic/models/")
+
+
+def _mutated(jobs, **variables: str) -> dict:
+    """Every job after resources/compute.py, as the CLI applies it (python.mutators), with these variable values."""
+    from databricks.bundles.core import Bundle
+    from databricks.bundles.jobs import Job
+
+    sys.path.insert(0, str(REPO))
+    try:
+        from resources.compute import compute
+    finally:
+        sys.path.remove(str(REPO))
+    values = {"cloud": "aws", "cpu_compute": "serverless", "cpu_node_type": "auto", "gpu_node_type": "auto"}
+    bundle = Bundle(target="dev", variables=values | variables)
+    return {key: compute.function(bundle, Job.from_dict(copy.deepcopy(job))) for key, (_, job) in jobs.items()}
+
+
+def test_compute_variants_with_databricks_bundles(bundle, jobs):
+    """resources/compute.py: serverless moves every CPU task to an environment that installs the wheel and drops the
+    CPU clusters; classic keeps them; node types `auto` follow var.cloud; every variant loads back as a valid job."""
+    pytest.importorskip("databricks.bundles.jobs", reason="pip install databricks-bundles")
+    from databricks.bundles.jobs import Job
+
+    assert bundle["python"]["mutators"] == ["resources.compute:compute"]
+    assert {bundle["variables"][v]["default"] for v in ("cpu_node_type", "gpu_node_type")} == {"auto"}
+    assert bundle["variables"]["cpu_compute"]["default"] == "serverless"
+    for mode in ("serverless", "classic"):
+        for cloud, nodes in (
+            ("aws", ("i3.xlarge", "g5.xlarge")),
+            ("azure", ("Standard_D4ds_v5", "Standard_NV36ads_A10_v5")),
+            ("gcp", ("n2-highmem-4", "g2-standard-8")),
+        ):
+            for key, job in _mutated(jobs, cpu_compute=mode, cloud=cloud).items():
+                d = job.as_dict()
+                Job.from_dict(copy.deepcopy(d))  # still a valid job
+                clusters = {c["job_cluster_key"]: c["new_cluster"] for c in d.get("job_clusters", [])}
+                envs = {e["environment_key"]: e["spec"] for e in d.get("environments", [])}
+                for t in d["tasks"]:
+                    assert ("job_cluster_key" in t) != ("environment_key" in t), f"{key}.{t['task_key']}: one compute"
+                    if t["task_key"] in GPU_TASKS:
+                        assert t["job_cluster_key"] == "gpu_cluster"
+                    elif mode == "serverless":
+                        assert t["environment_key"] in envs and "libraries" not in t
+                        assert envs[t["environment_key"]]["dependencies"] == ["../dist/*.whl"]
+                    else:
+                        assert t["job_cluster_key"] in CPU_CLUSTERS
+                used = {t.get("job_cluster_key") for t in d["tasks"]} - {None}
+                assert used == set(clusters), f"{key}: clusters {sorted(clusters)}, used {sorted(used)}"
+                for name, spec in clusters.items():
+                    assert spec["node_type_id"] == nodes[name == "gpu_cluster"], (mode, cloud, name)
+    explicit = _mutated(jobs, cpu_compute="classic", cpu_node_type="m5.2xlarge")["prismatic_pipeline_job"].as_dict()
+    assert {c["new_cluster"]["node_type_id"] for c in explicit["job_clusters"]} == {"m5.2xlarge", "g5.xlarge"}
+    with pytest.raises(ValueError, match="cpu_compute"):
+        _mutated(jobs, cpu_compute="gpu")
+
+
+def test_workspace_resources_load_with_databricks_bundles(resource_docs):
+    pytest.importorskip("databricks.bundles.schemas", reason="pip install databricks-bundles")
+    from databricks.bundles.registered_models import RegisteredModel
+    from databricks.bundles.schemas import Schema
+    from databricks.bundles.volumes import Volume
+
+    specs = resource_specs()
+    for kind, model in (("schemas", Schema), ("volumes", Volume), ("registered_models", RegisteredModel)):
+        (spec,) = specs[kind].values()
+        loaded = model.from_dict(copy.deepcopy(spec))
+        assert loaded.grants, kind
+        with pytest.raises(ValueError, match="bogus"):
+            model.from_dict({**copy.deepcopy(spec), "bogus": 1})

@@ -164,7 +164,7 @@ def test_diversity_as_json_matches_the_gradients(root, tmp_path, spark, tiny_mod
     capsys.readouterr()
     assert prism(root, *sets, "diversity", "--no-baselines", "--format", "json") == 0
     rows = json.loads(capsys.readouterr().out)
-    (g,) = [r for r in rows if r["metric"] == "g_vendi"]
+    (g,) = [r for r in rows if r["metric"] == "g_vendi" and r["scope"] == "all"]  # the whole pool
     settings = load_config(overrides=[f"data_root={root}", *sets[1::2]])
     vectors = np.array([r["vector"] for r in open_store(settings, spark).read_arrow("gradients").to_pylist()])
     assert g["n"] == len(vectors) == 10
@@ -208,8 +208,17 @@ def test_run_is_the_registry_in_order_on_one_context(tmp_path, spark, tiny_model
     pool = store.pool().count()
     assert store.count("projection_specs") == 1 and store.count("gradients") == pool  # the spec registered once
     div = {r["group_key"]: r for r in store.read_arrow("diversity").to_pylist() if r["metric"] == "g_vendi"}
-    for source in ("one", "two"):
-        assert f"{source}: G-Vendi {div[source]['value']:.2f} (n={div[source]['n']})" in out
+    for source in ("one", "two"):  # the default grouping: source,round (group_key <source>/<round>)
+        g = div[f"{source}/0"]
+        assert f"{source}/0: G-Vendi {g['value']:.2f} (n={g['n']})" in out
+    # sql/pool_by_source_round.sql reads what `prism run` wrote: a G-Vendi for every (source, round)
+    from prismatic.config import REPO_ROOT
+    from prismatic.sqlrun import run_sql
+
+    by_group, _ = [rows for _, rows in run_sql(store, (REPO_ROOT / "sql/pool_by_source_round.sql").read_text())]
+    assert {(r["source"], r["round"]): r["g_vendi"] for r in by_group} == {
+        (s, 0): pytest.approx(div[f"{s}/0"]["value"], abs=1e-4) for s in ("one", "two")
+    }
 
     tracking.setup(settings)
     (parent,) = [r for r in mlflow.search_runs(search_all_experiments=True, output_format="list")
@@ -217,5 +226,7 @@ def test_run_is_the_registry_in_order_on_one_context(tmp_path, spark, tiny_model
     m = parent.data.metrics
     assert (m["pool"], m["scored"], m["score_quarantined"]) == (pool, pool, 0)
     assert m["duplicates_exact"] + m["duplicates_near"] == store.count("duplicates") == 13 - pool
-    assert m["g_vendi.source.one"] == pytest.approx(div["one"]["value"])
+    assert m["g_vendi.source_round.one/0"] == pytest.approx(div["one/0"]["value"])
     assert parent.data.params  # the flattened config, as before
+    assert parent.data.tags["prismatic.stage"] == "pipeline" and parent.data.tags["git_commit"]
+    assert mlflow.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"

@@ -180,6 +180,7 @@ def build_demo_lakehouse(root: Path, spark) -> TableStore:
                 "model": ["student-lm"] * len(evals),
                 "split": [e[2] for e in evals],
                 "accuracy": [e[3] for e in evals],
+                "eval_method": ["generate"] * len(evals),
                 "n": [100] * len(evals),
                 "created_at": _ts(len(evals)),
             }

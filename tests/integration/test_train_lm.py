@@ -78,6 +78,17 @@ def test_two_step_sft_loss_decreases_and_checkpoint_has_lineage(tmp_path, tiny_m
     run = client.get_run(report.mlflow_run_id)
     assert run.data.tags["lineage.samples"] == str(store.version("samples"))
     assert run.data.tags["student_id"] == report.student_id
+    # logged with the transformers flavor and registered; the registered weights generate what the folder does
+    from prismatic.train.registry import fetch_registered
+
+    assert report.registered == {"name": "prismatic_student", "version": "1", "uri": "models:/prismatic_student/1"}
+    info = mlflow.models.get_model_info(report.registered["uri"])
+    assert "transformers" in info.flavors and info.signature is not None and info.saved_input_example_info
+    folder, manifest, _ = fetch_registered(settings, "models:/prismatic_student/1")
+    registered = LMStudent(folder)
+    assert manifest["student_id"] == report.student_id and manifest["lineage"]["n_train"] == 8
+    prompts = ["what is 1 plus 2 ?", "what is 3 plus 3 ?"]
+    assert registered.generate(prompts, max_new_tokens=4) == LMStudent(report.path).generate(prompts, max_new_tokens=4)
 
     folder = tmp_path / "lake" / "students" / report.student_id
     names = {p.name for p in folder.iterdir()}

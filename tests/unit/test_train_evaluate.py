@@ -120,7 +120,8 @@ def test_probe_accuracy_on_hand_made_files(tmp_path):
 
 
 def test_eval_stage_writes_eval_results_once(tmp_path):
-    """eval_stage: latest student by default, rows MERGEd on (student, benchmark), MLflow metrics logged."""
+    """eval_stage: latest student by default, rows MERGEd on (student, benchmark, method), MLflow metrics logged;
+    an unchanged re-evaluation writes nothing."""
     from prismatic.tables import open_store
     from prismatic.train import eval_stage
     from prismatic.train.students import MANIFEST
@@ -140,7 +141,10 @@ def test_eval_stage_writes_eval_results_once(tmp_path):
         )
     rows = eval_stage(store, settings, benchmarks=[str(bench)])
     assert [(r["run_id"], r["benchmark"], r["accuracy"], r["n"]) for r in rows] == [("new", "bench", 0.4, 5)]
-    eval_stage(store, settings, benchmarks=[str(bench)])  # same student, same data: replaced, not duplicated
+    version = store.version("eval_results")
+    again = eval_stage(store, settings, benchmarks=[str(bench)])  # same student, same data: skipped
+    assert [(r["status"], r["accuracy"]) for r in again] == [("unchanged", 0.4)]
+    assert store.version("eval_results") == version
     eval_stage(store, settings, model_path=settings.root / "students" / "old", benchmarks=[f"again={bench}"])
     table = sorted(
         (r["run_id"], r["benchmark"], r["accuracy"], r["subset_id"])
@@ -154,5 +158,5 @@ def test_eval_stage_writes_eval_results_once(tmp_path):
 
     tracking.setup(settings)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
-    assert len([r for r in runs if r.info.run_name == "eval"]) == 3
+    assert len([r for r in runs if r.info.run_name == "eval"]) == 2  # the unchanged re-evaluation logged no run
     assert {r.data.metrics["bench_accuracy"] for r in runs if "bench_accuracy" in r.data.metrics} == {0.4}

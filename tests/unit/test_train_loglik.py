@@ -187,7 +187,11 @@ def test_eval_stage_records_the_method_and_keeps_old_rows_readable(tmp_path, tin
     settings = load_config(overrides=[f"data_root={tmp_path / 'lake'}", "storage.engine=delta-rs"])
     store = open_store(settings, None)
     old_schema = pa.schema(
-        [f for f in table_def("eval_results").schema if f.name not in ("eval_method", "balanced_accuracy")]
+        [
+            f
+            for f in table_def("eval_results").schema
+            if f.name not in ("eval_method", "balanced_accuracy", "model_uri", "model_version")
+        ]
     )
     old = {f.name: None for f in old_schema} | {"run_id": "earlier", "benchmark": "b", "accuracy": 0.5, "n": 2}
     write_deltalake(str(store.path("eval_results")), pa.Table.from_pylist([old], schema=old_schema))
@@ -209,7 +213,8 @@ def test_eval_stage_records_the_method_and_keeps_old_rows_readable(tmp_path, tin
     assert rows[0]["balanced_accuracy"] == pytest.approx(sum(recalls) / len(recalls))
 
     eval_stage(store, settings, model_path=tiny_model, benchmarks=[str(bench)], method="generate")
-    table = {r["run_id"]: r for r in store.read_arrow("eval_results").to_pylist()}
-    assert set(table) == {"earlier", rows[0]["run_id"]}  # the same (student, benchmark) row, replaced
-    assert table[rows[0]["run_id"]]["eval_method"] == "generate"
-    assert table["earlier"]["eval_method"] is None and table["earlier"]["accuracy"] == 0.5
+    table = {(r["run_id"], r["eval_method"]): r for r in store.read_arrow("eval_results").to_pylist()}
+    sid = rows[0]["run_id"]  # one row per (student, benchmark, method): loglik and generate coexist
+    assert set(table) == {("earlier", None), (sid, "loglik"), (sid, "generate")}
+    assert table[(sid, "loglik")]["accuracy"] == pytest.approx(want.accuracy)
+    assert table[("earlier", None)]["accuracy"] == 0.5

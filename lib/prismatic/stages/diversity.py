@@ -6,6 +6,7 @@ so re-running changes nothing; a grown pool adds rows under its new version.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -16,10 +17,15 @@ from prismatic.stages.base import Context, Option, Stage
 from prismatic.stages.common import now
 from prismatic.tables import TableStore
 
+log = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     import pandas as pd
 
 GROUPABLE = ("source", "task", "round", "origin", "cluster")
+# The one default grouping: `prism diversity`, `prism run` and the bundle's Diversity task write scope
+# "source,round" (group_key "<source>/<round>"), which notebooks/01, sql/pool_by_source_round.sql and the bundle read.
+DEFAULT_GROUP_BY = "source,round"
 EXACT_MAX_N = 500
 COLUMNS = ["scope", "group_key", "metric", "value", "n", "spec_id"]
 
@@ -85,17 +91,16 @@ def measure_diversity(
     if df.count() == 0:
         raise PrismError(f"no scored samples under spec {spec.spec_id}", hint="run `prism score` first")
     frames = [
-        diversity_report(
-            df,
-            settings.diversity,
-            cols,
-            vector_col="vector",
-            text_col="text" if baselines else None,
-            spec_col="spec_id",
-            embedding=embedding and baselines,
-        )
+        gvendi_from_stored_sums(store, df, cols, settings.diversity)
         for cols in [None] + ([group_by] if group_by else [])
     ]
+    if baselines:
+        frames += [
+            diversity_report(
+                df, settings.diversity, cols, vector_col=None, text_col="text", spec_col="spec_id", embedding=embedding
+            )
+            for cols in [None] + ([group_by] if group_by else [])
+        ]
     rows = pd.concat(frames, ignore_index=True)
     if exact:
         rows = pd.concat([rows, exact_diversity(df, settings.scoring, spec)], ignore_index=True)
@@ -104,6 +109,40 @@ def measure_diversity(
     out["spec_id"] = out["spec_id"].fillna("")
     store.merge("diversity", pa.Table.from_pandas(out, preserve_index=False))
     return DiversityReport(out[COLUMNS])
+
+
+def _stored_sums(store: TableStore, scope: str, spec_id: str) -> dict:
+    """Latest ``diversity_sums`` row per group of this scope and spec, as :class:`StoredSums` by group key."""
+    import pyarrow.compute as pc
+
+    from prismatic.diversity import StoredSums
+
+    if not store.exists("diversity_sums"):
+        return {}
+    t = store.read_arrow("diversity_sums")
+    t = t.filter(pc.and_(pc.equal(t["scope"], scope), pc.equal(t["spec_id"], spec_id)))
+    latest: dict[str, dict] = {}
+    for r in t.to_pylist():  # newest first, then the larger set
+        old = latest.get(r["group_key"])
+        if old is None or (r["created_at"], r["n"]) > (old["created_at"], old["n"]):
+            latest[r["group_key"]] = r
+    return {g: StoredSums.from_row(r) for g, r in latest.items()}
+
+
+def gvendi_from_stored_sums(store: TableStore, df, cols: list[str] | None, cfg) -> pd.DataFrame:
+    """G-Vendi rows of one grouping from the stored per-group sums plus the rows they do not cover (new rounds),
+    then the new sums stored (``diversity_sums``); see :func:`prismatic.diversity.incremental_gradient_diversity`."""
+    from prismatic.diversity import incremental_gradient_diversity, scope_name
+
+    spec_id = df.select("spec_id").first()["spec_id"]
+    stored = _stored_sums(store, scope_name(cols or []), spec_id)
+    inc = incremental_gradient_diversity(df, stored, cols, q=cfg.q, fanout=cfg.tree_fanout)
+    log.info("G-Vendi sums %s: %s; %d vectors summed", scope_name(cols or []), inc.plan, inc.rows_summed)
+    if inc.records:
+        created = now()
+        rows = [dict(r.to_row(), created_at=created) for r in inc.records.values()]
+        store.merge("diversity_sums", pa.Table.from_pylist(rows))
+    return inc.result.rows
 
 
 def exact_diversity(df, scoring_cfg, spec) -> pd.DataFrame:
@@ -143,9 +182,13 @@ class DiversityStage(Stage):
     help = "G-Vendi of the scored pool (overall and per group) plus baselines -> `diversity`."
     section = "diversity"
     reads = ("samples", "duplicates", "gradients", "assignments")
-    writes = ("diversity",)
+    writes = ("diversity", "diversity_sums")
     options = (
-        Option("group_by", help="comma list of source, task, round, origin, cluster"),
+        Option(
+            "group_by",
+            default=DEFAULT_GROUP_BY,
+            help="comma list of source, task, round, origin, cluster ('' = overall only)",
+        ),
         Option("exact", kind=bool, default=False, help="also the exact (d = inf) G-Vendi; small pools only"),
         Option(
             "baselines", kind=bool, default=True, negatable=True, help="embedding Vendi, n-gram entropy, distinct-n"
@@ -156,4 +199,4 @@ class DiversityStage(Stage):
         return measure_diversity(ctx, (group_by or "").split(","), exact=exact, baselines=baselines)
 
     def pipeline_calls(self, settings):
-        return [{"group_by": "source"}]
+        return [{"group_by": DEFAULT_GROUP_BY}]

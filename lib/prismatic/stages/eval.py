@@ -12,7 +12,11 @@ class EvalStage(Stage):
     reads = ()
     writes = ("eval_results",)
     options = (
-        Option("model", help="student folder (default: the latest trained)"),
+        Option(
+            "model",
+            help="student folder, or a registered model: models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model"
+            " (default: the latest trained)",
+        ),
         Option("benchmark", short="-b", multiple=True, help="built-in name or JSONL file"),
         Option(
             "method", choices=("loglik", "generate"), help="lm student: loglik | generate (default train.eval_method)"

@@ -7,7 +7,10 @@ from prismatic.stages.base import Context, Option, Stage
 
 class TrainStage(Stage):
     name = "train"
-    help = "Train a student on the pool (probe: classifier on frozen sentence features; lm: fine-tuned causal LM)."
+    help = (
+        "Train a student on the pool (probe: classifier on frozen sentence features; lm: fine-tuned causal LM);"
+        " tracked students are registered as MLflow models."
+    )
     section = "train"
     reads = ("samples", "duplicates")
     writes = ()

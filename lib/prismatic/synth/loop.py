@@ -10,12 +10,15 @@ never hidden by a dense NLI cluster. One (round, task), paper defaults, every on
    ``assignments`` keyed by (round, task)); a task with fewer than ``2 * cluster.k_min`` rows, or whose sparse
    clusters have no members, is *skipped* with a one-line reason (log, report, ``rounds.detail``), never silently
    widened to another pool;
-2. draw few-shot exemplars from the members of the task's *sparse* clusters (``synth.exemplars`` per call);
+2. draw few-shot exemplars from the members of the task's *sparse* clusters (``synth.exemplars`` per call;
+   ``synth.exemplar_draw = random``: from the whole task pool, uniformly);
 3. generate new problems (``synth.problems_per_call`` per call, T 1.0, top-p 0.95), parse them defensively;
 4. sample ``n_solutions`` solutions (T 0.75) and keep a candidate when ``tau`` of them agree;
 5. drop exact / near duplicates of the task's pool, decontaminate against the eval sets (word n-gram overlap);
 6. score the survivors with the pool's projection spec; keep the samples whose nearest centroid is sparse
-   (with ``feature_space = embedding``: embed them, keep those nearest a sparse cluster, then score those);
+   (with ``feature_space = embedding``: embed them, keep those nearest a sparse cluster, then score those;
+   ``synth.sparse_filter = false``: score them and keep them all, the unguided arm of
+   :mod:`prismatic.synth.guidance`);
 7. MERGE accepted samples into ``samples`` (origin ``synthetic``, round r), every candidate into
    ``synth_candidates`` with its status and reason, and the round into ``rounds``; log it to MLflow;
 8. with ``synth.train_each_round``: train the student on the task's pool and evaluate it ID / OOD
@@ -26,9 +29,10 @@ In code, :func:`run_round` is step 1 (``_prepare``) and then named steps over ``
 -> :func:`filter_sparse` (6) -> :func:`write_round` (7). Each step accepts or rejects the pending candidates with a
 :class:`~prismatic.synth.types.Reason`, the code stored in ``synth_candidates.reason``.
 
-Tokens: a generation call's completion tokens are charged to the first candidate it produced (or to the one
-rejected row that stands for the call when it produced none), a candidate's solution tokens to that candidate; so
-``sum(synth_candidates.tokens)`` of a round equals its ``rounds.tokens`` and each call is counted once.
+Tokens: a generation call's completion tokens are split over the candidates it produced (integer shares, the
+remainder to the first; the one rejected row that stands for the call when it produced none gets them all), a
+candidate's solution tokens go to that candidate; so ``sum(synth_candidates.tokens)`` of a round equals its
+``rounds.tokens`` and the MLflow metric ``tokens_generated``, and each call is counted once.
 
 Resume: everything a round reads is the task's pool of rounds < r, exemplars are drawn with a seed derived from
 (seed, r), generator requests are cached by hash, and every write is a keyed MERGE; so a round re-run after a
@@ -66,6 +70,7 @@ from prismatic.stages.base import Context
 from prismatic.synth.decontam import hits_detail
 from prismatic.synth.rounds import (
     FINISHED,
+    ROUND_READS,
     RoundReport,
     log_parent,
     log_round,
@@ -332,9 +337,16 @@ class RoundWork:
         return self.ctx.store
 
 
+def exemplar_source(pool: list[dict], members: set[str] | None) -> list[dict]:
+    """The pool rows exemplars are drawn from: the sparse-cluster ``members``, or (``None``: ``synth.exemplar_draw
+    = random``) the whole pool, whatever its clusters."""
+    return list(pool) if members is None else [p for p in pool if p["sample_id"] in members]
+
+
 def draw_exemplars(w: RoundWork, rc: RoundClusters) -> tuple[list[dict], list[list[dict]]]:
     """The task's pool of rounds < r, and ``synth.calls_per_round`` groups of ``synth.exemplars`` few-shot exemplars
-    drawn (seeded by (seed, r)) from the members of its sparse clusters.
+    drawn (seeded by (seed, r)) from the members of its sparse clusters (``synth.exemplar_draw = random``: from the
+    whole pool, uniformly; the clusters are not looked at).
 
     Raises:
         RoundSkipped: the sparse clusters have no member, or none with the prompt form the task's template needs.
@@ -342,17 +354,18 @@ def draw_exemplars(w: RoundWork, rc: RoundClusters) -> tuple[list[dict], list[li
     from prismatic.synth.tasks import sample_exemplar_groups
 
     cfg = w.settings.synth
-    members = _sparse_members(w.store, w.rnd, w.task, rc.clusters, w.report)
+    members = None if cfg.exemplar_draw == "random" else _sparse_members(w.store, w.rnd, w.task, rc.clusters, w.report)
     pool = _pool_rows(w.store, w.rnd, w.task)
-    chosen = [p for p in pool if p["sample_id"] in members]
+    chosen = exemplar_source(pool, members)
     if w.task == "nli":
         chosen = [dict(m, **f) for m in chosen if (f := nli_fields(m["prompt"], m["label"]))]
     else:
         chosen = [dict(m, problem=m["prompt"]) for m in chosen]
     if not chosen:
+        where = "pool rows" if members is None else "sparse-cluster members"
         raise RoundSkipped(
-            f"task {w.task}: none of the {len(members)} sparse-cluster members has the {w.task} prompt"
-            " form the exemplar template needs"
+            f"task {w.task}: none of the {len(pool if members is None else members)} {where} has the {w.task}"
+            " prompt form the exemplar template needs"
         )
     ordered = sorted(chosen, key=lambda m: m["sample_id"])  # sorted input gives stable draws
     return pool, sample_exemplar_groups(ordered, cfg.exemplars, cfg.calls_per_round, cfg.seed * 1_000_003 + w.rnd)
@@ -378,7 +391,8 @@ def generate_candidates(w: RoundWork, groups: list[list[dict]]) -> list[Candidat
 
 def _call_candidates(w: RoundWork, g_idx: int, ex_ids: list[str], gen) -> list[Candidate]:
     """The candidates of one generation call: one per parsed problem (at most ``problems_per_call``; the call's
-    tokens charged to the first), or one rejected row that stands for the call (failed or unreadable)."""
+    tokens split over them by :func:`token_shares`), or one rejected row that stands for the call (failed or
+    unreadable)."""
     if not gen.ok:
         c = Candidate(_hid(w.rnd, w.task, g_idx, Reason.GENERATOR_ERROR), "", ex_ids, tokens=gen.completion_tokens)
         c.reject(Reason.GENERATOR_ERROR, gen.error or "")
@@ -395,11 +409,18 @@ def _call_candidates(w: RoundWork, g_idx: int, ex_ids: list[str], gen) -> list[C
             c.reject(parsed.reason, parsed.detail)
         return [c]
     out = []
-    for i_idx, item in enumerate(items):
+    shares = token_shares(gen.completion_tokens, len(items))
+    for i_idx, (item, tokens) in enumerate(zip(items, shares, strict=True)):
         text = w.task_obj.candidate_text(item)
-        tokens = gen.completion_tokens if i_idx == 0 else 0
         out.append(Candidate(_hid(w.rnd, w.task, g_idx, i_idx, text), text, ex_ids, item=item, tokens=tokens))
     return out
+
+
+def token_shares(total: int, n: int) -> list[int]:
+    """``total`` tokens of one call over its ``n`` candidates: equal integer shares, the remainder to the first, so
+    the shares add up to ``total`` exactly (``token_shares(7, 3) == [3, 2, 2]``)."""
+    base, rest = divmod(int(total), n)
+    return [base + rest] + [base] * (n - 1)
 
 
 def solve_and_vote(w: RoundWork, candidates: list[Candidate]) -> list[Candidate]:
@@ -462,12 +483,17 @@ def screen(w: RoundWork, candidates: list[Candidate], pool: list[dict]) -> list[
 
 def filter_sparse(w: RoundWork, candidates: list[Candidate], rc: RoundClusters) -> list[Candidate]:
     """The sparse-cluster filter in the round's feature space: accept a pending candidate whose samples' nearest
-    centroid is sparse (``dense_cluster`` otherwise); accepted samples get their sample ids."""
+    centroid is sparse (``dense_cluster`` otherwise); accepted samples get their sample ids. With
+    ``synth.sparse_filter = false`` every pending candidate whose samples score is accepted (its nearest cluster
+    still recorded in gradient space), so the pool's G-Vendi stays measurable."""
     from prismatic.gradients.udf import get_scorer
 
     live = [c for c in candidates if c.pending]
     scorer = get_scorer(w.settings.scoring)
-    if w.settings.cluster.feature_space == "embedding":
+    if not w.settings.synth.sparse_filter:
+        gradient_space = w.settings.cluster.feature_space != "embedding"
+        _filter_by_gradient(live, rc.centroids if gradient_space else None, rc.sparse_ids, scorer, keep_dense=True)
+    elif w.settings.cluster.feature_space == "embedding":
         _filter_by_embedding(live, rc.centroids, rc.sparse_ids, scorer, w.settings)
     else:
         _filter_by_gradient(live, rc.centroids, rc.sparse_ids, scorer)
@@ -604,8 +630,15 @@ def run_round(ctx: Context, rnd: int, generator, task, decontam, report: RoundRe
     return candidates, rc.clusters
 
 
-def _filter_by_gradient(survivors: list[Candidate], centroids: np.ndarray, sparse_ids: set[int], scorer) -> None:
-    """Score each candidate's samples (projected gradients), keep those whose nearest centroid is sparse."""
+def _filter_by_gradient(
+    survivors: list[Candidate],
+    centroids: np.ndarray | None,
+    sparse_ids: set[int],
+    scorer,
+    keep_dense: bool = False,
+) -> None:
+    """Score each candidate's samples (projected gradients), keep those whose nearest centroid is sparse
+    (``keep_dense``: keep every scored sample; ``centroids`` None: no nearest cluster is recorded)."""
     from prismatic.cluster import assign
 
     for c in survivors:
@@ -614,9 +647,12 @@ def _filter_by_gradient(survivors: list[Candidate], centroids: np.ndarray, spars
         if not good:
             c.reject(Reason.SCORE_FAILED, "; ".join(r.error or "" for r in scored))
             continue
-        labels, _ = assign(np.stack([r.vector for _, r in good]), centroids)
-        kept = [(s, r, int(lab)) for (s, r), lab in zip(good, labels, strict=True) if int(lab) in sparse_ids]
-        c.cluster_id = int(labels[0])
+        if centroids is None:
+            labels = [-1] * len(good)
+        else:
+            labels = [int(lab) for lab in assign(np.stack([r.vector for _, r in good]), centroids)[0]]
+        kept = [(s, r, lab) for (s, r), lab in zip(good, labels, strict=True) if keep_dense or lab in sparse_ids]
+        c.cluster_id = None if centroids is None else labels[0]
         if not kept:
             c.reject(Reason.DENSE_CLUSTER, f"nearest cluster {int(labels[0])} is not sparse")
             continue
@@ -725,7 +761,9 @@ def _run_one(ctx: LoopContext, rnd: int, task: str) -> RoundReport:
     prev = ctx.state.get((rnd, task))
     run_id = prev["mlflow_run_id"] if prev else None
     report = RoundReport(rnd, task, resumed=prev is not None)
-    versions_read = json.loads(prev["versions_read"]) if prev and prev["versions_read"] else store.versions()
+    versions_read = (
+        json.loads(prev["versions_read"]) if prev and prev["versions_read"] else store.versions(ROUND_READS)
+    )
     candidates: list[Candidate] = []
     clusters: list = []
     with round_run(settings, rnd, task, run_id, ctx.parent) as child:

@@ -20,6 +20,9 @@ from prismatic.config import Settings
 from prismatic.synth.types import RoundStatus, Status
 from prismatic.tables import TableStore
 
+# The tables a round reads, whose versions at its start are its ``rounds.versions_read`` map (and the child run's
+# ``versions_read.*`` tags): the pool and its vectors, the previous clustering, the candidates of a retried round.
+ROUND_READS = ("samples", "duplicates", "gradients", "clusters", "assignments", "synth_candidates")
 FINISHED = (RoundStatus.DONE,)  # statuses a later call does not redo ("skipped" is retried: the pool may have grown)
 
 

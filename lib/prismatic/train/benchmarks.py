@@ -474,7 +474,9 @@ def load_benchmark(spec: str, gsm_size: int = 500, gsm_seed: int = 1) -> Benchma
     name = None
     if "=" in spec and not Path(spec).exists():
         name, spec = spec.split("=", 1)
-    path = Path(spec).expanduser()
+    from prismatic.config import resource_path
+
+    path = resource_path(spec)  # as given, else the checkout's or the installed wheel's copy (data/bench/...)
     if path.exists():
         return load_file(path, name=name)
     raise InputError(f"unknown benchmark {spec!r}: not a builtin ({', '.join(BUILTINS)}) and no such file")

@@ -16,8 +16,11 @@ Methods (``train.eval_method``; each ``eval_results`` row records the one that p
 
 A 3-way prediction on a 2-way benchmark is folded with :func:`~prismatic.train.benchmarks.collapse_label`.
 
-``eval_results`` is keyed by (run_id = student id, benchmark = name, ``name@n:seed`` when sampled) and MERGEd with
-update, so evaluating the same student on the same data again replaces its row and nothing else.
+``eval_results`` is keyed by (run_id = student id, benchmark = name, ``name@n:seed`` when sampled, eval_method), so
+the loglik and generate rows of one student coexist. Evaluating the same student on the same content with the same
+method again is skipped (no table version, no MLflow run: the row comes back as ``unchanged``); a benchmark whose
+content changed is re-evaluated and its row replaced. ``--model models:/NAME@ALIAS`` evaluates a registered student
+(:mod:`prismatic.train.registry`); its rows record ``model_uri`` / ``model_version``.
 """
 
 from __future__ import annotations
@@ -259,6 +262,55 @@ def load_benchmarks(specs: Sequence[str], limit: int | None, seed: int) -> list[
     return [load_benchmark(s).sample(limit, seed) for s in specs]
 
 
+def method_for(kind: str, bench: Benchmark, settings: Settings, method: str | None = None) -> str:
+    """The method :func:`evaluate_student` scores a ``kind`` student on ``bench`` with (what its row records)."""
+    if kind == "probe":
+        return CLASSIFIER
+    method = method or settings.train.eval_method
+    if method == LOGLIK and not (bench.task == "nli" or has_choices(bench)):
+        return GENERATE
+    return method
+
+
+def _load_for_eval(settings: Settings, model_path: str | Path | None):
+    """(student, manifest, folder or URI, registered ``{name, version, uri}`` or None) of ``--model``."""
+    from prismatic.train.registry import fetch_registered, is_model_uri
+    from prismatic.train.students import latest_student, load_student, read_manifest
+
+    if is_model_uri(model_path):
+        folder, manifest, res = fetch_registered(settings, str(model_path))
+        student = load_student(folder, settings)
+        registered = {"name": res.name, "version": res.version, "uri": res.source} if res.version else None
+        return student, manifest, res.uri, registered
+    folder = Path(model_path).expanduser() if model_path else latest_student(settings)
+    student = load_student(folder, settings)
+    try:
+        manifest = read_manifest(folder)
+    except PrismError:
+        manifest = {"student_id": folder.resolve().name, "kind": student.kind, "lineage": {}}
+    return student, manifest, str(folder), manifest.get("registered")
+
+
+def _recorded(store: TableStore, student_id: str) -> dict[tuple[str, str], dict]:
+    """The ``eval_results`` rows of a student by (benchmark, eval_method)."""
+    if not store.exists("eval_results"):
+        return {}
+    import pyarrow.compute as pc
+
+    t = store.read_arrow("eval_results")
+    t = t.filter(pc.equal(t["run_id"], student_id))
+    return {(r["benchmark"], r.get("eval_method")): r for r in t.to_pylist()}
+
+
+def _unchanged(prev: dict | None, bench: Benchmark) -> bool:
+    if prev is None:
+        return False
+    try:
+        return json.loads(prev.get("lineage") or "{}").get("benchmark_sha") == bench.fingerprint()
+    except json.JSONDecodeError:
+        return False
+
+
 def eval_stage(
     store: TableStore,
     settings: Settings,
@@ -268,59 +320,90 @@ def eval_stage(
 ) -> list[dict]:
     """Evaluate a student on benchmarks → MERGE rows into ``eval_results`` and log an MLflow run ``eval``.
 
+    Idempotent: a benchmark the same student was already evaluated on with the same method and the same content
+    (``benchmark_sha``; a sampled benchmark's name carries its size and seed) is not evaluated again, and when
+    nothing is new no table version and no MLflow run is written; its recorded row is returned with
+    ``status: unchanged``. A registered student (trained with tracking, or ``--model models:/...``) then has its
+    ``champion`` alias reconsidered (:func:`prismatic.train.registry.consider_champion`).
+
     Args:
         store: the table store.
         settings: ``train.benchmarks`` / ``train.eval_limit`` / ``train.seed`` / ``train.eval_method`` are the
             defaults.
-        model_path: a student folder; default the latest student trained under the data root.
+        model_path: a student folder, or a model URI (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
+            ``runs:/ID/model``); default the latest student trained under the data root.
         benchmarks: builtin names or JSONL / task.json files (default ``train.benchmarks``).
         method: ``loglik`` or ``generate`` for an lm student (default ``train.eval_method``).
 
     Returns:
-        The ``eval_results`` rows written (one per benchmark; ``eval_method`` says how each was scored).
+        One row per benchmark (the ``eval_results`` columns, plus ``status``: evaluated / unchanged, and
+        ``champion``: the alias decision when the student is registered).
     """
     from prismatic import tracking
-    from prismatic.train.students import latest_student, load_student, read_manifest
 
-    folder = Path(model_path).expanduser() if model_path else latest_student(settings)
-    student = load_student(folder, settings)
-    try:
-        manifest = read_manifest(folder)
-    except PrismError:
-        manifest = {"student_id": folder.resolve().name, "kind": student.kind, "lineage": {}}
+    student, manifest, model_ref, registered = _load_for_eval(settings, model_path)
+    sid = manifest["student_id"]
     specs = list(benchmarks or settings.train.benchmarks)
     if not specs:
         raise PrismError("no benchmark to evaluate on", hint="pass --benchmark NAME|FILE or set train.benchmarks")
     benches = load_benchmarks(specs, settings.train.eval_limit, settings.train.seed)
-    rows: list[dict] = []
+    recorded = _recorded(store, sid)
+    todo = [
+        b for b in benches if not _unchanged(recorded.get((b.name, method_for(student.kind, b, settings, method))), b)
+    ]
+    new_rows: list[dict] = []
+    if todo:
+        new_rows = _evaluate_and_log(settings, student, manifest, model_ref, registered, todo, method, tracking)
+        store.merge(
+            "eval_results", pa.Table.from_pylist(new_rows, schema=table_def("eval_results").schema), update=True
+        )
+    by_name = {r["benchmark"]: {**r, "status": "evaluated"} for r in new_rows}
+    rows = []
+    for b in benches:
+        if b.name in by_name:
+            rows.append(by_name[b.name])
+        else:
+            prev = recorded[(b.name, method_for(student.kind, b, settings, method))]
+            log.info("%s on %s (%s): unchanged, accuracy %.4f", sid, b.name, prev["eval_method"], prev["accuracy"])
+            rows.append({**prev, "status": "unchanged"})
+    if registered and new_rows and settings.tracking.enabled:
+        from prismatic.train.registry import consider_champion
+
+        decision = consider_champion(settings, registered["name"], registered["version"], rows)
+        for r in rows:
+            r["champion"] = decision
+    return rows
+
+
+def _evaluate_and_log(settings, student, manifest, model_ref, registered, benches, method, tracking) -> list[dict]:
+    """Evaluate on ``benches`` under an MLflow run ``eval``; the ``eval_results`` rows."""
+    sid = manifest["student_id"]
     nested = False
     if settings.tracking.enabled:
         import mlflow
 
         nested = mlflow.active_run() is not None
-    tags = {"student_id": manifest["student_id"], "student_kind": student.kind, "student_path": str(folder)}
+    tags = {"student_id": sid, "student_kind": student.kind, "student_path": model_ref}
+    if registered:
+        tags.update({"model_uri": registered["uri"], "model_version": registered["version"]})
     params = {"benchmarks": ",".join(b.name for b in benches)}
     if student.kind == "lm":
         params["eval_method"] = method or settings.train.eval_method
+    rows: list[dict] = []
     with tracking.run(settings, "eval", nested=nested, tags=tags, params=params) as run:
         for b in benches:
             res = evaluate_student(student, b, settings, method=method)
             log.info(
                 "%s on %s: accuracy %.4f (%d / %d, %d unparsed, %s)",
-                manifest["student_id"],
-                b.name,
-                res.accuracy,
-                res.correct,
-                res.n,
-                res.unparsed,
-                res.method,
-            )
-            rows.append(
-                eval_row(
-                    manifest["student_id"], str(folder), student.kind, b, res, manifest.get("lineage", {}),
-                    run.info.run_id if run is not None else None,
-                )
+                sid, b.name, res.accuracy, res.correct, res.n, res.unparsed, res.method,
             )  # fmt: skip
+            row = eval_row(
+                sid, model_ref, student.kind, b, res, manifest.get("lineage", {}),
+                run.info.run_id if run is not None else None,
+            )  # fmt: skip
+            if registered:
+                row.update({"model_uri": registered["uri"], "model_version": registered["version"]})
+            rows.append(row)
             if run is not None:
                 import mlflow
 
@@ -328,7 +411,6 @@ def eval_stage(
                 mlflow.log_metrics({f"{key}_accuracy": res.accuracy, f"{key}_unparsed": res.unparsed})
                 if b.task == "nli":
                     mlflow.log_metric(f"{key}_balanced_accuracy", res.balanced_accuracy)
-    store.merge("eval_results", pa.Table.from_pylist(rows, schema=table_def("eval_results").schema), update=True)
     return rows
 
 

@@ -7,6 +7,8 @@ sample ids, the subset and study it belongs to, the Delta versions of the tables
 and the git commit. ``student_id`` is a hash of the kind, the training settings that change the weights and the
 sample ids, so training the same student twice reuses the first checkpoint (idempotent, like every stage).
 Folders are written under a temporary name and renamed when complete: a crash never leaves a half student.
+A tracked training run also logs the student as an MLflow model and registers it (``train.register_model``; see
+:mod:`prismatic.train.registry`); the manifest's ``registered`` names the version.
 """
 
 from __future__ import annotations
@@ -134,12 +136,16 @@ class TrainReport:
     metrics: dict[str, float] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
     mlflow_run_id: str | None = None
+    registered: dict | None = None  # {name, version, uri} of the registered MLflow model version
 
     def summary(self) -> str:
         verb = "reused" if self.reused else "trained"
         extra = ", ".join(f"{k} {v:.4g}" for k, v in self.metrics.items())
-        return f"{verb} {self.kind} student {self.student_id} on {self.n_train} samples -> {self.path}" + (
-            f" ({extra})" if extra else ""
+        reg = f", registered {self.registered['uri']}" if self.registered else ""
+        return (
+            f"{verb} {self.kind} student {self.student_id} on {self.n_train} samples -> {self.path}"
+            + (f" ({extra})" if extra else "")
+            + reg
         )
 
 
@@ -217,6 +223,10 @@ def train_stage(
     if (folder / MANIFEST).is_file() and not force:
         return reused_report(folder, sid, kind, len(pool_ids))
     lineage = _lineage(store, settings, kind, pool_ids, subset_id, study_id)
+    if track and settings.tracking.enabled and settings.train.register_model:
+        from prismatic.train.registry import model_name
+
+        model_name(settings)  # a registry that cannot name the model fails before training, not after
     tmp = folder.parent / f".{sid}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True, exist_ok=True)
     report = TrainReport(sid, kind, str(folder), len(pool_ids), False, lineage=lineage)
@@ -228,6 +238,10 @@ def train_stage(
                 _fit_probe_into(tmp, store, settings, pool_ids, pairs, report)
             else:
                 _fit_lm_into(tmp, store, settings, None if subset_ids is None else pool_ids, run, report)
+            if run is not None:
+                from prismatic.train.registry import log_student_model
+
+                report.registered = log_student_model(tmp, report, settings)
             _write_manifest(tmp, report, settings)
             if run is not None:
                 _log_student(tmp, report, settings)
@@ -272,6 +286,7 @@ def reused_report(folder: Path, sid: str, kind: str, n_train: int) -> TrainRepor
         man.get("metrics", {}),
         man.get("lineage", {}),
         man.get("mlflow_run_id"),
+        man.get("registered"),
     )
 
 
@@ -314,6 +329,7 @@ def _write_manifest(tmp: Path, report: TrainReport, settings: Settings) -> None:
         "lineage": report.lineage,
         "train": settings.train.model_dump(mode="json"),
         "mlflow_run_id": report.mlflow_run_id,
+        "registered": report.registered,
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
 
@@ -322,6 +338,8 @@ def _log_student(tmp: Path, report: TrainReport, settings: Settings) -> None:
     import mlflow
 
     mlflow.log_metrics({k: float(v) for k, v in report.metrics.items()})
+    if report.registered:
+        mlflow.set_tags({"model_uri": report.registered["uri"], "model_version": report.registered["version"]})
     mlflow.log_artifact(str(tmp / MANIFEST), artifact_path="student")
     if report.kind == "probe" or settings.train.log_checkpoint:
         mlflow.log_artifacts(str(tmp), artifact_path="student")
