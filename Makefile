@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[spark,test,lint,http]'
+	$(BIN)/python -m pip install -q -e '.[spark,test,lint,http,gsm]'
 	$(BIN)/prism assets fetch
 	touch $(STAMP)
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import re
@@ -356,6 +357,30 @@ def assets_export_proxy(
         soft_wrap=True,
         highlight=False,
     )
+
+
+@assets_app.command("export-gsm")
+def assets_export_gsm(
+    out_file: Annotated[Path, typer.Argument(help="JSONL file to write (prompt / completion rows): raw/gsm.jsonl")],
+    size: Annotated[int, typer.Option("--size", "-n", min=1, help="problems to generate")] = 500,
+    seed: Annotated[int, typer.Option("--seed", help="generator seed; the gsm_symbolic benchmark uses 1")] = 0,
+) -> None:
+    """Write GSM-Symbolic problems with their worked solutions as a math pool file (needs the `gsm` extra).
+
+    The completion is the chain of thought ending `#### <answer>`, so the scored gradient carries the reasoning."""
+    from prismatic.errors import InputError
+    from prismatic.train.benchmarks import gsm_symbolic_rows
+
+    if seed == 1:
+        raise InputError("seed 1 is the gsm_symbolic benchmark's: a pool with it would train on the test problems")
+    rows = gsm_symbolic_rows(size, seed=seed)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(out_file.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    tmp.replace(out_file)
+    out().print(f"{len(rows)} of {size} GSM-Symbolic problems (seed {seed}) -> {out_file}", soft_wrap=True)
 
 
 @bundle_app.command("run-local")

@@ -95,6 +95,8 @@ def test_study_k4_tables_mlflow_and_correlations(tmp_path, spark, tiny_model):
         "ngram_entropy_2",
         "distinct_2",
         "label_entropy",
+        "mean_chars",
+        "mean_loss",
     ]
     assert report.metrics == metrics
 

@@ -125,3 +125,17 @@ def test_piped_tables_are_not_cut_to_80_columns(capsys):
     out = capsys.readouterr().out  # captured stdout is no terminal, like `| cat`
     line = next(ln for ln in out.splitlines() if long in ln)  # the cell whole, on one line
     assert "v" * 60 in line and "1.25" in line and len(line) > 2 * 80
+
+
+def test_prism_assets_export_gsm_writes_worked_solutions(tmp_path, capsys):
+    """The math study's pool file: GSM-Symbolic problems (reasoning-gym, the `gsm` extra) with worked solutions."""
+    import json
+
+    pytest.importorskip("reasoning_gym")
+    out = tmp_path / "raw" / "gsm.jsonl"
+    assert main(["assets", "export-gsm", str(out), "--size", "4", "--seed", "3"]) == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) == 4 and "4 of 4 GSM-Symbolic problems (seed 3)" in capsys.readouterr().out
+    assert all(set(r) == {"prompt", "completion"} and "\n#### " in r["completion"] for r in rows)
+    assert main(["assets", "export-gsm", str(tmp_path / "x.jsonl"), "--seed", "1"]) == 2  # the benchmark's seed
+    assert "seed 1 is the gsm_symbolic benchmark's" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from prismatic.train.benchmarks import (
     NLI3,
     canonical_label,
     collapse_label,
+    gsm_symbolic_rows,
     infer_labels,
     leading_number,
     load_asdiv,
@@ -209,6 +210,63 @@ def test_gsm_symbolic_generator_and_missing_package():
     except ImportError:
         with pytest.raises(ImportError, match=r"needs reasoning-gym: pip install -e '\.\[gsm\]'"):
             load_gsm_symbolic(size=2)
+
+
+def test_gsm_symbolic_rows_carry_the_worked_solution():
+    def fake_create(name, size, seed):
+        items = [{"question": f" Q{i}? ", "answer": str(i), "metadata": {"answer_cot": f"{i} = {i}\n#### {i}"}}
+                 for i in range(size)]  # fmt: skip
+        items[1]["metadata"] = {}  # no worked solution: left out
+        return items
+
+    rows = gsm_symbolic_rows(3, seed=0, create_dataset=fake_create)
+    assert rows == [{"prompt": "Q0?", "completion": "0 = 0\n#### 0"}, {"prompt": "Q2?", "completion": "2 = 2\n#### 2"}]
+
+
+def _math_bench(answers):
+    from prismatic.train.benchmarks import Benchmark
+
+    return Benchmark("m", "math", "ood", [{"problem": f"p{i}", "answer": a} for i, a in enumerate(answers)])
+
+
+def test_with_choices_draws_distractors_from_other_answers():
+    answers = ["1", "2", "3", "1,000", "1000.0", "5", "6", "7"]
+    b = _math_bench(answers).with_choices(4, seed=0)
+    assert b.name == "m+mc4" and b.task == "math" and b.split == "ood" and len(b) == len(answers)
+    gold_values = {"1", "2", "3", "1,000", "1000.0", "5", "6", "7"}
+    golds = []
+    for e, a in zip(b.examples, answers, strict=True):
+        opts = e["choices"]
+        assert e["answer"] == a and a in opts and len(opts) == 4 == len(set(opts))
+        assert set(opts) <= gold_values  # every distractor is another problem's answer
+        if a in ("1,000", "1000.0"):  # the same value written twice is never its own distractor
+            assert not {"1,000", "1000.0"} - {a} & set(opts)
+        golds.append(opts.index(a))
+    assert len(set(golds)) > 1  # the gold answer's position is shuffled
+    assert b.examples == _math_bench(answers).with_choices(4, seed=0).examples  # seeded
+    assert b.examples != _math_bench(answers).with_choices(4, seed=1).examples
+    with pytest.raises(InputError, match="distinct answers"):
+        _math_bench(["1", "2", "2.0"]).with_choices(3)
+    with pytest.raises(InputError, match="math"):
+        load_snli_like().with_choices(4)
+
+
+def load_snli_like():
+    from prismatic.train.benchmarks import Benchmark
+
+    return Benchmark("n", "nli", "id", [{"premise": "a", "hypothesis": "b", "label": "neutral"}], NLI3)
+
+
+def test_mc_suffix_loads_the_multiple_choice_twin(tmp_path):
+    rows = [{"problem": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(6)]
+    f = write_jsonl(tmp_path / "sums.jsonl", rows)
+    b = load_benchmark(f"{f}+mc3")
+    assert b.name == "sums+mc3" and all(len(e["choices"]) == 3 for e in b.examples)
+    named = load_benchmark(f"mine={f}+mc3")
+    assert named.name == "mine+mc3" and [e["answer"] for e in named.examples] == [e["answer"] for e in b.examples]
+    from prismatic.train.evaluate import has_choices
+
+    assert has_choices(b) and not has_choices(load_benchmark(str(f)))
 
 
 def test_labels_helpers():

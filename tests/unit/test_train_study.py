@@ -87,10 +87,13 @@ def test_subset_metrics():
     assert m["label_entropy"] == pytest.approx(math.log(2))
     assert label_entropy(["x"] * 4) == 0.0
     assert "emb_vendi" not in subset_metrics(vecs, None, texts, None)
+    assert m["mean_chars"] == pytest.approx(np.mean([len(t) for t in texts]))
+    assert "mean_loss" not in m
+    assert subset_metrics(vecs, None, texts, None, loss=np.array([1.0, 2.0, 4.5]))["mean_loss"] == pytest.approx(2.5)
 
 
 def test_study_config_is_a_complete_study():
-    """conf/study.yaml (README.study.md) validates and asks for what issue #6 needs: K >= 24 probe students, NLI."""
+    """conf/study.yaml validates and asks for what issue #6 needs: K >= 24 probe students, NLI."""
     from pathlib import Path
 
     from prismatic.config import load_config
@@ -108,3 +111,24 @@ def test_study_config_is_a_complete_study():
         seed=s.study.seed,
     )
     assert len(plans) == s.study.subsets and sorted({p.n_clusters for p in plans}) == [0, 1, 2, 4, 8, 16]
+
+
+def test_math_study_config_scores_worked_solutions_by_multiple_choice():
+    """conf/study-math.yaml: lm students on the math pool, every benchmark a +mc twin (a loglik-scored choice)."""
+    from pathlib import Path
+
+    from prismatic.config import load_config
+    from prismatic.train.benchmarks import Benchmark
+    from prismatic.train.evaluate import method_for
+
+    s = load_config(Path(__file__).resolve().parents[2] / "conf" / "study-math.yaml")
+    assert s.study.task == s.train.task == "math" and s.study.student == s.train.student == "lm"
+    specs = [s.study.id_benchmark, *s.study.ood_benchmarks, *s.study.ood_files]
+    assert all(b.endswith("+mc4") for b in specs)
+    mc = Benchmark("b", "math", "ood", [{"problem": "p", "answer": "1", "choices": ["1", "2"]}])
+    assert s.train.eval_method == "loglik" and method_for("lm", mc, s) == "loglik"
+    plans = plan_subsets(
+        clustered(n_per=60, k=s.study.clusters), s.study.subset_size, s.study.clusters, s.study.subsets,
+        random_fraction=s.study.random_fraction, seed=s.study.seed,
+    )  # fmt: skip
+    assert len(plans) == s.study.subsets and sorted({p.n_clusters for p in plans}) == [0, 1, 2, 4, 8]

@@ -5,7 +5,9 @@
   is scored on a 2-way benchmark through :func:`collapse_label` (neutral and contradiction are non-entailment).
 * **Math** examples are ``{"problem", "answer"}`` (numeric or LaTeX; compared with math-verify), with an optional
   ``choices`` list (the gold answer among distractors) that makes the benchmark multiple choice: an lm student is
-  then scored by option log-likelihood (:mod:`prismatic.train.loglik`). No built-in math set has choices.
+  then scored by option log-likelihood (:mod:`prismatic.train.loglik`). No built-in math set has choices; any math
+  benchmark name or file with the suffix ``+mc<k>`` (``asdiv+mc4``) is its multiple-choice twin
+  (:meth:`Benchmark.with_choices`: the gold answer and k − 1 answers of other problems of the same benchmark).
 
 Built-ins (offline data of ``../shared/ASSETS.md``):
 
@@ -111,6 +113,46 @@ class Benchmark:
             dict(self.skipped),
         )
 
+    def with_choices(self, k: int = 4, seed: int = 0) -> Benchmark:
+        """A multiple-choice twin of a math benchmark: each problem's options are its gold answer and ``k - 1`` gold
+        answers of *other* problems of the same benchmark (distinct values, seeded, in a seeded order); the name gets
+        ``+mc<k>``.
+
+        Distractors drawn from the benchmark's own answer distribution make a choice that ignores the problem (a
+        prior over numbers, a favourite magnitude) score about 1 / k, so accuracy above 1 / k is read off the
+        problem. This is what makes a small causal LM's math accuracy measurable by option log-likelihood on a CPU,
+        where greedy generation scores zero (README "Students that carry signal").
+
+        Raises:
+            InputError: an NLI benchmark, or fewer than ``k`` distinct answers to draw from.
+        """
+        if self.task != "math":
+            raise InputError(f"benchmark {self.name!r}: choices are made for math benchmarks, not {self.task}")
+        if k < 2:
+            raise InputError(f"benchmark {self.name!r}: k must be at least 2, got {k}")
+        values: dict[str, str] = {}
+        for e in self.examples:
+            values.setdefault(_answer_key(e["answer"]), str(e["answer"]).strip())
+        if len(values) < k:
+            raise InputError(f"benchmark {self.name!r} has {len(values)} distinct answers; {k} choices need {k}")
+        pool = sorted(values)
+        rng = random.Random(f"{self.name}:mc{k}:{seed}")
+        out = []
+        for e in self.examples:
+            gold = str(e["answer"]).strip()
+            own = _answer_key(gold)
+            picked: list[str] = []
+            while len(picked) < k - 1:
+                key = pool[rng.randrange(len(pool))]
+                if key != own and values[key] not in picked:
+                    picked.append(values[key])
+            opts = [gold, *picked]
+            rng.shuffle(opts)
+            out.append({"problem": e["problem"], "answer": gold, "choices": opts})
+        return Benchmark(
+            f"{self.name}+mc{k}", "math", self.split, out, (), f"{self.source} +mc{k} seed={seed}", dict(self.skipped)
+        )
+
     def fingerprint(self) -> str:
         """sha256 (16 hex) of the examples, so two evaluations can tell whether they saw the same data."""
         h = hashlib.sha256()
@@ -118,6 +160,17 @@ class Benchmark:
             h.update(json.dumps(e, sort_keys=True, ensure_ascii=False).encode())
             h.update(b"\n")
         return h.hexdigest()[:16]
+
+
+def _answer_key(answer: Any) -> str:
+    """A math answer compared as a value where it is a plain number (``1,200`` = ``1200.0`` = ``1200``)."""
+    text = str(answer).strip()
+    plain = text.replace(",", "").replace(" ", "")
+    try:
+        value = float(plain)
+    except ValueError:
+        return text
+    return repr(int(value)) if value.is_integer() else repr(value)
 
 
 # ---- labels ------------------------------------------------------------------------------------------------
@@ -344,6 +397,17 @@ def load_gsm_symbolic(
     Raises:
         ImportError: reasoning-gym is not installed (with the pip command).
     """
+    examples, skipped = [], {}
+    for item in _gsm_items(size, seed, create_dataset):
+        q, a = item.get("question"), item.get("answer")
+        if not isinstance(q, str) or a is None or not str(a).strip():
+            _count(skipped, "malformed")
+            continue
+        examples.append({"problem": q.strip(), "answer": str(a).strip()})
+    return Benchmark(name, "math", split, examples, (), f"reasoning_gym gsm_symbolic size={size} seed={seed}", skipped)
+
+
+def _gsm_items(size: int, seed: int, create_dataset: Callable[..., Iterable[dict]] | None) -> Iterable[dict]:
     if create_dataset is None:
         try:
             from reasoning_gym import create_dataset
@@ -351,14 +415,24 @@ def load_gsm_symbolic(
             raise ImportError(
                 "the gsm_symbolic benchmark needs reasoning-gym: pip install -e '.[gsm]' (or 'reasoning-gym==0.1.25')"
             ) from None
-    examples, skipped = [], {}
-    for item in create_dataset("gsm_symbolic", size=size, seed=seed):
-        q, a = item.get("question"), item.get("answer")
-        if not isinstance(q, str) or a is None or not str(a).strip():
-            _count(skipped, "malformed")
-            continue
-        examples.append({"problem": q.strip(), "answer": str(a).strip()})
-    return Benchmark(name, "math", split, examples, (), f"reasoning_gym gsm_symbolic size={size} seed={seed}", skipped)
+    return create_dataset("gsm_symbolic", size=size, seed=seed)
+
+
+def gsm_symbolic_rows(
+    size: int, seed: int = 0, create_dataset: Callable[..., Iterable[dict]] | None = None
+) -> list[dict]:
+    """GSM-Symbolic problems with their worked solutions as pool rows: ``{"prompt", "completion"}``, the completion
+    being the chain of thought that ends ``#### <answer>`` (``metadata.answer_cot``), so a completion-only gradient
+    sees the reasoning and not only the final number. Items without a worked solution are left out.
+
+    Keep ``seed`` apart from the ``gsm_symbolic`` benchmark's (1 by default): the same seed gives the same problems.
+    """
+    rows = []
+    for item in _gsm_items(size, seed, create_dataset):
+        q, cot = item.get("question"), (item.get("metadata") or {}).get("answer_cot")
+        if isinstance(q, str) and q.strip() and isinstance(cot, str) and cot.strip():
+            rows.append({"prompt": q.strip(), "completion": cot.strip()})
+    return rows
 
 
 def _meta_for(path: Path) -> dict:
@@ -440,6 +514,7 @@ def load_file(path: str | Path, name: str | None = None, split: str | None = Non
 # ---- resolution ---------------------------------------------------------------------------------------------
 
 BUILTINS = ("snli_test", *BIGBENCH_NLI, *MATH_BUILTINS)
+_MC_SUFFIX = re.compile(r"\+mc(\d+)$")
 
 
 def bigbench_available() -> bool:
@@ -459,6 +534,9 @@ def load_benchmark(spec: str, gsm_size: int = 500, gsm_seed: int = 1) -> Benchma
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"benchmark must be a builtin name or a file path, got {spec!r}")
     spec = spec.strip()
+    mc = _MC_SUFFIX.search(spec)
+    if mc:  # `asdiv+mc4`: the multiple-choice twin (Benchmark.with_choices)
+        return load_benchmark(spec[: mc.start()], gsm_size, gsm_seed).with_choices(int(mc.group(1)))
     if spec == "snli_test":
         return load_snli()
     if spec in BIGBENCH_NLI:

@@ -14,7 +14,8 @@ This module runs that experiment on a user's own pool:
    share ``random_fraction`` of the K subsets is drawn uniformly from the whole pool. Equal size, same filter.
 3. **Metrics** of each subset: G-Vendi and mean pairwise cosine of its gradient vectors, embedding Vendi and mean
    cosine of its texts (MiniLM), n-gram entropy and distinct-n (``diversity.ngram``), and, for NLI, the entropy
-   of its label distribution (a control: a subset of one label cannot teach three).
+   of its label distribution (a control: a subset of one label cannot teach three); for every task the mean text
+   length and the mean proxy loss (controls too: :data:`CONTROLS`).
 4. **Students**: one per subset (``probe`` by default, ``lm`` at small K), evaluated on the ID benchmark
    (``study.id_benchmark``, sampled to ``id_size``) and the OOD benchmarks (BIG-bench NLI tasks when that asset is
    fetched, plus ``ood_files``). The target is the unweighted mean OOD accuracy.
@@ -68,6 +69,7 @@ BAL_TARGET = "ood_balanced_accuracy"  # NLI: mean over the OOD benchmarks of the
 ID_BAL = "id_balanced_accuracy"
 SUMMARY_KEYS = (TARGET, ID_TARGET, BAL_TARGET, ID_BAL, "train_accuracy")
 PREFIX = {TARGET: "rho", ID_TARGET: "rho_id", BAL_TARGET: "rho_bal"}  # correlation rows: <prefix>.<metric>
+CONTROLS = ("label_entropy", "mean_chars", "mean_loss")  # not diversity: what a diversity metric must beat
 Progress = Callable[[int, int], None]
 
 
@@ -187,9 +189,14 @@ def label_entropy(labels: Sequence[str]) -> float:
 
 def subset_metrics(
     vectors: np.ndarray, embeddings: np.ndarray | None, texts: Sequence[str], labels: Sequence[str] | None,
-    ngram: int = 2,
+    ngram: int = 2, loss: np.ndarray | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """Every diversity metric of one subset (see the module docstring); names as in the ``diversity`` table."""
+    """Every diversity metric of one subset (see the module docstring); names as in the ``diversity`` table.
+
+    Controls come last (:data:`CONTROLS`): ``label_entropy`` (NLI), ``mean_chars`` (the mean length of the training
+    texts: longer texts carry more tokens of signal) and ``mean_loss`` (the proxy's mean completion NLL: harder or
+    noisier rows). A diversity metric that ranks students no better than a control explains nothing beyond it.
+    """
     from prismatic.vendi import distinct_n, g_vendi, mean_pairwise_cosine, ngram_entropy
 
     out = {"g_vendi": g_vendi(vectors), "g_mean_cosine": mean_pairwise_cosine(vectors)}
@@ -200,6 +207,9 @@ def subset_metrics(
     out[f"distinct_{ngram}"] = distinct_n(texts, ngram)
     if labels is not None:
         out["label_entropy"] = label_entropy(labels)
+    out["mean_chars"] = float(np.mean([len(t) for t in texts])) if len(texts) else math.nan
+    if loss is not None:
+        out["mean_loss"] = float(np.mean(loss)) if len(loss) else math.nan
     return {k: float(v) for k, v in out.items()}
 
 
@@ -399,8 +409,9 @@ class StudyReport:
         ]
         lines = [x for x in lines if x]
         for c in self.ranked():
+            name = f"{c['metric']}*" if c["metric"] in CONTROLS else c["metric"]
             line = (
-                f"{c['metric']:<16}{c['rho']:>7.3f} [{c['ci_low']:>5.2f},{c['ci_high']:>5.2f}]"
+                f"{name:<16}{c['rho']:>7.3f} [{c['ci_low']:>5.2f},{c['ci_high']:>5.2f}]"
                 f" {c['p_value']:>7.2g} {self._get(c['metric'], ID_TARGET).get('rho', math.nan):>7.3f}"
             )
             if bal:
@@ -410,6 +421,7 @@ class StudyReport:
                     f"{b.get('ci_high', math.nan):>5.2f}]"
                 )
             lines.append(line)
+        lines.append("(* a control, not a diversity metric)")
         return "\n".join(lines)
 
     def _get(self, metric: str, target: str) -> dict:
@@ -809,6 +821,7 @@ def run_subset(
         [pool.texts[r] for r in rows],
         None if pool.labels is None else [pool.labels[r] for r in rows],
         settings.diversity.ngram,
+        pool.loss[rows],
     )
     child_params = {
         "subset_id": plan.subset_id, "strategy": plan.strategy, "n_clusters": plan.n_clusters,
