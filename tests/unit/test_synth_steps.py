@@ -99,3 +99,13 @@ def test_a_candidate_takes_only_known_reasons():
         c.reject("not_a_reason")
     c.accept()
     assert (c.status, c.reason) == (Status.ACCEPTED, Reason.ACCEPTED) and not c.pending
+
+
+def test_round_summary_names_reasons_as_plain_words():
+    from collections import Counter
+
+    from prismatic.synth.types import Reason
+
+    rep = RoundReport(1, "math", generated=4, reasons=Counter({Reason.NO_CONSENSUS: 3, Reason.DENSE_CLUSTER: 1}))
+    text = rep.summary()
+    assert "reasons {dense_cluster: 1, no_consensus: 3}" in text and "Reason." not in text

@@ -94,10 +94,11 @@ class RoundReport:
         if self.round == 0:
             text = f"{head}: seed pool {self.pool_after}; G-Vendi {self.gvendi_after:.3f}"
         else:
+            why = ", ".join(f"{k}: {v}" for k, v in sorted((str(k), v) for k, v in self.reasons.items()))
             text = (
                 f"{head}: {self.generated} candidates -> {self.accepted_candidates} accepted"
                 f" ({self.accepted_samples} samples); pool {self.pool_before} -> {self.pool_after};"
-                f" G-Vendi {self.gvendi_before:.3f} -> {self.gvendi_after:.3f}; reasons {dict(self.reasons)}"
+                f" G-Vendi {self.gvendi_before:.3f} -> {self.gvendi_after:.3f}; reasons {{{why}}}"
             )
         if self.student_id:
             accs = ", ".join(f"{b} {a['accuracy']:.3f}" for b, a in self.accuracies.items())
