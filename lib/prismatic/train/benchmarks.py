@@ -121,7 +121,7 @@ class Benchmark:
         Distractors drawn from the benchmark's own answer distribution make a choice that ignores the problem (a
         prior over numbers, a favourite magnitude) score about 1 / k, so accuracy above 1 / k is read off the
         problem. This is what makes a small causal LM's math accuracy measurable by option log-likelihood on a CPU,
-        where greedy generation scores zero (README "Students that carry signal").
+        where greedy generation scores about zero (README "The diversity-vs-OOD study").
 
         Raises:
             InputError: an NLI benchmark, or fewer than ``k`` distinct answers to draw from.
