@@ -82,13 +82,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "loglik_eval.json"))
     args = ap.parse_args()
 
-    import pyarrow as pa
     import torch
 
     from prismatic.config import load_config
     from prismatic.gradients.model import resolve_model_path
     from prismatic.train.benchmarks import load_benchmark
-    from prismatic.train.lm import LMStudent, load_trainable, save_checkpoint, sft
+    from prismatic.train.lm import LMStudent, sft_rows_to_folder
 
     torch.set_num_threads(args.threads)
     settings = load_config(
@@ -110,14 +109,11 @@ def main() -> None:
         cfg = settings.train
         rows = sft_rows(args.sft_rows, cfg.seed, settings.ingest.nli_prompt_template)
         t0 = time.perf_counter()
-        model, loaded = load_trainable(cfg, device="cpu")
-        res = sft(model, loaded.tokenizer, lambda: [pa.RecordBatch.from_pylist(rows)], cfg)
         tuned = Path(args.root) / "sft-smollm2"
-        save_checkpoint(model, loaded.tokenizer, tuned)
+        res = sft_rows_to_folder(rows, cfg, tuned)
         secs = time.perf_counter() - t0
         print(json.dumps({"sft_steps": res.steps, "first_loss": res.losses[0], "last_loss": res.losses[-1],
                           "seconds": round(secs, 1)}), flush=True)  # fmt: skip
-        del model
         label = f"smollm2 + SFT ({args.sft_rows} rows, {res.steps} steps)"
         results += evaluate(LMStudent(tuned, device="cpu"), bench, settings, label, not args.no_generate)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

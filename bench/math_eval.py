@@ -65,13 +65,12 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "math_eval.json"))
     args = ap.parse_args()
 
-    import pyarrow as pa
     import torch
 
     from prismatic.config import load_config
     from prismatic.gradients.model import resolve_model_path
     from prismatic.train.benchmarks import gsm_symbolic_rows, load_benchmark
-    from prismatic.train.lm import LMStudent, load_trainable, save_checkpoint, sft
+    from prismatic.train.lm import LMStudent, sft_rows_to_folder
 
     torch.set_num_threads(args.threads)
     settings = load_config(
@@ -86,13 +85,10 @@ def main() -> None:
     if args.sft_rows:
         rows = gsm_symbolic_rows(args.sft_rows, seed=0)
         t0 = time.perf_counter()
-        model, loaded = load_trainable(settings.train, device="cpu")
-        res = sft(model, loaded.tokenizer, lambda: [pa.RecordBatch.from_pylist(rows)], settings.train)
         tuned = Path(args.root) / "sft-smollm2-gsm"
-        save_checkpoint(model, loaded.tokenizer, tuned)
+        res = sft_rows_to_folder(rows, settings.train, tuned)
         print(json.dumps({"sft_steps": res.steps, "first_loss": res.losses[0], "last_loss": res.losses[-1],
                           "seconds": round(time.perf_counter() - t0, 1)}), flush=True)  # fmt: skip
-        del model
         label = f"smollm2 + SFT ({args.sft_rows} worked solutions, {res.steps} steps)"
         results += evaluate(LMStudent(tuned, device="cpu"), benches, gen, settings, label)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -271,6 +271,15 @@ def save_checkpoint(model, tokenizer, folder: str | Path) -> Path:
     return folder
 
 
+def sft_rows_to_folder(rows: list[dict], cfg: TrainConfig, folder: str | Path, device: str = "cpu") -> LMTrainResult:
+    """Fine-tune ``cfg.model`` on in-memory ``{prompt, completion}`` rows and save the checkpoint to ``folder`` (the
+    benches' short SFT; the stages train from tables through :func:`train_lm`)."""
+    model, loaded = load_trainable(cfg, device=device)
+    res = sft(model, loaded.tokenizer, lambda: [pa.RecordBatch.from_pylist(rows)], cfg)
+    save_checkpoint(model, loaded.tokenizer, folder)
+    return res
+
+
 # ---- entry points -------------------------------------------------------------------------------------------
 
 
